@@ -1,0 +1,226 @@
+"""Train the ranking head on frozen DINOv2 features.
+
+    accelerate launch train.py --config configs/baseline.json
+    python train.py --config configs/demo.json [--resume true] [--key value ...]
+
+Reads DATA_DIR/metadata.csv and its images. Backbone features come from the feature cache in
+CACHE_DIR (extracted once, NOTES.md 7); the head trains on all cross-tier pairs within each batch.
+Writes into OUTPUT_DIR: config.json, splits.csv, train_log.jsonl (one line per epoch),
+checkpoints/best/ and checkpoints/top/ (head.safetensors + head.json), state/ (Accelerate state for
+--resume), calibration.json, final_metrics.json and the wandb run.
+"""
+
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from config import parse_config, print_config, save_config
+from data import atomic_write_text, check_no_test_leak
+from metrics import fit_calibration, in_batch_pair_loss, pair_loss_and_accuracy, tier_ranks
+from model import RankingHead, head_meta, load_head, save_head
+from tracking import start_tracking
+from workflow import cpu_fallback_note, load_split_features, load_table_for, make_accelerator, sample_pairs_table
+
+
+class Progress:
+    """Where training stands; saved with the Accelerate state so --resume continues exactly."""
+
+    def __init__(self):
+        self.epoch, self.batches_done = 0, 0
+        self.best_val_loss, self.best_val_acc, self.stale_epochs = float("inf"), -1.0, 0
+        self.top: list[tuple[float, int]] = []  # (val accuracy, epoch) of the kept checkpoints
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+        self.top = [tuple(t) for t in self.top]
+
+
+def save_training_state(accelerator: Accelerator, progress: Progress, state_dir: Path) -> None:
+    """Accelerate state into a temporary directory renamed into place: a kill leaves the last good one."""
+    name = f"epoch{progress.epoch:04d}-batch{progress.batches_done:06d}"
+    tmp = state_dir / f".tmp-{name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(state_dir / name, ignore_errors=True)
+        tmp.rename(state_dir / name)
+        for old in sorted(p for p in state_dir.iterdir() if p.name != name):
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def latest_state(state_dir: Path) -> Path | None:
+    states = sorted(p for p in state_dir.glob("epoch*") if p.is_dir()) if state_dir.exists() else []
+    return states[-1] if states else None
+
+
+def keep_top_k(head, meta: dict, progress: Progress, val_acc: float, top_k: int, out: Path) -> None:
+    """REQ-O-005: the top_k checkpoints by validation accuracy, for ensembles."""
+    if top_k <= 0 or (len(progress.top) >= top_k and val_acc <= min(progress.top)[0]):
+        return
+    save_head(head, out / f"epoch{progress.epoch:04d}", meta)
+    progress.top = sorted(progress.top + [(val_acc, progress.epoch)], key=lambda t: (-t[0], t[1]))
+    for _, epoch in progress.top[top_k:]:
+        shutil.rmtree(out / f"epoch{epoch:04d}", ignore_errors=True)
+    progress.top = progress.top[:top_k]
+
+
+def training_function(cfg) -> dict:
+    accelerator = make_accelerator(cfg)
+    out = Path(cfg.output_dir)
+    log = accelerator.print
+    if accelerator.is_main_process:
+        print_config(cfg)
+        save_config(cfg, out / "config.json")
+    cpu_fallback_note(cfg, accelerator)
+    set_seed(cfg.seed)  # REQ-U-004, REQ-N-003
+
+    table = load_table_for(cfg, accelerator)
+    if accelerator.is_main_process:
+        splits_csv = table[["image_id", "file_name", "tier", "artist", "split"]].to_csv(index=False)
+        atomic_write_text(out / "splits.csv", splits_csv)
+    train_rows, val_rows = table[table.split == "train"], table[table.split == "val"]
+    check_no_test_leak(train_rows, table)  # REQ-N-001: guards, not conventions
+    check_no_test_leak(val_rows, table)
+    backbone, (train_x, val_x) = load_split_features(cfg, [train_rows, val_rows], accelerator)
+    train_r = torch.from_numpy(tier_ranks(train_rows.tier))
+    val_r = torch.from_numpy(tier_ranks(val_rows.tier))
+
+    set_seed(cfg.seed)  # again: extraction may or may not have drawn random numbers (cache hits)
+    head = RankingHead(input_dim=train_x.shape[1], hidden_dim=cfg.hidden_dim, proj_dim=cfg.proj_dim,
+                       dropout=cfg.dropout, score_head=cfg.score_head)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)  # REQ-O-002
+    # The scheduler is registered, not prepared: prepared, it steps once per process per call.
+    head, optimizer = accelerator.prepare(head, optimizer)
+    progress = Progress()
+    accelerator.register_for_checkpointing(scheduler, progress)
+    state_dir = out / "state"
+    if cfg.resume and (state := latest_state(state_dir)) is not None:  # REQ-S-005
+        accelerator.load_state(str(state))
+        log(f"resumed from {state} (epoch {progress.epoch}, batch {progress.batches_done})")
+    elif cfg.resume:
+        log(f"--resume: no saved state in {state_dir}, starting from scratch")
+    log_path = out / "train_log.jsonl"
+    if accelerator.is_main_process:  # epochs after the resumed state are re-run: drop their lines
+        lines = log_path.read_text().splitlines() if cfg.resume and log_path.exists() else []
+        kept = [line for line in lines if json.loads(line)["epoch"] < progress.epoch]
+        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+    start_tracking(accelerator, cfg, job_type="train")
+    meta = head_meta(cfg, backbone_id=backbone.id, input_dim=train_x.shape[1], patch_size=backbone.patch_size)
+    samples = np.random.default_rng(cfg.seed).permutation(len(val_rows))
+
+    interrupted = []
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+    stop_reason = f"reached {cfg.epochs} epochs"
+    # Every process takes the whole batch: training on cached features costs seconds, and sharding a
+    # batch would change which pairs are compared, so N processes give exactly one process's result.
+    while progress.epoch < cfg.epochs:
+        head.train()
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed + progress.epoch))
+        losses = []
+        for step, batch in enumerate(order.split(cfg.batch_size)):
+            if step < progress.batches_done:
+                continue  # mid-epoch resume: these batches were already seen
+            with accelerator.accumulate(head):
+                x, r = train_x[batch].to(accelerator.device), train_r[batch].to(accelerator.device)
+                with accelerator.autocast():
+                    loss = in_batch_pair_loss(head(x).float(), r, cfg.margin)
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad()
+            losses.append(loss.item())
+            progress.batches_done = step + 1
+            if interrupted:
+                save_training_state(accelerator, progress, state_dir)
+                log(f"interrupted: state saved in {state_dir}; continue with --resume true")
+                accelerator.end_training()
+                raise SystemExit(130)
+        scheduler.step()
+        head.eval()
+        with torch.no_grad():
+            val_scores = head(val_x.to(accelerator.device)).float().cpu()
+        val_loss, val_acc, _ = pair_loss_and_accuracy(val_scores, val_r, cfg.margin)  # REQ-E-004
+        lr = scheduler.get_last_lr()[0]
+        record = {"epoch": progress.epoch, "train/loss": float(np.mean(losses)) if losses else float("nan"),
+                  "val/loss": val_loss, "val/pairwise_acc": val_acc, "lr": lr}
+        unwrapped = accelerator.unwrap_model(head)
+        if val_acc > progress.best_val_acc:  # REQ-E-005, REQ-N-005: saved only after a validation
+            progress.best_val_acc = val_acc
+            record["best"] = True
+            if accelerator.is_main_process:
+                save_head(unwrapped, out / "checkpoints" / "best", meta | {"epoch": progress.epoch,
+                                                                          "val_pairwise_acc": val_acc})
+            sample_pairs_table(accelerator, val_rows, val_scores, samples[:2 * cfg.sample_pairs], progress.epoch)
+        if accelerator.is_main_process:
+            keep_top_k(unwrapped, meta | {"epoch": progress.epoch, "val_pairwise_acc": val_acc}, progress,
+                       val_acc, cfg.top_k, out / "checkpoints" / "top")
+        if val_loss < progress.best_val_loss:
+            progress.best_val_loss, progress.stale_epochs = val_loss, 0
+        else:
+            progress.stale_epochs += 1
+        accelerator.log({k: v for k, v in record.items() if k not in ("epoch", "best")}, step=progress.epoch)
+        log(f"epoch {progress.epoch:3d} | train loss {record['train/loss']:.4f} | val loss {val_loss:.4f} | "
+            f"val acc {val_acc:.4f} | lr {lr:.2e}{' | best' if 'best' in record else ''}")
+        if accelerator.is_main_process:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        progress.epoch, progress.batches_done = progress.epoch + 1, 0
+        save_training_state(accelerator, progress, state_dir)
+        if interrupted:
+            log(f"interrupted: state saved in {state_dir}; continue with --resume true")
+            accelerator.end_training()
+            raise SystemExit(130)
+        if progress.stale_epochs >= cfg.patience:  # REQ-S-002
+            stop_reason = f"early stop: val loss not improved for {cfg.patience} epochs"
+            break
+        if lr < cfg.min_lr and progress.epoch < cfg.epochs:  # REQ-S-003
+            stop_reason = f"learning rate {lr:.2e} below min_lr {cfg.min_lr:.0e}"
+            break
+    log(stop_reason)
+
+    # REQ-E-006: the test split is touched once, after training, with the best checkpoint.
+    best, _ = load_head(out / "checkpoints" / "best", expect={"backbone_id": backbone.id,
+                                                              "image_size": cfg.image_size})
+    best = best.to(accelerator.device)
+    test_rows = table[table.split == "test"]
+    _, (test_x,) = load_split_features(cfg, [test_rows], accelerator)
+    results = {"stop_reason": stop_reason, "epochs_run": progress.epoch, "best_epoch": None}
+    with torch.no_grad():
+        for name, x, rows in (("train", train_x, train_rows), ("val", val_x, val_rows), ("test", test_x, test_rows)):
+            scores = best(x.to(accelerator.device)).float().cpu()
+            _, acc, pairs = pair_loss_and_accuracy(scores, torch.from_numpy(tier_ranks(rows.tier)), cfg.margin)
+            results[f"{name}/pairwise_acc"], results[f"{name}/pairs"] = acc, pairs
+            if name == "val":
+                calibration = fit_calibration(scores.numpy(), rows.tier.to_numpy())
+    results["best_epoch"] = json.loads((out / "checkpoints" / "best" / "head.json").read_text())["epoch"]
+    accelerator.log({k: v for k, v in results.items() if "/" in k}, step=progress.epoch)
+    if accelerator.is_main_process:
+        atomic_write_text(out / "calibration.json", json.dumps(calibration, indent=2) + "\n")
+        atomic_write_text(out / "final_metrics.json", json.dumps(results, indent=2) + "\n")
+    log(f"best epoch {results['best_epoch']} | train acc {results['train/pairwise_acc']:.4f} | "
+        f"val acc {results['val/pairwise_acc']:.4f} | test acc {results['test/pairwise_acc']:.4f} "
+        f"({results['test/pairs']} test pairs)")
+    accelerator.end_training()
+    return results
+
+
+def main() -> None:
+    cfg, _ = parse_config(__doc__)
+    training_function(cfg)
+
+
+if __name__ == "__main__":
+    main()
