@@ -233,7 +233,7 @@ def write_works(out: Path, num_artists: int, works_per_artist: int, seed: int) -
 
 
 def generate_demo_dataset(
-    data_dir: str | Path, *, num_artists: int = 24, works_per_artist: int = 25, seed: int = 42
+    data_dir: str | Path, *, num_artists: int = 60, works_per_artist: int = 10, seed: int = 42
 ) -> Path:
     """Write DATA_DIR/metadata.csv (file_name,tier,artist) and DATA_DIR/images/*.png|jpg. Returns data_dir."""
     data_dir = Path(data_dir)

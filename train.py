@@ -32,7 +32,7 @@ class Progress:
     """Where training stands; saved with the Accelerate state so --resume continues exactly."""
 
     def __init__(self):
-        self.epoch, self.batches_done = 0, 0
+        self.epoch, self.batches_done, self.epoch_loss_sum = 0, 0, 0.0
         self.best_val_loss, self.best_val_acc, self.stale_epochs = float("inf"), -1.0, 0
         self.top: list[tuple[float, int]] = []  # (val accuracy, epoch) of the kept checkpoints
 
@@ -130,7 +130,6 @@ def training_function(cfg) -> dict:
     while progress.epoch < cfg.epochs:
         head.train()
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed + progress.epoch))
-        losses = []
         for step, batch in enumerate(order.split(cfg.batch_size)):
             if step < progress.batches_done:
                 continue  # mid-epoch resume: these batches were already seen
@@ -141,7 +140,7 @@ def training_function(cfg) -> dict:
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad()
-            losses.append(loss.item())
+            progress.epoch_loss_sum += loss.item()
             progress.batches_done = step + 1
             if interrupted:
                 save_training_state(accelerator, progress, state_dir)
@@ -154,7 +153,8 @@ def training_function(cfg) -> dict:
             val_scores = head(val_x.to(accelerator.device)).float().cpu()
         val_loss, val_acc, _ = pair_loss_and_accuracy(val_scores, val_r, cfg.margin)  # REQ-E-004
         lr = scheduler.get_last_lr()[0]
-        record = {"epoch": progress.epoch, "train/loss": float(np.mean(losses)) if losses else float("nan"),
+        train_loss = progress.epoch_loss_sum / max(1, progress.batches_done)
+        record = {"epoch": progress.epoch, "train/loss": train_loss,
                   "val/loss": val_loss, "val/pairwise_acc": val_acc, "lr": lr}
         unwrapped = accelerator.unwrap_model(head)
         if val_acc > progress.best_val_acc:  # REQ-E-005, REQ-N-005: saved only after a validation
@@ -177,7 +177,7 @@ def training_function(cfg) -> dict:
         if accelerator.is_main_process:
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-        progress.epoch, progress.batches_done = progress.epoch + 1, 0
+        progress.epoch, progress.batches_done, progress.epoch_loss_sum = progress.epoch + 1, 0, 0.0
         save_training_state(accelerator, progress, state_dir)
         if interrupted:
             log(f"interrupted: state saved in {state_dir}; continue with --resume true")

@@ -33,15 +33,17 @@ def tiny_backbone(tmp_path_factory) -> Path:
 
 def write_dataset(data_dir: Path, *, artists: int = 12, per_artist: int = 8, seed: int = 0,
                   size: tuple[int, int] = (48, 40)) -> Path:
-    """A small data set in the input format whose tier shows in the pixels (brightness and noise)."""
+    """A small data set in the input format whose tier shows in the pixels (brightness and noise),
+    blurred by each artist's own brightness so that ranking is learnable but not trivial."""
     rng = np.random.default_rng(seed)
     (data_dir / "images").mkdir(parents=True, exist_ok=True)
     lines = ["file_name,tier,artist"]
     for a in range(artists):
+        artist_shift = rng.normal(0, 30)
         for k in range(per_artist):
             tier = "SABC"[(a + k) % 4]
             quality = "CBAS".index(tier) / 3
-            base = 60 + 150 * quality + rng.normal(0, 60 * (1 - quality), (size[1], size[0], 3))
+            base = 60 + 120 * quality + artist_shift + rng.normal(0, 20 + 50 * (1 - quality), (size[1], size[0], 3))
             pixels = np.clip(base, 0, 255).astype(np.uint8)
             name = f"images/a{a:02d}_{k:02d}.png"
             Image.fromarray(pixels).save(data_dir / name)
@@ -71,10 +73,10 @@ def tiny_args(tmp_path: Path, data_dir: Path, backbone: Path, **overrides) -> li
 
 
 def run_script(script: str, *args, cwd: Path | None = None, check: bool = True, launcher: list[str] | None = None,
-               timeout: float = 600) -> subprocess.CompletedProcess:
+               timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     command = (launcher or [sys.executable]) + [str(ROOT / script), *map(str, args)]
     result = subprocess.run(command, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
     if check and result.returncode != 0:
         raise AssertionError(f"{script} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
                              f"\n--- stderr\n{result.stderr[-4000:]}")

@@ -1,0 +1,214 @@
+"""Evaluate a trained head: pairwise accuracy with an honest interval, the spec's gates, and figures.
+
+    python evaluate.py --config configs/demo.json [--split test] [--checkpoint DIR] [--ensemble true]
+
+Reads the checkpoint (OUTPUT_DIR/checkpoints/best unless --checkpoint; with --ensemble every one in
+OUTPUT_DIR/checkpoints/top/, REQ-O-005), DATA_DIR and backbone features from the feature cache
+(extracting only what is missing). Each image is scored once and every cross-tier pair is compared
+from the scores (NOTES.md 6): O(N) backbone passes, where the spec's evaluator makes two per pair.
+Reports train/val/test pairwise accuracy against the spec's gates (4.5.2) and, for --split, Kendall
+tau-b, Spearman, accuracy per tier pair and a 95% interval from resampling artists.
+Writes into OUTPUT_DIR (names end in _ensemble with --ensemble): eval_<split>.json,
+scores_<split>.csv (image_id,file_name,tier,artist,score), figures/score_by_tier_<split>.png,
+figures/tier_pair_accuracy_<split>.png, figures/extremes_<split>.png, and the wandb run (job evaluate).
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate import Accelerator
+
+from config import Config, parse_config, print_config
+from data import SPLITS, atomic_write_text
+from features import resolve_backbone
+from figures import extremes_sheet, score_by_tier, tier_pair_heatmap
+from metrics import artist_bootstrap_ci, pairwise_accuracy, per_tier_pair_accuracy, rank_correlations
+from model import RankingHead, load_head
+from tracking import start_tracking, wandb_run
+from workflow import load_split_features, load_table_for, make_accelerator
+
+RANDOM_CAVEAT = "random backbone (demo): the numbers show the pipeline works, not how well DINOv2 ranks drawings"
+GATES = {"test": (">=", 0.60), "val": (">=", 0.62), "train": ("<=", 0.80)}  # spec 4.5.2; train: over-fitting
+
+
+def checkpoint_dirs(cfg) -> tuple[Path, list[Path]]:
+    """The single checkpoint, and the ensemble members when --ensemble (else none)."""
+    checkpoints = Path(cfg.output_dir) / "checkpoints"
+    single = Path(cfg.checkpoint) if cfg.checkpoint else checkpoints / "best"
+    if not cfg.ensemble:
+        return single, []
+    members = sorted(p for p in (checkpoints / "top").glob("epoch*") if p.is_dir() and p.name[5:].isdigit())
+    if not members:
+        raise FileNotFoundError(f"{checkpoints / 'top'}: no saved checkpoints to ensemble (train with --top_k 2 "
+                                "or more)")
+    return single, members
+
+
+def check_same_split(table: pd.DataFrame, splits_csv: Path) -> None:
+    """The split must be the one the head was trained on; otherwise 'test' may hold training images."""
+    if not splits_csv.is_file():
+        return
+    trained = pd.read_csv(splits_csv, dtype=str, keep_default_na=False)[["image_id", "split"]]
+    both = table.merge(trained, on="image_id", suffixes=("", "_trained"))
+    moved = both[both.split != both.split_trained]
+    if len(moved):
+        raise ValueError(f"{splits_csv}: {len(moved)} image(s) now fall in another split than in training, e.g. "
+                         f"{moved.image_id.iloc[0]!r} ({moved.split_trained.iloc[0]} -> {moved.split.iloc[0]}); "
+                         "evaluate with the data and config the run was trained with")
+
+
+@torch.no_grad()
+def head_scores(heads: list[RankingHead], features: torch.Tensor) -> np.ndarray:
+    """One score per image; an ensemble averages its members' scores."""
+    device = next(heads[0].parameters()).device
+    return torch.stack([head(features.to(device)).float().cpu() for head in heads]).mean(dim=0).numpy()
+
+
+def split_report(scores: np.ndarray, rows: pd.DataFrame, *, resamples: int, seed: int) -> dict:
+    """Every figure of merit of one split, from one score per image."""
+    tiers, artists = rows.tier.to_numpy(), rows.artist.to_numpy()
+    accuracy, pairs = pairwise_accuracy(scores, tiers)
+    tau, rho = rank_correlations(scores, tiers)
+    per_pair = per_tier_pair_accuracy(scores, tiers)
+    return dict(pairwise_accuracy=accuracy, n_pairs=pairs, n_images=len(rows), n_artists=int(rows.artist.nunique()),
+                kendall_tau=tau, spearman=rho,
+                ci95=list(artist_bootstrap_ci(scores, tiers, artists, resamples=resamples, seed=seed)),
+                per_tier_pair={name: acc for name, (acc, _) in per_pair.items()},
+                per_tier_pair_n_pairs={name: n for name, (_, n) in per_pair.items()})
+
+
+def gates(accuracy_by_split: dict[str, float]) -> dict[str, dict]:
+    return {split: dict(target=f"{op} {bound:.2f}", value=accuracy_by_split[split],
+                        passed=accuracy_by_split[split] >= bound if op == ">=" else accuracy_by_split[split] <= bound)
+            for split, (op, bound) in GATES.items()}
+
+
+def finite_or_none(value):
+    """JSON has no NaN: an undefined correlation is written as null."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def console_report(results: dict[str, dict], split: str, out: Path, written: list[Path]) -> str:
+    """The gates table (a column per model: ensemble and best single), then each model's details."""
+    names = list(results)
+    lines = ["pairwise accuracy " + "".join(f"{name:>24s}" for name in names) + "   spec gate"]
+    for s, (op, bound) in GATES.items():
+        cells = [f"{r['gates'][s]['value']:.4f} {'PASS' if r['gates'][s]['passed'] else 'FAIL'}"
+                 for r in results.values()]
+        lines.append(f"  {s:16s}" + "".join(f"{cell:>24s}" for cell in cells) + f"   {op} {bound:.2f}")
+    for name, r in results.items():
+        tau, rho = (f"{v:.3f}" if math.isfinite(v) else "undefined" for v in (r["kendall_tau"], r["spearman"]))
+        lines += [f"{split}, {name}: accuracy {r['pairwise_accuracy']:.4f} over {r['n_pairs']} pairs "
+                  f"({r['n_images']} images, {r['n_artists']} artists, ties count wrong)",
+                  f"  95% CI [{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}] ({r['bootstrap']['resamples']} resamples of "
+                  f"artists) | Kendall tau-b {tau} | Spearman {rho}",
+                  "  per tier pair: " + " | ".join(f"{pair} {acc:.3f} ({r['per_tier_pair_n_pairs'][pair]} pairs)"
+                                                   for pair, acc in r["per_tier_pair"].items())]
+    return "\n".join(lines + [f"wrote into {out}: " + ", ".join(str(p.relative_to(out)) for p in written)])
+
+
+def tracker_metrics(report: dict, prefix: str) -> dict[str, float]:
+    split = report["split"]
+    metrics = {f"{prefix}/{s}/pairwise_acc": a for s, a in report["pairwise_accuracy_by_split"].items()}
+    metrics |= {f"{prefix}/{split}/{k}": report[k] for k in ("kendall_tau", "spearman", "n_pairs")}
+    metrics |= {f"{prefix}/{split}/ci95_low": report["ci95"][0], f"{prefix}/{split}/ci95_high": report["ci95"][1]}
+    return metrics | {f"{prefix}/{split}/tier_pair/{p}": a for p, a in report["per_tier_pair"].items()}
+
+
+def evaluate(cfg: Config, accelerator: Accelerator) -> tuple[dict[str, dict], np.ndarray, pd.DataFrame]:
+    """Reports per model (the ensemble first when there is one, then the best single checkpoint), and the
+    first model's scores of the rows of cfg.split."""
+    out = Path(cfg.output_dir)
+    table = load_table_for(cfg, accelerator)
+    check_same_split(table, out / "splits.csv")
+    single, members = checkpoint_dirs(cfg)
+    # Heads first, so a checkpoint of another backbone or size is refused before any extraction.
+    backbone = resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
+    expect = {"backbone_id": backbone.id, "image_size": cfg.image_size, "feature": cfg.feature}
+    models = {"best single": [load_head(single, expect=expect)[0].to(accelerator.device)]}
+    if members:
+        models = {f"ensemble of {len(members)}": [load_head(m, expect=expect)[0].to(accelerator.device)
+                                                  for m in members]} | models
+    frames = [table[table.split == s] for s in SPLITS]
+    _, features = load_split_features(cfg, frames, accelerator)
+    rows = frames[SPLITS.index(cfg.split)]
+    results, split_scores = {}, {}
+    for name, heads in models.items():
+        scores = {s: head_scores(heads, x) for s, x in zip(SPLITS, features)}
+        by_split = {s: pairwise_accuracy(scores[s], f.tier.to_numpy()) for s, f in zip(SPLITS, frames)}
+        accuracy_by_split = {s: accuracy for s, (accuracy, _) in by_split.items()}
+        results[name] = dict(
+            split=cfg.split, **split_report(scores[cfg.split], rows, resamples=cfg.bootstrap, seed=cfg.seed),
+            pairwise_accuracy_by_split=accuracy_by_split, n_pairs_by_split={s: n for s, (_, n) in by_split.items()},
+            gates=gates(accuracy_by_split), ties="count as wrong",
+            bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, unit="artist"))
+        split_scores[name] = scores[cfg.split]
+    report = next(iter(results.values()))
+    report |= dict(checkpoint=[str(m) for m in members] if members else str(single), ensemble=bool(members),
+                   backbone=cfg.backbone, backbone_id=backbone.id, random_backbone=cfg.random_backbone,
+                   image_size=cfg.image_size, feature=cfg.feature)
+    if members:
+        report["best_single"] = results["best single"] | dict(checkpoint=str(single))
+    return results, next(iter(split_scores.values())), rows
+
+
+def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows: pd.DataFrame) -> dict[str, Path]:
+    """The JSON, the scores CSV and the figures; returns what was written, by name."""
+    out, tag = Path(cfg.output_dir), cfg.split + ("_ensemble" if report["ensemble"] else "")
+    atomic_write_text(out / f"scores_{tag}.csv", rows[["image_id", "file_name", "tier", "artist"]]
+                      .assign(score=scores.astype(np.float32)).to_csv(index=False))
+    tiers, model = rows.tier.to_numpy(), "ensemble" if report["ensemble"] else "best checkpoint"
+    caveat = "\n(demo: random backbone, a pipeline check, not a result)" if cfg.random_backbone else ""
+    ci = f"95% CI [{report['ci95'][0]:.1%}, {report['ci95'][1]:.1%}]"
+    figures = {
+        "score_by_tier": score_by_tier(scores, tiers, out / "figures" / f"score_by_tier_{tag}.png", title=(
+            f"Scores by tier: {cfg.split} split, {model}\npairwise accuracy {report['pairwise_accuracy']:.1%}, "
+            f"{ci}, Kendall tau-b {report['kendall_tau']:.2f}{caveat}")),
+        "tier_pair_accuracy": tier_pair_heatmap(
+            {p: (a, report["per_tier_pair_n_pairs"][p]) for p, a in report["per_tier_pair"].items()},
+            out / "figures" / f"tier_pair_accuracy_{tag}.png",
+            title=f"Accuracy per tier pair: {cfg.split} split, {model}{caveat}"),
+        "extremes": extremes_sheet(rows.path.to_numpy(), scores, tiers, out / "figures" / f"extremes_{tag}.png",
+                                   title=f"Highest and lowest scored of {len(rows)} {cfg.split} images ({model}): "
+                                         f"rank, tier, score{caveat}"),
+    }
+    report["figures"] = {k: str(v) for k, v in figures.items()}
+    atomic_write_text(out / f"eval_{tag}.json", json.dumps(finite_or_none(report), indent=2) + "\n")
+    return {"json": out / f"eval_{tag}.json", "csv": out / f"scores_{tag}.csv", **figures}
+
+
+def main() -> None:
+    cfg, _ = parse_config(__doc__)
+    accelerator = make_accelerator(cfg)
+    if accelerator.is_main_process:
+        print_config(cfg)
+    try:
+        results, scores, rows = evaluate(cfg, accelerator)
+    except (ValueError, FileNotFoundError) as err:  # a wrong checkpoint or an empty split: say which, no traceback
+        raise SystemExit(f"error: {err}") from None
+    report = next(iter(results.values()))
+    start_tracking(accelerator, cfg, job_type="evaluate")
+    accelerator.log(tracker_metrics(report, "eval_ensemble" if report["ensemble"] else "eval"))
+    if accelerator.is_main_process:
+        written = write_outputs(cfg, report, scores, rows)
+        if (run := wandb_run(accelerator)) is not None:
+            import wandb
+
+            run.log({f"figures/{k}_{cfg.split}": wandb.Image(str(p)) for k, p in written.items() if k not in
+                     ("json", "csv")})
+        accelerator.print(console_report(results, cfg.split, Path(cfg.output_dir), list(written.values())))
+        if cfg.random_backbone:
+            accelerator.print(f"note: {RANDOM_CAVEAT}")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()

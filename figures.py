@@ -1,0 +1,103 @@
+"""Evaluation figures, drawn with matplotlib's object interface (no pyplot state; PNG through Agg).
+
+Each function takes plain arrays and an output path, writes one PNG atomically and returns its path.
+"""
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from PIL import ImageOps
+
+from data import TIERS, atomic_write_bytes, open_image
+from metrics import TIER_PAIRS
+
+TIER_COLORS = {"S": "#1a7f4b", "A": "#67a9cf", "B": "#f0a340", "C": "#c8413b"}
+
+
+def _save(figure: Figure, path: str | os.PathLike) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def score_by_tier(scores: np.ndarray, tiers: np.ndarray, path: str | os.PathLike, *, title: str) -> Path:
+    """One box per tier (S to C) with every image as a dot: good scores fall from left to right."""
+    present = [t for t in TIERS if (tiers == t).any()]
+    figure = Figure(figsize=(7, 4.5))
+    ax = figure.subplots()
+    groups = [scores[tiers == t] for t in present]
+    boxes = ax.boxplot(groups, positions=range(len(present)), widths=0.5, showfliers=False, patch_artist=True,
+                       medianprops=dict(color="black", linewidth=1.5))
+    jitter = np.random.default_rng(0)
+    for x, (tier, values, box) in enumerate(zip(present, groups, boxes["boxes"])):
+        box.set(facecolor=TIER_COLORS[tier], alpha=0.25, edgecolor=TIER_COLORS[tier])
+        ax.scatter(x + jitter.uniform(-0.18, 0.18, len(values)), values, s=12, color=TIER_COLORS[tier],
+                   alpha=0.7, edgecolors="none")
+    ax.set_xticks(range(len(present)), [f"{t}\n({len(v)} images)" for t, v in zip(present, groups)])
+    ax.set_xlabel("teacher tier")
+    ax.set_ylabel("model score (higher = better)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    return _save(figure, path)
+
+
+def tier_pair_heatmap(per_tier_pair: dict[str, tuple[float, int]], path: str | os.PathLike, *, title: str) -> Path:
+    """Accuracy per tier pair: rows the higher tier, columns the lower; adjacent tiers on the diagonal."""
+    upper, lower = TIERS[:-1], TIERS[1:]
+    grid = np.full((len(upper), len(lower)), np.nan)
+    figure = Figure(figsize=(5.2, 4.2))
+    ax = figure.subplots()
+    for name in TIER_PAIRS:
+        u, low = name.split("-")
+        i, j = upper.index(u), lower.index(low)
+        if name in per_tier_pair:
+            accuracy, pairs = per_tier_pair[name]
+            grid[i, j] = accuracy
+            ax.text(j, i, f"{accuracy:.1%}\n{pairs} pairs", ha="center", va="center", fontsize=9)
+        else:
+            ax.text(j, i, "no pairs", ha="center", va="center", fontsize=8, color="0.4")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn", vmin=0.0, vmax=1.0)
+    # Cells below the diagonal are not tier pairs (B above A); they are blank, not zero.
+    ax.imshow(np.where(np.tril(np.ones_like(grid), -1) > 0, 1.0, np.nan), cmap=ListedColormap(["white"]))
+    ax.set_xticks(range(len(lower)), [f"lower: {t}" for t in lower])
+    ax.set_yticks(range(len(upper)), [f"higher: {t}" for t in upper])
+    ax.tick_params(length=0)
+    ax.set_xlabel("adjacent tiers, the hard pairs, lie on the diagonal", fontsize=9)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="higher tier scored higher")
+    ax.set_title(title, fontsize=10)
+    return _save(figure, path)
+
+
+def extremes_sheet(paths: np.ndarray, scores: np.ndarray, tiers: np.ndarray, path: str | os.PathLike, *,
+                   title: str, count: int = 8) -> Path:
+    """The highest- and lowest-scored images, each with its rank, tier and score, framed in its tier's colour."""
+    order = np.argsort(-scores, kind="stable")
+    count = max(1, min(count, len(order) // 2))
+    rows = (("highest scored", order[:count]), ("lowest scored", order[len(order) - count:]))
+    figure = Figure(figsize=(1.75 * count, 4.8))
+    axes = figure.subplots(2, count, squeeze=False)
+    rank_of = np.empty(len(order), np.int64)
+    rank_of[order] = np.arange(1, len(order) + 1)
+    for (label, picks), row in zip(rows, axes):
+        for i, ax in zip(picks, row):
+            thumbnail = ImageOps.contain(open_image(paths[i]), (200, 200))
+            tile = np.full((200, 200, 3), 245, np.uint8)  # square tiles: the whole work, letterboxed
+            top, left = (200 - thumbnail.height) // 2, (200 - thumbnail.width) // 2
+            tile[top:top + thumbnail.height, left:left + thumbnail.width] = np.asarray(thumbnail)
+            ax.imshow(tile)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"#{rank_of[i]}  {tiers[i]}  {scores[i]:.3f}", fontsize=9, color="white",
+                         fontweight="bold", backgroundcolor=TIER_COLORS[tiers[i]])
+            for spine in ax.spines.values():
+                spine.set(color=TIER_COLORS[tiers[i]], linewidth=3)
+        row[0].set_ylabel(label, fontsize=10)
+    figure.suptitle(title, fontsize=10)
+    return _save(figure, path)
