@@ -138,7 +138,7 @@ def evaluate(cfg: Config, accelerator: Accelerator) -> tuple[dict[str, dict], np
         models = {f"ensemble of {len(members)}": [load_head(m, expect=expect)[0].to(accelerator.device)
                                                   for m in members]} | models
     frames = [table[table.split == s] for s in SPLITS]
-    _, features = load_split_features(cfg, frames, accelerator)
+    _, features = load_split_features(cfg, frames, accelerator, backbone=backbone)
     rows = frames[SPLITS.index(cfg.split)]
     results, split_scores = {}, {}
     for name, heads in models.items():

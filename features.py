@@ -15,7 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import torch
 from accelerate import Accelerator
-from accelerate.utils import find_executable_batch_size, gather_object
+from accelerate.utils import gather_object, release_memory
+from accelerate.utils.memory import should_reduce_batch_size
 from datasets import Dataset, load_from_disk
 
 from data import PREPROCESSING_VERSION, ImageDataset, atomic_dir, input_size, recover_dir
@@ -105,7 +106,7 @@ def write_cache(directory: Path, key: dict, hashes: list[str], cls_tokens: np.nd
 
 
 def extract(extractor: DINOv2FeatureExtractor, paths: list[str], *, image_size: int, batch_size: int,
-            num_workers: int, accelerator: Accelerator, track=None) -> tuple[np.ndarray, np.ndarray]:
+            num_workers: int, accelerator: Accelerator, track=None, log=None) -> tuple[np.ndarray, np.ndarray]:
     """CLS and mean patch tokens of this process's images, fp16 autocast on CUDA (REQ-U-002).
 
     Out of memory halves the batch and starts again (REQ-S-001).
@@ -113,7 +114,6 @@ def extract(extractor: DINOv2FeatureExtractor, paths: list[str], *, image_size: 
     dataset = ImageDataset(paths, image_size=image_size, patch_size=extractor.patch_size)
     extractor = extractor.to(accelerator.device)
 
-    @find_executable_batch_size(starting_batch_size=batch_size)
     def run(batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                                              pin_memory=accelerator.device.type == "cuda")
@@ -127,7 +127,17 @@ def extract(extractor: DINOv2FeatureExtractor, paths: list[str], *, image_size: 
         return (np.concatenate(cls_parts) if cls_parts else np.zeros((0, width), np.float32),
                 np.concatenate(mean_parts) if mean_parts else np.zeros((0, width), np.float32))
 
-    return run()
+    # Accelerate's find_executable_batch_size shrinks by 10% per failure; halving finds a fit in log2 steps.
+    while True:
+        try:
+            return run(batch_size)
+        except Exception as err:
+            if not should_reduce_batch_size(err) or batch_size == 1:
+                raise
+            batch_size //= 2
+            release_memory()
+            if log:
+                log(f"out of memory: extraction batch size halved to {batch_size}")
 
 
 def table_features(table: pd.DataFrame, *, backbone: Backbone, image_size: int, cache_dir: str,
@@ -153,7 +163,7 @@ def table_features(table: pd.DataFrame, *, backbone: Backbone, image_size: int, 
         with accelerator.split_between_processes(missing) as mine:
             new_cls, new_mean = extract(extractor, [path_of[h] for h in mine], image_size=image_size,
                                         batch_size=batch_size, num_workers=num_workers,
-                                        accelerator=accelerator, track=track)
+                                        accelerator=accelerator, track=track, log=log)
             shards = gather_object([(list(mine), new_cls, new_mean)])
         del extractor
         hashes = sorted(index, key=index.get)

@@ -196,7 +196,7 @@ def training_function(cfg) -> dict:
                                                               "image_size": cfg.image_size})
     best = best.to(accelerator.device)
     test_rows = table[table.split == "test"]
-    _, (test_x,) = load_split_features(cfg, [test_rows], accelerator)
+    _, (test_x,) = load_split_features(cfg, [test_rows], accelerator, backbone=backbone)
     results = {"stop_reason": stop_reason, "epochs_run": progress.epoch, "best_epoch": None}
     with torch.no_grad():
         for name, x, rows in (("train", train_x, train_rows), ("val", val_x, val_rows), ("test", test_x, test_rows)):

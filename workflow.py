@@ -60,10 +60,14 @@ def load_table_for(cfg, accelerator: Accelerator) -> pd.DataFrame:
     return table
 
 
-def load_split_features(cfg, frames: list[pd.DataFrame],
-                        accelerator: Accelerator) -> tuple[Backbone, list[torch.Tensor]]:
-    """The head's input features for each frame, from the feature cache (extracting what is missing)."""
-    backbone = resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
+def load_split_features(cfg, frames: list[pd.DataFrame], accelerator: Accelerator, *,
+                        backbone: Backbone | None = None) -> tuple[Backbone, list[torch.Tensor]]:
+    """The head's input features for each frame, from the feature cache (extracting what is missing).
+
+    Pass `backbone` when it is already resolved: resolving hashes its weights (1.2 GB for ViT-L).
+    """
+    backbone = backbone or resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone,
+                                            accelerator=accelerator)
     together = pd.concat(frames)
     cls_token, mean_patch = table_features(together, backbone=backbone, image_size=cfg.image_size,
                                            cache_dir=cfg.cache_dir, batch_size=cfg.extract_batch_size,

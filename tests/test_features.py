@@ -1,0 +1,109 @@
+"""The feature cache: exact, reused, invalidated by any change, rebuilt when damaged; OOM backs off."""
+
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from data import load_table, open_image, preprocess
+from features import extract, resolve_backbone, table_features
+from model import DINOv2FeatureExtractor
+
+
+@pytest.fixture
+def setup(tmp_path, dataset, tiny_backbone):
+    accelerator = Accelerator(cpu=True)
+    table, _ = load_table(dataset, val_fraction=0.1, test_fraction=0.1, seed=42)
+    backbone = resolve_backbone(str(tiny_backbone), accelerator=accelerator)
+    messages = []
+
+    def features(rows=table, image_size=56):
+        return table_features(rows, backbone=backbone, image_size=image_size, cache_dir=str(tmp_path / "cache"),
+                              batch_size=16, num_workers=0, accelerator=accelerator, log=messages.append)
+    return table, features, messages, tmp_path / "cache"
+
+
+def test_req_e_001_cached_features_are_the_backbone_cls_token(setup, tiny_backbone):
+    table, features, _, _ = setup
+    cls_token, mean_patch = features()
+    extractor = DINOv2FeatureExtractor.from_pretrained(str(tiny_backbone))
+    pixels = torch.stack([preprocess(open_image(p), 56, 14) for p in table.path[:3]])
+    with torch.no_grad():
+        tokens = extractor.backbone(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(cls_token[:3], tokens[:, 0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(mean_patch[:3], tokens[:, 1:].mean(1), atol=1e-5, rtol=1e-4)
+    assert cls_token.shape == (len(table), 32)
+
+
+def test_second_run_extracts_nothing(setup):
+    _, features, messages, _ = setup
+    first = features()
+    messages.clear()
+    second = features()
+    assert messages == [] and all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_changed_image_is_recomputed_alone(setup):
+    table, features, messages, _ = setup
+    before, _ = features()
+    image = open_image(table.path[0]).transpose(0)  # mirrored: same size, different content
+    image.save(table.path[0])
+    table, _ = load_table(table.path[0].rsplit("/images/", 1)[0], val_fraction=0.1, test_fraction=0.1, seed=42)
+    messages.clear()
+    after, _ = features(table)
+    assert messages[-1].endswith(f"{len(table) - 1} of {len(table)} images cached, extracting 1")
+    assert not torch.equal(after[0], before[0]) and torch.equal(after[1:], before[1:])
+
+
+def test_other_image_size_uses_another_cache(setup):
+    _, features, _, cache = setup
+    features()
+    features(image_size=42)
+    keys = sorted(json.loads((d / "cache.json").read_text())["key"]["image_size"] for d in cache.iterdir())
+    assert keys == [42, 56]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "key"])
+def test_damaged_cache_is_detected_and_rebuilt(setup, damage):
+    _, features, messages, cache = setup
+    good, _ = features()
+    (directory,) = cache.iterdir()
+    if damage == "key":
+        meta = json.loads((directory / "cache.json").read_text())
+        meta["key"]["preprocessing"] = "center-crop"
+        (directory / "cache.json").write_text(json.dumps(meta))
+    else:
+        (arrow,) = directory.glob("features/*.arrow")
+        payload = bytearray(arrow.read_bytes())
+        if damage == "truncate":
+            del payload[len(payload) // 2:]
+        else:
+            payload[len(payload) // 2] ^= 0xFF
+        arrow.write_bytes(bytes(payload))
+    messages.clear()
+    rebuilt, _ = features()
+    assert "rebuilding" in messages[0] and messages[1].startswith("feature cache: 0 of")
+    torch.testing.assert_close(rebuilt, good)
+
+
+def test_req_s_001_out_of_memory_halves_the_batch(setup, tiny_backbone):
+    table, _, _, _ = setup
+    extractor = DINOv2FeatureExtractor.from_pretrained(str(tiny_backbone))
+    forward, batches = extractor.forward, []
+
+    def small_memory(pixels):
+        batches.append(len(pixels))
+        if len(pixels) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(pixels)
+
+    extractor.forward = small_memory
+    paths = list(table.path[:10])
+    cls_token, _ = extract(extractor, paths, image_size=56, batch_size=16, num_workers=0,
+                           accelerator=Accelerator(cpu=True))
+    assert batches[:3] == [10, 8, 4] and set(batches[2:]) <= {4, 2}
+    extractor.forward = forward
+    expected, _ = extract(extractor, paths, image_size=56, batch_size=16, num_workers=0,
+                          accelerator=Accelerator(cpu=True))
+    torch.testing.assert_close(torch.from_numpy(cls_token), torch.from_numpy(expected), atol=1e-5, rtol=1e-4)
