@@ -24,7 +24,7 @@ class Config:
     output_dir: str = "runs/baseline"
     cache_dir: str = "cache"  # feature cache, shared between runs
     demo_data: bool = False  # generate the synthetic demo data set into data_dir when it is missing
-    skip_bad_images: bool = False  # drop unreadable rows with a warning instead of refusing to start
+    skip_bad_images: bool = False  # drop bad rows with a warning instead of refusing to start
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     # backbone and preprocessing

@@ -5,19 +5,22 @@ artist and optionally image_id; images in any format Pillow reads.
 """
 
 import contextlib
+import csv
 import hashlib
 import io
 import math
 import os
 import shutil
+import unicodedata
 import uuid
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.model_selection import StratifiedGroupKFold
 
 TIERS = ("S", "A", "B", "C")
@@ -41,11 +44,14 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -87,61 +93,101 @@ def recover_dir(path: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------- metadata
 
+def _resolve(data_dir: Path, name: str) -> str:
+    path = data_dir / name
+    if not path.exists():
+        # macOS writes file names decomposed (NFD), spreadsheets compose them (NFC): Korean names differ.
+        for form in ("NFC", "NFD"):
+            if (data_dir / unicodedata.normalize(form, name)).exists():
+                return str(data_dir / unicodedata.normalize(form, name))
+    return str(path)
+
+
+def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]]]:
+    """Every row of metadata.csv, and the problems found in them as (row, message)."""
+    csv_path = data_dir / "metadata.csv"
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: not found (expected columns file_name,tier,artist[,image_id])")
+    payload = csv_path.read_bytes()
+    try:
+        text = payload.decode("utf-8-sig")  # -sig: drops the byte-order mark Excel writes
+    except UnicodeDecodeError as err:
+        line = payload[:err.start].count(b"\n") + 1
+        raise DataError(f"{csv_path}: line {line} is not UTF-8 text; save the file as UTF-8 "
+                        "(in Excel: 'CSV UTF-8')") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        missing = [c for c in ("file_name", "tier", "artist") if c not in header]
+        if missing:
+            raise DataError(f"{csv_path}: missing column(s) {missing}; found {header}")
+        repeated = sorted({c for c in header if header.count(c) > 1 and c})
+        if repeated:
+            raise DataError(f"{csv_path}: column(s) {repeated} appear more than once in the header")
+        records, problems = [], []
+        for fields in reader:
+            if not any(field.strip() for field in fields):
+                continue  # blank lines, lines of commas
+            if len(fields) != len(header):
+                name = fields[header.index("file_name")].strip() if len(fields) > header.index("file_name") else ""
+                problems.append((reader.line_num, f"row {reader.line_num} ({name}): {len(fields)} fields but the "
+                                 f"header has {len(header)} (a comma inside a name needs quotes)"))
+                continue
+            records.append([reader.line_num, *(field.strip() for field in fields)])
+    except csv.Error as err:
+        raise DataError(f"{csv_path}: line {reader.line_num}: cannot parse: {err}") from None
+    df = pd.DataFrame(records, columns=["row", *header], dtype=object).astype({"row": int})
+    if not len(df) and not problems:
+        raise DataError(f"{csv_path}: no image rows")
+    if "image_id" not in df.columns:
+        df["image_id"] = df["file_name"]
+    df["image_id"] = df["image_id"].where(df["image_id"] != "", df["file_name"])
+    df["tier"] = df["tier"].str.upper()
+    # One artist typed on two machines must stay one group (REQ-N-001), whatever the Unicode form.
+    df["artist"] = [unicodedata.normalize("NFC", name) for name in df["artist"]]
+    df["path"] = [_resolve(data_dir, name) for name in df["file_name"]]
+
+    first_file, first_id = {}, {}
+    for r in df.itertuples():
+        where = f"row {r.row} ({r.file_name})"
+        if not r.file_name:
+            problems.append((r.row, f"row {r.row}: empty file_name"))
+        if r.tier not in TIER_RANK:
+            problems.append((r.row, f"{where}: unknown tier {r.tier!r}, expected one of {', '.join(TIERS)}"))
+        if not r.artist:
+            problems.append((r.row, f"{where}: missing artist"))
+        if r.file_name and r.file_name in first_file:
+            problems.append((r.row, f"{where}: image listed twice, first at row {first_file[r.file_name]}"))
+        elif r.image_id and r.image_id in first_id:
+            problems.append((r.row, f"{where}: duplicate image_id {r.image_id!r}, first at row {first_id[r.image_id]}"))
+        first_file.setdefault(r.file_name, r.row)
+        first_id.setdefault(r.image_id, r.row)
+    return csv_path, df[["image_id", "file_name", "tier", "artist", "path", "row"]], problems
+
+
+def _bad_rows(problems: Sequence[tuple[int, str]], *, source: str, skip_bad_images: bool) -> list[str]:
+    messages = [message for _, message in sorted(problems, key=lambda p: p[0])]
+    if messages and not skip_bad_images:
+        raise DataError(f"{source}: {len({row for row, _ in problems})} bad row(s); fix or remove them, or pass "
+                        "--skip_bad_images true to drop them:\n  " + "\n  ".join(messages))
+    return messages
+
+
 def read_metadata(data_dir: str | os.PathLike) -> pd.DataFrame:
     """Read and validate DATA_DIR/metadata.csv without opening the images.
 
     Returns columns image_id, file_name, tier, artist, path and row (the CSV line number).
     Raises DataError listing every bad row.
     """
-    data_dir = Path(data_dir)
-    csv = data_dir / "metadata.csv"
-    if not csv.is_file():
-        raise DataError(f"{csv}: not found (expected columns file_name,tier,artist[,image_id])")
-    try:
-        # utf-8-sig drops the byte-order mark Excel writes; keep_default_na keeps an artist named "NA".
-        df = pd.read_csv(csv, dtype=str, encoding="utf-8-sig", keep_default_na=False, skip_blank_lines=True)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise DataError(f"{csv}: cannot parse: {err}") from err
-    df.columns = [c.strip() for c in df.columns]
-    missing = {"file_name", "tier", "artist"} - set(df.columns)
-    if missing:
-        raise DataError(f"{csv}: missing column(s) {sorted(missing)}; found {list(df.columns)}")
-    for column in ("file_name", "tier", "artist"):
-        df[column] = df[column].str.strip()
-    df = df[(df[["file_name", "tier", "artist"]] != "").any(axis=1)].copy()  # blank lines of commas
-    if "image_id" not in df.columns:
-        df["image_id"] = df["file_name"]
-    df["image_id"] = df["image_id"].str.strip().where(df["image_id"].str.strip() != "", df["file_name"])
-    df["tier"] = df["tier"].str.upper()
-    df["row"] = df.index + 2  # header is line 1
-    df["path"] = [str(data_dir / name) for name in df["file_name"]]
-
-    problems = []
-    for r in df.itertuples():
-        if not r.file_name:
-            problems.append(f"row {r.row}: empty file_name")
-        if r.tier not in TIER_RANK:
-            problems.append(f"row {r.row} ({r.file_name}): unknown tier {r.tier!r}, expected one of {TIERS}")
-        if not r.artist:
-            problems.append(f"row {r.row} ({r.file_name}): missing artist")
-    for column, what in (("image_id", "duplicate image_id"), ("file_name", "image listed twice")):
-        dup = df[df.duplicated(column, keep=False) & (df[column] != "")]
-        for value, rows in dup.groupby(column)["row"]:
-            problems.append(f"rows {', '.join(map(str, rows))}: {what} {value!r}")
-    if problems:
-        raise DataError(f"{csv}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
-    return df[["image_id", "file_name", "tier", "artist", "path", "row"]].reset_index(drop=True)
+    csv_path, df, problems = _read_rows(Path(data_dir))
+    _bad_rows(problems, source=str(csv_path), skip_bad_images=False)
+    return df.reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- images
 
-def open_image(source: str | os.PathLike | bytes) -> Image.Image:
-    """Decode an image to RGB the same way everywhere: EXIF rotation, 16-bit, CMYK, alpha on white paper."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        image.load()
+def to_rgb(image: Image.Image) -> Image.Image:
+    """EXIF rotation, 16-bit range, CMYK, and alpha on white paper, to a new RGB image."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # convert("L") clips 16-bit values at 255; scale the real range instead.
@@ -156,19 +202,38 @@ def open_image(source: str | os.PathLike | bytes) -> Image.Image:
     return image.convert("RGB")
 
 
+def open_image(source: str | os.PathLike | bytes) -> Image.Image:
+    """Decode an image to RGB the same way everywhere; refuse decompression bombs before decoding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    with image:
+        # Warning filters are process-wide and scan_images decodes in threads: check the size here too.
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(
+                f"{image.width}x{image.height} = {image.width * image.height / 1e6:.0f}M pixels, over the "
+                f"{MAX_IMAGE_PIXELS / 1e6:.0f}M-pixel limit")
+        image.load()
+        return to_rgb(image)
+
+
 def check_image(path: str | os.PathLike) -> tuple[str, str | None]:
     """Read, hash and fully decode one image. Returns (sha256 of the file bytes, error or None)."""
     try:
         payload = Path(path).read_bytes()
+    except FileNotFoundError:
+        return "", "file not found"
     except OSError as err:
         return "", f"cannot read: {err.strerror or err}"
     digest = hashlib.sha256(payload).hexdigest()
     if not payload:
-        return digest, "empty file"
+        return digest, "empty file (0 bytes)"
     try:
         open_image(payload)
-    except Image.DecompressionBombWarning as err:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         return digest, f"refused as a decompression bomb: {err}"
+    except UnidentifiedImageError:
+        return digest, "not an image: Pillow cannot identify its format"
     except Exception as err:  # Pillow raises many types for corrupt data
         return digest, f"not a readable image: {type(err).__name__}: {err}"
     return digest, None
@@ -187,7 +252,10 @@ def preprocess(image: Image.Image, image_size: int, patch_size: int) -> torch.Te
     """Letterbox to image_size (whole work kept: composition is judged), pad to whole patches, normalise.
 
     Returns float32 (3, side, side). Padding is the ImageNet mean, i.e. zero after normalisation.
+    Takes open_image's output; any other PIL image goes through the same conversion first.
     """
+    if image.mode != "RGB":
+        image = to_rgb(image)
     scale = image_size / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     resized = image.resize(size, Image.BICUBIC, reducing_gap=3.0)
@@ -225,8 +293,8 @@ def split_by_artist(df: pd.DataFrame, *, val_fraction: float = 0.1, test_fractio
                     seed: int = 42) -> pd.Series:
     """Assign train/val/test: stratified by tier, grouped by artist (no artist in two splits).
 
-    Uses StratifiedGroupKFold with 10 folds, so fractions are whole tenths. Rows are sorted by
-    image_id first, so the split depends on the metadata's content, not its row order.
+    StratifiedGroupKFold makes 10 folds of about equal tier mix, so fractions are whole tenths. Rows
+    are sorted by image_id first, so the split depends on the metadata's content, not its row order.
     """
     folds = {name: round(f * 10) for name, f in (("val", val_fraction), ("test", test_fraction))}
     for name, fraction in (("val", val_fraction), ("test", test_fraction)):
@@ -236,26 +304,54 @@ def split_by_artist(df: pd.DataFrame, *, val_fraction: float = 0.1, test_fractio
         raise DataError("val_fraction + test_fraction leave nothing to train on")
     artists = df["artist"].nunique()
     if artists < 10:
-        raise DataError(f"need at least 10 artists to split 80/10/10 by artist, found {artists}")
-    tiers = sorted(df["tier"].unique(), key=TIER_RANK.get)
-    if len(tiers) < 2:
-        raise DataError(f"need at least two tiers to make pairs, found only {tiers}")
+        raise DataError(f"need works by at least 10 artists to split by artist into tenths, found {artists}")
+    per_tier = df.groupby("tier")["artist"].agg(["size", "nunique"]).reindex([t for t in TIERS if t in set(df.tier)])
+    counts = ", ".join(f"{t}: {n} works by {a} artist(s)" for t, (n, a) in per_tier.iterrows())
+    if len(per_tier) < 2:
+        raise DataError(f"need at least two tiers to make pairs, found only {counts}")
+    small = list(per_tier.index[per_tier["nunique"] < len(SPLITS)])
+    if small:
+        raise DataError(f"tier(s) {', '.join(small)} too small to split by artist: each tier needs works by at least "
+                        f"3 artists so that train, val and test can all hold it ({counts})")
 
     order = np.argsort(df["image_id"].to_numpy(), kind="stable")
     ordered = df.iloc[order]
     splitter = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
     fold_of = np.empty(len(df), dtype=np.int64)
-    for fold, (_, held) in enumerate(splitter.split(ordered, ordered["tier"], ordered["artist"])):
-        fold_of[order[held]] = fold
-    split = np.where(fold_of < folds["test"], "test",
-                     np.where(fold_of < folds["test"] + folds["val"], "val", "train"))
-    split = pd.Series(split, index=df.index, name="split")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class": the checks above say it better
+        for fold, (_, held) in enumerate(splitter.split(ordered, ordered["tier"], ordered["artist"])):
+            fold_of[order[held]] = fold
+    split = pd.Series(_folds_to_splits(fold_of, df["tier"].to_numpy(), folds["test"], folds["val"]),
+                      index=df.index, name="split")
     for name in SPLITS:
         present = df.loc[split == name, "tier"].unique()
         if len(present) < 2:
-            raise DataError(f"split {name!r} holds tiers {sorted(present)} only: no cross-tier pairs. "
-                            f"Too few works or artists per tier to split ({df['tier'].value_counts().to_dict()})")
+            raise DataError(f"split {name!r} holds tier(s) {sorted(present)} only, so it has no cross-tier pairs: "
+                            f"too few artists to split by artist ({counts})")
     return split
+
+
+def _folds_to_splits(fold_of: np.ndarray, tiers: np.ndarray, test_folds: int, val_folds: int) -> np.ndarray:
+    """Name the folds test, val and train so that as many tiers as possible reach every split.
+
+    A rare tier lands in only a few folds; which folds become test and val decides whether it is
+    evaluated at all. The first best choice is kept, so fold 0 is test and fold 1 val when that works.
+    """
+    tiers_in = [set(tiers[fold_of == fold]) for fold in range(10)]
+    best, best_cover = None, -1
+    for t in range(10):
+        for v in range(10):
+            test = {(t + i) % 10 for i in range(test_folds)}
+            val = {(v + i) % 10 for i in range(val_folds)}
+            if test & val:
+                continue
+            groups = (test, val, set(range(10)) - test - val)
+            cover = sum(len(set().union(*(tiers_in[f] for f in group))) for group in groups)
+            if cover > best_cover:
+                best, best_cover = (test, val), cover
+    test, val = best
+    return np.where(np.isin(fold_of, list(test)), "test", np.where(np.isin(fold_of, list(val)), "val", "train"))
 
 
 def cross_tier_pairs(tiers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -282,58 +378,74 @@ def cross_tier_pairs(tiers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndar
 def check_no_test_leak(frame: pd.DataFrame, splits: pd.DataFrame) -> None:
     """REQ-N-001: raise if `frame`, about to reach training or validation, touches the test split.
 
-    Checks the split column, the artists and the image contents (a copy of a test image under
-    another name is still a test image). `splits` is the full table with split and sha256 columns.
+    Checks the rows (by split and by image_id), the artists and the image contents: a copy of a test
+    image under another name is still a test image. `splits` is the full table from load_table.
     """
+    for name, table, needed in (("frame", frame, {"image_id", "artist", "sha256"}),
+                                ("splits", splits, {"image_id", "artist", "sha256", "split"})):
+        if needed - set(table.columns):
+            raise DataError(f"REQ-N-001 guard: {name} lacks {sorted(needed - set(table.columns))}: "
+                            "pass rows of load_table's table")
     test = splits[splits["split"] == "test"]
     leaks = []
-    if (frame["split"] == "test").any():
-        leaks.append(f"{int((frame['split'] == 'test').sum())} test row(s)")
+    rows = frame["image_id"].isin(set(test["image_id"]))
+    if "split" in frame:
+        rows |= frame["split"] == "test"
+    if rows.any():
+        leaks.append(f"{int(rows.sum())} test row(s) {list(frame.loc[rows, 'image_id'][:5])}")
     shared = set(frame["artist"]) & set(test["artist"])
     if shared:
-        leaks.append(f"artist(s) also in test: {sorted(shared)[:5]}")
-    if "sha256" in frame:
-        copies = frame[frame["sha256"].isin(set(test["sha256"]))]
-        if len(copies):
-            leaks.append(f"image(s) identical to a test image: {list(copies['file_name'][:5])}")
+        leaks.append(f"artist(s) also in test {sorted(shared)[:5]}")
+    copies = frame["sha256"].isin(set(test["sha256"])) & ~rows
+    if copies.any():
+        leaks.append(f"image(s) identical to a test image {list(frame.loc[copies, 'image_id'][:5])}")
     if leaks:
         raise DataError("REQ-N-001: test data would reach training or validation: " + "; ".join(leaks))
 
 
-def scan_images(df: pd.DataFrame, *, skip_bad_images: bool = False, track=None,
-                workers: int = 8) -> tuple[pd.DataFrame, list[str]]:
+def scan_images(df: pd.DataFrame, *, skip_bad_images: bool = False, track=None, workers: int = 8,
+                known_problems: Sequence[tuple[int, str]] = (),
+                source: str = "metadata.csv") -> tuple[pd.DataFrame, list[str]]:
     """Hash and decode every image (threads: Pillow releases the GIL while decoding).
 
-    Bad rows (unreadable, truncated, a decompression bomb, the same content as another row) raise
-    one DataError listing them all, or with skip_bad_images are dropped and returned as messages.
-    Returns the table with a sha256 column, and the messages.
+    Bad rows (unreadable, truncated, a decompression bomb, the same content as another row, or one of
+    `known_problems` from the metadata) raise one DataError listing them all, or with skip_bad_images
+    are dropped and returned as messages. Returns the table with a sha256 column, and the messages.
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    paths = df["path"].where(df["file_name"] != "", "")
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(check_image, df["path"])
+        results = pool.map(lambda p: check_image(p) if p else ("", None), paths)
         results = list(track(results, total=len(df)) if track else results)
     df = df.assign(sha256=[digest for digest, _ in results])
-    problems = {r.row: f"row {r.row} ({r.file_name}): {error}"
-                for r, (_, error) in zip(df.itertuples(), results) if error}
-    readable = df[~df["row"].isin(problems) & (df["sha256"] != "")]
-    for _, rows in readable[readable.duplicated("sha256", keep=False)].groupby("sha256"):
-        first = rows.iloc[0]
-        for r in rows.iloc[1:].itertuples():
-            problems[r.row] = f"row {r.row} ({r.file_name}): same image content as row {first.row} ({first.file_name})"
-    messages = [problems[row] for row in sorted(problems)]
-    if messages and not skip_bad_images:
-        raise DataError(f"{len(messages)} bad image(s); fix or remove these rows, or pass "
-                        f"--skip_bad_images true to drop them:\n  " + "\n  ".join(messages))
-    return df[~df["row"].isin(problems)].reset_index(drop=True), messages
+    problems = list(known_problems)
+    problems += [(r.row, f"row {r.row} ({r.file_name}): {error}")
+                 for r, (_, error) in zip(df.itertuples(), results) if error]
+    first = {}
+    for r, (digest, error) in zip(df.itertuples(), results):
+        if not digest or error:
+            continue
+        if digest in first and first[digest].file_name != r.file_name:  # the same name is reported as listed twice
+            problems.append((r.row, f"row {r.row} ({r.file_name}): same image content as row {first[digest].row} "
+                                    f"({first[digest].file_name})"))
+        first.setdefault(digest, r)
+    messages = _bad_rows(problems, source=source, skip_bad_images=skip_bad_images)
+    return df[~df["row"].isin({row for row, _ in problems})].reset_index(drop=True), messages
 
 
 def load_table(data_dir: str | os.PathLike, *, val_fraction: float, test_fraction: float, seed: int,
                skip_bad_images: bool = False, track=None) -> tuple[pd.DataFrame, list[str]]:
     """Metadata + image checks + split: the image table every script starts from.
 
-    Columns image_id, file_name, tier, artist, path, row, sha256, split.
+    Every bad row, in the metadata or in the images, is listed in one DataError (or dropped with
+    skip_bad_images). Columns image_id, file_name, tier, artist, path, row, sha256, split.
     """
-    df, messages = scan_images(read_metadata(data_dir), skip_bad_images=skip_bad_images, track=track)
-    df["split"] = split_by_artist(df, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    csv_path, rows, problems = _read_rows(Path(data_dir))
+    df, messages = scan_images(rows, skip_bad_images=skip_bad_images, track=track, known_problems=problems,
+                               source=str(csv_path))
+    try:
+        df["split"] = split_by_artist(df, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    except DataError as err:
+        raise DataError(f"{csv_path}: {err}") from None
     return df, messages

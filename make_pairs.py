@@ -35,6 +35,7 @@ def pair_table(table: pd.DataFrame) -> pa.Table:
 def summary(table: pd.DataFrame, pairs: pa.Table) -> str:
     counts = table.pivot_table(index="split", columns="tier", values="image_id", aggfunc="count", fill_value=0)
     counts = counts.reindex(index=list(SPLITS), columns=[t for t in TIERS if t in counts.columns], fill_value=0)
+    counts = counts.rename_axis(columns=None)  # the columns are tiers, then totals
     counts["images"] = counts.sum(axis=1)
     counts["artists"] = table.groupby("split").artist.nunique().reindex(SPLITS)
     split_of_pair = pairs.column("split").to_pandas().astype(str)

@@ -1,6 +1,7 @@
 """The steps the scripts share: an Accelerator for the config, the checked image table, split features."""
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,7 @@ def bar(accelerator: Accelerator, desc: str):
 
 def load_table_for(cfg, accelerator: Accelerator) -> pd.DataFrame:
     """The checked, split image table; the demo data set is generated first when asked for and missing."""
-    if cfg.demo_data:
+    if cfg.demo_data and not Path(cfg.data_dir).exists():  # never write into a folder the user made
         from demo_data import generate_demo_dataset
 
         if accelerator.is_main_process:
