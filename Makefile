@@ -20,7 +20,8 @@ demo: install
 	$(BIN)/python make_pairs.py $(DEMO)
 	$(BIN)/python train.py $(DEMO)
 	$(BIN)/python evaluate.py $(DEMO)
-	$(BIN)/python export_onnx.py $(DEMO)
+	$(BIN)/python export_onnx.py $(DEMO) --fp16
+	$(BIN)/python predict.py $(DEMO) --dir data/demo/images --out runs/demo/predictions.csv --top 10
 	$(BIN)/python predict.py $(DEMO) --compare data/demo/images/artist00_000.png data/demo/images/artist01_000.png
 
 lint: install

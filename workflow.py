@@ -9,9 +9,9 @@ import torch
 from accelerate import Accelerator, PartialState
 from tqdm.auto import tqdm
 
-from data import TIER_RANK, DataError, load_table, open_image
+from data import PREPROCESSING_VERSION, TIER_RANK, DataError, load_table, open_image
 from features import Backbone, resolve_backbone, table_features
-from model import select_features
+from model import ArtRanker, DINOv2FeatureExtractor, load_head, select_features
 from tracking import wandb_run
 
 
@@ -100,3 +100,16 @@ def sample_pairs_table(accelerator: Accelerator, rows: pd.DataFrame, scores: tor
         correct = bool(scores[a] > scores[b]) if a_better else bool(scores[b] > scores[a])
         table.add_data(*thumbs, tiers[a], tiers[b], float(scores[a]), float(scores[b]), correct)
     run.log({"val/sample_pairs": table}, step=step)
+
+
+def load_ranker(cfg, accelerator) -> tuple[ArtRanker, dict, Path]:
+    """The PyTorch ranker of the run's checkpoint: its backbone + head. Returns (ranker, head.json, dir)."""
+    checkpoint = Path(cfg.checkpoint or Path(cfg.output_dir) / "checkpoints" / "best")
+    backbone = resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
+    try:
+        head, meta = load_head(checkpoint, expect={"backbone_id": backbone.id, "image_size": cfg.image_size,
+                                                   "preprocessing": PREPROCESSING_VERSION})
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    extractor = DINOv2FeatureExtractor.from_pretrained(str(backbone.path))
+    return ArtRanker(extractor, head, meta["feature"]).eval(), meta, checkpoint
