@@ -1,6 +1,7 @@
 """Training: frozen backbone, seeds, resume after a crash, stopping rules, processes, tracking."""
 
 import json
+import math
 import re
 import signal
 import sys
@@ -138,7 +139,7 @@ def test_req_s_003_stop_when_lr_below_min_lr(tmp_path, dataset, tiny_backbone):
     assert len(log) == 6 and metrics["stop_reason"].startswith("learning rate")
 
 
-def test_req_e_005_best_checkpoint_is_the_best_validation_epoch(tmp_path, reference):
+def test_req_e_005_n_005_best_checkpoint_is_saved_from_a_validated_best_epoch(tmp_path, reference):
     _, run = reference
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     head = json.loads((run / "checkpoints" / "best" / "head.json").read_text())
@@ -149,6 +150,34 @@ def test_req_e_005_best_checkpoint_is_the_best_validation_epoch(tmp_path, refere
     metrics = json.loads((run / "final_metrics.json").read_text())
     assert set(metrics) >= {"train/pairwise_acc", "val/pairwise_acc", "test/pairwise_acc"}  # REQ-E-006
     assert metrics["val/pairwise_acc"] == pytest.approx(head["val_pairwise_acc"])
+
+
+def test_req_e_004_o_002_every_epoch_validates_under_a_cosine_schedule(reference):
+    _, run = reference
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == list(range(6))
+    assert all(0 <= r["val/pairwise_acc"] <= 1 and r["val/loss"] >= 0 for r in log)
+    expected = [1e-3 * (1 + math.cos(math.pi * (epoch + 1) / 6)) / 2 for epoch in range(6)]
+    assert [r["lr"] for r in log] == pytest.approx(expected, abs=1e-12)
+
+
+def test_req_o_001_gradient_accumulation_steps_the_optimizer_every_k_batches(tmp_path, reference):
+    args, run = reference
+    train_images = (run / "splits.csv").read_text().count(",train\n")
+    batches = 2 * math.ceil(train_images / 8)
+    for k in (1, 2):
+        out = tmp_path / f"accumulate{k}"
+        run_script("train.py", *args, "--output_dir", out, "--epochs", "2", "--grad_accum_steps", k)
+        (state,) = (out / "state").iterdir()
+        steps = torch.load(state / "optimizer.bin", weights_only=True)["state"][0]["step"]
+        assert int(steps) == batches // k
+
+
+def test_req_u_002_without_cuda_fp16_is_off_and_the_run_says_so(tmp_path, dataset, tiny_backbone):
+    result = run_script("train.py", *tiny_args(tmp_path, dataset, tiny_backbone, epochs=1))
+    assert "no CUDA device, so fp16 mixed precision is off" in result.stdout
+    (cache,) = (tmp_path / "cache").iterdir()
+    assert json.loads((cache / "cache.json").read_text())["key"]["precision"] == "no"
 
 
 def test_req_u_003_one_offline_wandb_run_holds_config_and_metrics(reference):
