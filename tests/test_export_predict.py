@@ -214,8 +214,9 @@ def test_unreadable_image_is_one_line_and_the_others_are_still_scored(run, tmp_p
     result = run_script("predict.py", *run["args"], good[0], str(bad), good[1], "--out", tmp_path / "scores.csv",
                         check=False)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"error: {bad}: not a readable image: "
-                                                  f"UnidentifiedImageError: cannot identify image file '{bad}'"]
+    errors = [line for line in result.stderr.splitlines() if not line.startswith((" ", "{", "}"))]  # less config
+    assert errors == [f"error: {bad}: not a readable image: UnidentifiedImageError: cannot identify image file "
+                      f"'{bad}'"]
     assert sorted(pd.read_csv(tmp_path / "scores.csv").file_name) == sorted(good)
 
 
