@@ -17,7 +17,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, release_memory
 from accelerate.utils.memory import should_reduce_batch_size
-from datasets import Dataset, load_from_disk
 
 from data import PREPROCESSING_VERSION, ImageDataset, atomic_dir, input_size, recover_dir
 from model import DINOv2FeatureExtractor, make_random_backbone
@@ -75,6 +74,8 @@ def _matrix_digest(cls_tokens: np.ndarray, mean_patches: np.ndarray, hashes: lis
 def read_cache(directory: Path, key: dict) -> tuple[dict[str, int], np.ndarray, np.ndarray, str | None]:
     """Load a cache directory. A missing, truncated, corrupt or mismatched cache reads as empty,
     with the reason, so it is rebuilt and never silently used."""
+    from datasets import load_from_disk  # here, not at the top: bench/gpu.py runs where datasets is absent
+
     empty = {}, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
     recover_dir(directory)
     if not directory.exists():
@@ -96,6 +97,8 @@ def read_cache(directory: Path, key: dict) -> tuple[dict[str, int], np.ndarray, 
 
 def write_cache(directory: Path, key: dict, hashes: list[str], cls_tokens: np.ndarray,
                 mean_patches: np.ndarray) -> None:
+    from datasets import Dataset
+
     columns = {"sha256": pa.array(hashes, pa.string())}
     for name, matrix in (("cls", cls_tokens), ("mean_patch", mean_patches)):
         columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])

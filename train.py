@@ -66,6 +66,32 @@ def latest_state(state_dir: Path) -> Path | None:
     return states[-1] if states else None
 
 
+def train_epoch(accelerator: Accelerator, head, optimizer, train_x: torch.Tensor, train_r: torch.Tensor,
+                progress: Progress, *, batch_size: int, margin: float, seed: int, stop: list) -> bool:
+    """One pass over the training images, the loss over every cross-tier pair within each batch.
+
+    Starts at progress.batches_done (mid-epoch resume); returns False when `stop` fills (Ctrl-C),
+    after the batch in hand.
+    """
+    head.train()
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed + progress.epoch))
+    for step, batch in enumerate(order.split(batch_size)):
+        if step < progress.batches_done:
+            continue
+        with accelerator.accumulate(head):
+            x, r = train_x[batch].to(accelerator.device), train_r[batch].to(accelerator.device)
+            with accelerator.autocast():
+                loss = in_batch_pair_loss(head(x).float(), r, margin)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+        progress.epoch_loss_sum += loss.item()
+        progress.batches_done = step + 1
+        if stop:
+            return False
+    return True
+
+
 def keep_top_k(head, meta: dict, progress: Progress, val_acc: float, top_k: int, out: Path) -> None:
     """REQ-O-005: the top_k checkpoints by validation accuracy, for ensembles."""
     if top_k <= 0 or (len(progress.top) >= top_k and val_acc <= min(progress.top)[0]):
@@ -128,25 +154,12 @@ def training_function(cfg) -> dict:
     # Every process takes the whole batch: training on cached features costs seconds, and sharding a
     # batch would change which pairs are compared, so N processes give exactly one process's result.
     while progress.epoch < cfg.epochs:
-        head.train()
-        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(cfg.seed + progress.epoch))
-        for step, batch in enumerate(order.split(cfg.batch_size)):
-            if step < progress.batches_done:
-                continue  # mid-epoch resume: these batches were already seen
-            with accelerator.accumulate(head):
-                x, r = train_x[batch].to(accelerator.device), train_r[batch].to(accelerator.device)
-                with accelerator.autocast():
-                    loss = in_batch_pair_loss(head(x).float(), r, cfg.margin)
-                accelerator.backward(loss)
-                optimizer.step()
-                optimizer.zero_grad()
-            progress.epoch_loss_sum += loss.item()
-            progress.batches_done = step + 1
-            if interrupted:
-                save_training_state(accelerator, progress, state_dir)
-                log(f"interrupted: state saved in {state_dir}; continue with --resume true")
-                accelerator.end_training()
-                raise SystemExit(130)
+        if not train_epoch(accelerator, head, optimizer, train_x, train_r, progress, batch_size=cfg.batch_size,
+                           margin=cfg.margin, seed=cfg.seed, stop=interrupted):
+            save_training_state(accelerator, progress, state_dir)
+            log(f"interrupted: state saved in {state_dir}; continue with --resume true")
+            accelerator.end_training()
+            raise SystemExit(130)
         scheduler.step()
         head.eval()
         with torch.no_grad():

@@ -1,0 +1,88 @@
+"""Issue 6: the bench scripts run on CPU at tiny sizes and print their tables and a one-line summary.
+
+Speed figures depend on the machine, so what is checked is what does not: pair and pass counts, the
+spec's evaluator and score-once agreeing, the ONNX graph agreeing with PyTorch, the FLOP count.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_script
+
+from data import TIERS, cross_tier_pairs
+
+pytestmark = pytest.mark.slow
+
+
+def table_and_summary(stdout: str) -> tuple[str, str]:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert any(line.startswith("|---") for line in lines), f"no table printed:\n{stdout}"
+    return "\n".join(line for line in lines if line.startswith("|")), lines[-1]
+
+
+def cross_tier_pair_count(images: int, *, train_fraction: float = 1.0, seed: int = 42) -> int:
+    tiers = np.random.default_rng(seed).choice(list(TIERS), size=images)
+    return len(cross_tier_pairs(tiers[:int(images * train_fraction)])[0])
+
+
+def test_train_speed_times_the_spec_loop_against_training_on_cached_features():
+    result = run_script("bench/train_speed.py", "--images", 60, "--size", 28, "--epochs", 2, "--spec_batches", 1,
+                        "--device", "cpu")
+    table, summary = table_and_summary(result.stdout)
+    pairs = cross_tier_pair_count(60, train_fraction=0.8)
+    assert f"| pairs compared per epoch | {pairs:,} (all cross-tier pairs)" in table
+    assert f"2 per pair: {2 * pairs:,} per epoch | 1 per image: 60 in all" in table
+    assert "head at ViT-L width (1024-d features)" in table  # the tiny backbone's 64-d head is not the real cost
+    assert summary.startswith("train_speed: 2 epochs on 48 training images") and "(extrapolated)" in summary
+    assert "x faster" in summary
+
+
+def test_eval_speed_same_accuracy_with_one_backbone_pass_per_image():
+    result = run_script("bench/eval_speed.py", "--images", 12, "--size", 28, "--spec_pairs", 0, "--device", "cpu")
+    table, summary = table_and_summary(result.stdout)
+    pairs = cross_tier_pair_count(12)
+    assert f"| {2 * pairs:,} (2 per pair) | {pairs:,} |" in table
+    assert "| 12 (1 per image) |" in table
+    assert summary.startswith(f"eval_speed: 12 images, {pairs:,} pairs")
+    assert "same accuracy on the same pairs" in summary and "1 backbone pass per image" in summary
+
+
+def test_scale_materialises_the_full_pair_table_only_below_the_limit():
+    result = run_script("bench/scale.py", "--sizes", 400, 200, "--materialise_max", 10_000)
+    table, summary = table_and_summary(result.stdout)
+    rows = [line for line in table.splitlines() if line.startswith("| 2") or line.startswith("| 4")]
+    assert [row.split(" | ")[0] for row in rows] == ["| 200", "| 400"]  # smallest first
+    assert "pairs: not materialised; would hold" in rows[1] and "not materialised" not in rows[0]
+    assert "memory: " in result.stdout
+    assert summary.startswith("scale: 200 -> 400 images (x2)")
+
+
+def test_gpu_bench_check_run_on_cpu_writes_json(tmp_path):
+    out = tmp_path / "gpu.json"
+    result = run_script("bench/gpu.py", "--backbone", "tiny", "--size", 28, "--batches", 1, 2, "--repeats", 2,
+                        "--parts", "extract", "eager", "onnx", "--device", "cpu", "--out", out)
+    table, summary = table_and_summary(result.stdout)
+    results = json.loads(out.read_text())
+    assert [row["batch"] for row in results["extraction"]] == [1, 2]
+    assert all(row["images_per_s"] > 0 and row["peak_gib"] is None for row in results["extraction"])
+    assert results["flops_per_image"]["tokens"] == 2 * 2 + 1
+    assert results["latency_batch1_ms"]["eager"] > 0 and results["latency_batch1_ms"]["onnx"] > 0
+    assert results["onnx"]["provider"] == "CPUExecutionProvider" and results["onnx"]["precision"] == "fp32"
+    assert results["onnx"]["max_abs_diff_vs_fp32"] <= 1e-4 * max(1.0, results["onnx"]["score_range"])
+    assert results["not_measured"] == ["compile"]
+    assert "| torch.compile(max-autotune-no-cudagraphs), fp32 weights | not measured |" in table
+    assert summary.startswith("gpu: tiny at 28")
+
+
+def test_flop_count_of_vit_l_at_756_is_the_2_6_tflops_of_notes_4():
+    from transformers import Dinov2Config
+
+    from bench.gpu import flops_per_image
+    from model import RANDOM_BACKBONES
+
+    flops = flops_per_image(Dinov2Config(**RANDOM_BACKBONES["large"]), 756)
+    assert flops["tokens"] == 2917
+    assert flops["linear"] == pytest.approx(1.76e12, rel=0.01)
+    assert flops["attention"] == pytest.approx(0.84e12, rel=0.01)
+    assert flops["total"] == pytest.approx(2.6e12, rel=0.01)
