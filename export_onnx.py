@@ -39,15 +39,8 @@ import pandas as pd
 import torch
 
 from config import parse_config, print_config
-from data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    PREPROCESSING_VERSION,
-    atomic_write_text,
-    input_size,
-    open_image,
-    preprocess,
-)
+from data import atomic_write_text
+from images import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING_VERSION, input_size, open_image, preprocess
 from model import ArtRanker
 from workflow import load_ranker, make_accelerator
 

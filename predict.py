@@ -31,8 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from config import parse_config, print_config
-from data import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING_VERSION, atomic_write_text, open_image, preprocess
+from data import atomic_write_text
 from export_onnx import FILE_NAMES, MODEL_FORMAT, onnx_session
+from images import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING_VERSION, open_image, preprocess
 from workflow import load_ranker, make_accelerator
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -9,8 +9,9 @@ import torch
 from accelerate import Accelerator, PartialState
 from tqdm.auto import tqdm
 
-from data import PREPROCESSING_VERSION, TIER_RANK, DataError, load_table, open_image
+from data import TIER_RANK, DataError, load_table
 from features import Backbone, resolve_backbone, table_features
+from images import PREPROCESSING_VERSION, open_image
 from model import ArtRanker, DINOv2FeatureExtractor, load_head, select_features
 from tracking import wandb_run
 

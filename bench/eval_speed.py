@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from bench.common import autocast, duration, machine, pick_device, print_table, random_extractor, timed
-from data import TIERS, cross_tier_pairs, input_size
+from data import TIERS, cross_tier_pairs
+from images import input_size
 from metrics import pairwise_accuracy, spec_pairwise_accuracy
 from model import RANDOM_BACKBONES, ArtRanker, RankingHead
 

@@ -34,7 +34,8 @@ import torch
 import transformers
 
 from bench.common import autocast, median_seconds, pick_device, print_table, random_extractor, timed
-from data import atomic_write_text, input_size
+from data import atomic_write_text
+from images import input_size
 from model import RANDOM_BACKBONES, ArtRanker, RankingHead
 
 PARTS = ("extract", "eager", "compile", "onnx")

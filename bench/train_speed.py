@@ -25,7 +25,8 @@ import torch.nn as nn
 from accelerate import Accelerator
 
 from bench.common import autocast, duration, machine, pick_device, print_table, random_extractor, timed
-from data import TIERS, cross_tier_pairs, input_size
+from data import TIERS, cross_tier_pairs
+from images import input_size
 from metrics import pair_loss_and_accuracy, tier_ranks
 from model import RANDOM_BACKBONES, DINOv2FeatureExtractor, RankingHead
 from train import Progress, train_epoch

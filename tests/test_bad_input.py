@@ -15,17 +15,8 @@ import pytest
 from conftest import run_script, tiny_args, write_dataset
 from PIL import Image
 
-from data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TIERS,
-    DataError,
-    check_image,
-    load_table,
-    open_image,
-    preprocess,
-    read_metadata,
-)
+from data import TIERS, DataError, load_table, read_metadata
+from images import IMAGENET_MEAN, IMAGENET_STD, check_image, open_image, preprocess
 
 SPLIT = dict(val_fraction=0.1, test_fraction=0.1, seed=42)
 

@@ -11,8 +11,6 @@ from conftest import run_script, tiny_args
 from PIL import Image
 
 from data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     SPLITS,
     TIER_RANK,
     TIERS,
@@ -22,12 +20,11 @@ from data import (
     atomic_write_text,
     check_no_test_leak,
     cross_tier_pairs,
-    input_size,
     load_table,
-    preprocess,
     recover_dir,
     split_by_artist,
 )
+from images import IMAGENET_MEAN, IMAGENET_STD, input_size, preprocess
 
 NORMALISED_WHITE = ((1 - np.array(IMAGENET_MEAN)) / IMAGENET_STD).astype(np.float32)
 

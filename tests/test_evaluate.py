@@ -10,8 +10,9 @@ import torch
 from conftest import run_script, tiny_args
 from PIL import Image
 
-from data import cross_tier_pairs, open_image, preprocess
+from data import cross_tier_pairs
 from evaluate import check_same_split, head_scores
+from images import open_image, preprocess
 from metrics import (
     artist_bootstrap_ci,
     pairwise_accuracy,

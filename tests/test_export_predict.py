@@ -17,7 +17,7 @@ from conftest import run_script, tiny_args, write_dataset
 
 import export_onnx
 import predict
-from data import open_image, preprocess
+from images import open_image, preprocess
 from model import ArtRanker, DINOv2FeatureExtractor, load_head
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from data import load_table, open_image, preprocess
+from data import load_table
 from features import extract, resolve_backbone, table_features
+from images import open_image, preprocess
 from model import DINOv2FeatureExtractor
 
 

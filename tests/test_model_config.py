@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from config import Config, parse_config
-from data import input_size
+from images import input_size
 from model import ArtRanker, DINOv2FeatureExtractor, Projector, RankingHead, select_features
 
 

@@ -180,7 +180,7 @@ def test_req_u_002_without_cuda_fp16_is_off_and_the_run_says_so(tmp_path, datase
     assert json.loads((cache / "cache.json").read_text())["key"]["precision"] == "no"
 
 
-def test_req_u_003_one_offline_wandb_run_holds_config_and_metrics(reference):
+def test_req_u_003_o_003_one_offline_wandb_run_holds_config_metrics_and_sample_pairs(reference):
     _, run = reference
     runs = list((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
