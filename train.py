@@ -140,10 +140,9 @@ def training_function(cfg) -> dict:
     elif cfg.resume:
         log(f"--resume: no saved state in {state_dir}, starting from scratch")
     log_path = out / "train_log.jsonl"
-    if accelerator.is_main_process:  # epochs after the resumed state are re-run: drop their lines
-        lines = log_path.read_text().splitlines() if cfg.resume and log_path.exists() else []
-        kept = [line for line in lines if json.loads(line)["epoch"] < progress.epoch]
-        atomic_write_text(log_path, "".join(line + "\n" for line in kept))
+    # Epochs after the resumed state are run again: their lines go.
+    lines = log_path.read_text().splitlines() if cfg.resume and log_path.exists() else []
+    log_lines = [line for line in lines if json.loads(line)["epoch"] < progress.epoch]
     start_tracking(accelerator, cfg, job_type="train")
     meta = head_meta(cfg, backbone_id=backbone.id, input_dim=train_x.shape[1], patch_size=backbone.patch_size)
     samples = np.random.default_rng(cfg.seed).permutation(len(val_rows))
@@ -188,8 +187,8 @@ def training_function(cfg) -> dict:
         log(f"epoch {progress.epoch:3d} | train loss {record['train/loss']:.4f} | val loss {val_loss:.4f} | "
             f"val acc {val_acc:.4f} | lr {lr:.2e}{' | best' if 'best' in record else ''}")
         if accelerator.is_main_process:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            log_lines.append(json.dumps(record))  # rewritten whole: a kill never leaves half a line
+            atomic_write_text(log_path, "".join(line + "\n" for line in log_lines))
         progress.epoch, progress.batches_done, progress.epoch_loss_sum = progress.epoch + 1, 0, 0.0
         save_training_state(accelerator, progress, state_dir)
         if interrupted:

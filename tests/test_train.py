@@ -190,13 +190,19 @@ def test_req_u_003_o_003_one_offline_wandb_run_holds_config_metrics_and_sample_p
         assert needle in payload, needle
 
 
-def test_two_processes_train_exactly_like_one(tmp_path, reference):
+def test_two_processes_train_and_evaluate_exactly_like_one(tmp_path, reference):
     args, _ = reference
     # accelerate launch gives each process one thread; so does the one-process run, since the thread
     # count changes float summation order and Adam amplifies last-bit differences of tiny gradients.
     run_script("train.py", *args, "--output_dir", tmp_path / "one", env={"OMP_NUM_THREADS": "1"})
     run_script("train.py", *args, "--output_dir", tmp_path / "two", launcher=LAUNCH_TWO)
     assert_same_outcome(tmp_path / "one", tmp_path / "two")
+    run_script("evaluate.py", *args, "--output_dir", tmp_path / "one", env={"OMP_NUM_THREADS": "1"})
+    run_script("evaluate.py", *args, "--output_dir", tmp_path / "two", launcher=LAUNCH_TWO)
+    one, two = (json.loads((tmp_path / run / "eval_test.json").read_text()) for run in ("one", "two"))
+    for key in ("pairwise_accuracy", "n_pairs", "n_images", "kendall_tau", "spearman", "ci95", "per_tier_pair",
+                "pairwise_accuracy_by_split"):
+        assert one[key] == two[key], key
 
 
 def test_two_processes_extract_every_image_once(tmp_path, tiny_backbone):
