@@ -86,7 +86,9 @@ def recover_dir(path: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------- metadata
 
-def _resolve(data_dir: Path, name: str) -> str:
+def image_path(data_dir: str | os.PathLike, name: str) -> str:
+    """The path of a metadata file_name, found also when its Unicode form differs from the disk's."""
+    data_dir = Path(data_dir)
     path = data_dir / name
     if not path.exists():
         # macOS writes file names decomposed (NFD), spreadsheets compose them (NFC): Korean names differ.
@@ -138,7 +140,7 @@ def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]
     df["tier"] = df["tier"].str.upper()
     # One artist typed on two machines must stay one group (REQ-N-001), whatever the Unicode form.
     df["artist"] = [unicodedata.normalize("NFC", name) for name in df["artist"]]
-    df["path"] = [_resolve(data_dir, name) for name in df["file_name"]]
+    df["path"] = [image_path(data_dir, name) for name in df["file_name"]]
 
     first_file, first_id = {}, {}
     for r in df.itertuples():

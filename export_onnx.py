@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from config import parse_config, print_config
-from data import atomic_write_text
+from data import atomic_write_text, image_path
 from images import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING_VERSION, input_size, open_image, preprocess
 from model import ArtRanker
 from workflow import load_ranker, make_accelerator
@@ -102,12 +102,12 @@ def parity_images(cfg, count: int, *, patch_size: int) -> tuple[list[str], torch
     rows = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, count).round().astype(int))]
     paths, pixels = [], []
     for name in rows.file_name:
-        path = Path(cfg.data_dir) / name
+        path = image_path(cfg.data_dir, name)
         try:
             pixels.append(preprocess(open_image(path), cfg.image_size, patch_size))
         except Exception as err:
             raise SystemExit(f"error: parity image {path}: {type(err).__name__}: {err}") from None
-        paths.append(str(path))
+        paths.append(path)
     return paths, torch.stack(pixels)
 
 
