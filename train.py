@@ -71,7 +71,9 @@ def train_epoch(accelerator: Accelerator, head, optimizer, train_x: torch.Tensor
     """One pass over the training images, the loss over every cross-tier pair within each batch.
 
     Starts at progress.batches_done (mid-epoch resume); returns False when `stop` fills (Ctrl-C),
-    after the batch in hand.
+    after the batch in hand. Every process takes the whole batch: training on cached features costs
+    seconds, and sharding a batch would change which pairs are compared, so N processes give one
+    process's result.
     """
     head.train()
     order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed + progress.epoch))
@@ -101,6 +103,32 @@ def keep_top_k(head, meta: dict, progress: Progress, val_acc: float, top_k: int,
     for _, epoch in progress.top[top_k:]:
         shutil.rmtree(out / f"epoch{epoch:04d}", ignore_errors=True)
     progress.top = progress.top[:top_k]
+
+
+def validate(accelerator: Accelerator, head, val_x: torch.Tensor, val_r: torch.Tensor, val_rows, progress: Progress,
+             *, cfg, meta: dict) -> dict:
+    """REQ-E-004: validation loss and pairwise accuracy; best and top-k checkpoints; patience count."""
+    head.eval()
+    with torch.no_grad():
+        val_scores = head(val_x.to(accelerator.device)).float().cpu()
+    val_loss, val_acc, _ = pair_loss_and_accuracy(val_scores, val_r, cfg.margin)
+    record = {"epoch": progress.epoch, "train/loss": progress.epoch_loss_sum / max(1, progress.batches_done),
+              "val/loss": val_loss, "val/pairwise_acc": val_acc}
+    out, unwrapped = Path(cfg.output_dir) / "checkpoints", accelerator.unwrap_model(head)
+    meta = meta | {"epoch": progress.epoch, "val_pairwise_acc": val_acc}
+    if val_acc > progress.best_val_acc:  # REQ-E-005, REQ-N-005: saved only after a validation
+        progress.best_val_acc, record["best"] = val_acc, True
+        if accelerator.is_main_process:
+            save_head(unwrapped, out / "best", meta)
+        picks = np.random.default_rng(cfg.seed).permutation(len(val_rows))[:2 * cfg.sample_pairs]
+        sample_pairs_table(accelerator, val_rows, val_scores, picks, progress.epoch)
+    if accelerator.is_main_process:
+        keep_top_k(unwrapped, meta, progress, val_acc, cfg.top_k, out / "top")
+    if val_loss < progress.best_val_loss:
+        progress.best_val_loss, progress.stale_epochs = val_loss, 0
+    else:
+        progress.stale_epochs += 1
+    return record
 
 
 def training_function(cfg) -> dict:
@@ -145,51 +173,23 @@ def training_function(cfg) -> dict:
     log_lines = [line for line in lines if json.loads(line)["epoch"] < progress.epoch]
     start_tracking(accelerator, cfg, job_type="train")
     meta = head_meta(cfg, backbone_id=backbone.id, input_dim=train_x.shape[1], patch_size=backbone.patch_size)
-    samples = np.random.default_rng(cfg.seed).permutation(len(val_rows))
 
     interrupted = []
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     stop_reason = f"reached {cfg.epochs} epochs"
-    # Every process takes the whole batch: training on cached features costs seconds, and sharding a
-    # batch would change which pairs are compared, so N processes give exactly one process's result.
     while progress.epoch < cfg.epochs:
-        if not train_epoch(accelerator, head, optimizer, train_x, train_r, progress, batch_size=cfg.batch_size,
-                           margin=cfg.margin, seed=cfg.seed, stop=interrupted):
-            save_training_state(accelerator, progress, state_dir)
-            log(f"interrupted: state saved in {state_dir}; continue with --resume true")
-            accelerator.end_training()
-            raise SystemExit(130)
-        scheduler.step()
-        head.eval()
-        with torch.no_grad():
-            val_scores = head(val_x.to(accelerator.device)).float().cpu()
-        val_loss, val_acc, _ = pair_loss_and_accuracy(val_scores, val_r, cfg.margin)  # REQ-E-004
-        lr = scheduler.get_last_lr()[0]
-        train_loss = progress.epoch_loss_sum / max(1, progress.batches_done)
-        record = {"epoch": progress.epoch, "train/loss": train_loss,
-                  "val/loss": val_loss, "val/pairwise_acc": val_acc, "lr": lr}
-        unwrapped = accelerator.unwrap_model(head)
-        if val_acc > progress.best_val_acc:  # REQ-E-005, REQ-N-005: saved only after a validation
-            progress.best_val_acc = val_acc
-            record["best"] = True
+        if train_epoch(accelerator, head, optimizer, train_x, train_r, progress, batch_size=cfg.batch_size,
+                       margin=cfg.margin, seed=cfg.seed, stop=interrupted):
+            scheduler.step()
+            record = validate(accelerator, head, val_x, val_r, val_rows, progress, cfg=cfg, meta=meta)
+            record["lr"] = lr = scheduler.get_last_lr()[0]
+            accelerator.log({k: v for k, v in record.items() if k not in ("epoch", "best")}, step=progress.epoch)
+            log(f"epoch {progress.epoch:3d} | train loss {record['train/loss']:.4f} | val loss {record['val/loss']:.4f}"
+                f" | val acc {record['val/pairwise_acc']:.4f} | lr {lr:.2e}{' | best' if 'best' in record else ''}")
             if accelerator.is_main_process:
-                save_head(unwrapped, out / "checkpoints" / "best", meta | {"epoch": progress.epoch,
-                                                                          "val_pairwise_acc": val_acc})
-            sample_pairs_table(accelerator, val_rows, val_scores, samples[:2 * cfg.sample_pairs], progress.epoch)
-        if accelerator.is_main_process:
-            keep_top_k(unwrapped, meta | {"epoch": progress.epoch, "val_pairwise_acc": val_acc}, progress,
-                       val_acc, cfg.top_k, out / "checkpoints" / "top")
-        if val_loss < progress.best_val_loss:
-            progress.best_val_loss, progress.stale_epochs = val_loss, 0
-        else:
-            progress.stale_epochs += 1
-        accelerator.log({k: v for k, v in record.items() if k not in ("epoch", "best")}, step=progress.epoch)
-        log(f"epoch {progress.epoch:3d} | train loss {record['train/loss']:.4f} | val loss {val_loss:.4f} | "
-            f"val acc {val_acc:.4f} | lr {lr:.2e}{' | best' if 'best' in record else ''}")
-        if accelerator.is_main_process:
-            log_lines.append(json.dumps(record))  # rewritten whole: a kill never leaves half a line
-            atomic_write_text(log_path, "".join(line + "\n" for line in log_lines))
-        progress.epoch, progress.batches_done, progress.epoch_loss_sum = progress.epoch + 1, 0, 0.0
+                log_lines.append(json.dumps(record))  # rewritten whole: a kill never leaves half a line
+                atomic_write_text(log_path, "".join(line + "\n" for line in log_lines))
+            progress.epoch, progress.batches_done, progress.epoch_loss_sum = progress.epoch + 1, 0, 0.0
         save_training_state(accelerator, progress, state_dir)
         if interrupted:
             log(f"interrupted: state saved in {state_dir}; continue with --resume true")
@@ -204,12 +204,12 @@ def training_function(cfg) -> dict:
     log(stop_reason)
 
     # REQ-E-006: the test split is touched once, after training, with the best checkpoint.
-    best, _ = load_head(out / "checkpoints" / "best", expect={"backbone_id": backbone.id,
-                                                              "image_size": cfg.image_size})
-    best = best.to(accelerator.device)
+    best, best_meta = load_head(out / "checkpoints" / "best", expect={"backbone_id": backbone.id,
+                                                                      "image_size": cfg.image_size})
     test_rows = table[table.split == "test"]
     _, (test_x,) = load_split_features(cfg, [test_rows], accelerator, backbone=backbone)
-    results = {"stop_reason": stop_reason, "epochs_run": progress.epoch, "best_epoch": None}
+    results = {"stop_reason": stop_reason, "epochs_run": progress.epoch, "best_epoch": best_meta["epoch"]}
+    best = best.to(accelerator.device)
     with torch.no_grad():
         for name, x, rows in (("train", train_x, train_rows), ("val", val_x, val_rows), ("test", test_x, test_rows)):
             scores = best(x.to(accelerator.device)).float().cpu()
@@ -217,7 +217,6 @@ def training_function(cfg) -> dict:
             results[f"{name}/pairwise_acc"], results[f"{name}/pairs"] = acc, pairs
             if name == "val":
                 calibration = fit_calibration(scores.numpy(), rows.tier.to_numpy())
-    results["best_epoch"] = json.loads((out / "checkpoints" / "best" / "head.json").read_text())["epoch"]
     accelerator.log({k: v for k, v in results.items() if "/" in k}, step=progress.epoch)
     if accelerator.is_main_process:
         atomic_write_text(out / "calibration.json", json.dumps(calibration, indent=2) + "\n")
