@@ -34,24 +34,21 @@ def in_batch_pair_loss(scores: torch.Tensor, ranks: torch.Tensor, margin: float)
 
 
 @torch.no_grad()
-def pair_loss_and_accuracy(scores: torch.Tensor, ranks: torch.Tensor, margin: float,
-                           block: int = 1024) -> tuple[float, float, int]:
-    """Mean margin loss, pairwise accuracy and pair count over all cross-tier pairs.
+def pair_margin_loss(scores: torch.Tensor, ranks: torch.Tensor, margin: float, block: int = 1024) -> float:
+    """Mean margin ranking loss over all cross-tier pairs (the validation loss of REQ-S-002).
 
     Row blocks keep memory at block x N however many images there are.
     """
     scores, ranks = scores.float().flatten(), ranks.flatten()
-    loss_sum, correct, pairs = 0.0, 0, 0
+    loss_sum, pairs = 0.0, 0
     for start in range(0, len(scores), block):
-        s, r = scores[start:start + block, None], ranks[start:start + block, None]
-        higher = r > ranks[None, :]
-        gap = (s - scores[None, :])[higher]
+        higher = ranks[start:start + block, None] > ranks[None, :]
+        gap = (scores[start:start + block, None] - scores[None, :])[higher]
         loss_sum += torch.clamp(margin - gap, min=0).sum().item()
-        correct += int((gap > 0).sum())
         pairs += int(higher.sum())
     if pairs == 0:
         raise ValueError("no cross-tier pairs: every image has the same tier")
-    return loss_sum / pairs, correct / pairs, pairs
+    return loss_sum / pairs
 
 
 def fit_calibration(scores: np.ndarray, tiers: np.ndarray, *, max_pairs: int = 200_000, seed: int = 42) -> dict:

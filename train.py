@@ -22,7 +22,7 @@ from accelerate.utils import set_seed
 
 from config import parse_config, print_config, save_config
 from data import atomic_write_text, check_no_test_leak
-from metrics import fit_calibration, in_batch_pair_loss, pair_loss_and_accuracy, tier_ranks
+from metrics import fit_calibration, in_batch_pair_loss, pair_margin_loss, pairwise_accuracy, tier_ranks
 from model import RankingHead, head_meta, load_head, save_head
 from tracking import start_tracking
 from workflow import cpu_fallback_note, load_split_features, load_table_for, make_accelerator, sample_pairs_table
@@ -111,7 +111,8 @@ def validate(accelerator: Accelerator, head, val_x: torch.Tensor, val_r: torch.T
     head.eval()
     with torch.no_grad():
         val_scores = head(val_x.to(accelerator.device)).float().cpu()
-    val_loss, val_acc, _ = pair_loss_and_accuracy(val_scores, val_r, cfg.margin)
+    val_loss = pair_margin_loss(val_scores, val_r, cfg.margin)
+    val_acc, _ = pairwise_accuracy(val_scores.numpy(), val_rows.tier.to_numpy())
     record = {"epoch": progress.epoch, "train/loss": progress.epoch_loss_sum / max(1, progress.batches_done),
               "val/loss": val_loss, "val/pairwise_acc": val_acc}
     out, unwrapped = Path(cfg.output_dir) / "checkpoints", accelerator.unwrap_model(head)
@@ -213,7 +214,7 @@ def training_function(cfg) -> dict:
     with torch.no_grad():
         for name, x, rows in (("train", train_x, train_rows), ("val", val_x, val_rows), ("test", test_x, test_rows)):
             scores = best(x.to(accelerator.device)).float().cpu()
-            _, acc, pairs = pair_loss_and_accuracy(scores, torch.from_numpy(tier_ranks(rows.tier)), cfg.margin)
+            acc, pairs = pairwise_accuracy(scores.numpy(), rows.tier.to_numpy())
             results[f"{name}/pairwise_acc"], results[f"{name}/pairs"] = acc, pairs
             if name == "val":
                 calibration = fit_calibration(scores.numpy(), rows.tier.to_numpy())

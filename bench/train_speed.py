@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from bench.common import autocast, duration, machine, pick_device, print_table, random_extractor, timed
 from data import TIERS, cross_tier_pairs
 from images import input_size
-from metrics import pair_loss_and_accuracy, tier_ranks
+from metrics import pair_margin_loss, pairwise_accuracy, tier_ranks
 from model import RANDOM_BACKBONES, DINOv2FeatureExtractor, RankingHead
 from train import Progress, train_epoch
 
@@ -95,6 +95,7 @@ def train_on_features(train_x: torch.Tensor, train_r: torch.Tensor, val_x: torch
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     head, optimizer = accelerator.prepare(head, optimizer)
     progress = Progress()
+    val_tiers = np.asarray(TIERS)[3 - val_r.numpy()]  # TIER_RANK: S=3 ... C=0
 
     def run() -> None:
         while progress.epoch < args.epochs:
@@ -104,7 +105,8 @@ def train_on_features(train_x: torch.Tensor, train_r: torch.Tensor, val_x: torch
             head.eval()
             with torch.no_grad():
                 val_scores = head(val_x.to(device)).float().cpu()
-            pair_loss_and_accuracy(val_scores, val_r, args.margin)
+            pair_margin_loss(val_scores, val_r, args.margin)
+            pairwise_accuracy(val_scores.numpy(), val_tiers)
             progress.epoch, progress.batches_done, progress.epoch_loss_sum = progress.epoch + 1, 0, 0.0
 
     return timed(run, device)[1]
