@@ -21,6 +21,14 @@ STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
+def add_model_arguments(parser, *, backbone: str, size: int) -> None:
+    """--backbone, --size and --device, which every bench script that runs a backbone takes."""
+    parser.add_argument("--backbone", default=backbone, choices=sorted(RANDOM_BACKBONES),
+                        help="random DINOv2 architecture: tiny, or large = ViT-L/14 (default: %(default)s)")
+    parser.add_argument("--size", type=int, default=size, help="image_size (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

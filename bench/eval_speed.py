@@ -19,23 +19,29 @@ import argparse
 import numpy as np
 import torch
 
-from bench.common import autocast, duration, machine, pick_device, print_table, random_extractor, timed
+from bench.common import (
+    add_model_arguments,
+    autocast,
+    duration,
+    machine,
+    pick_device,
+    print_table,
+    random_extractor,
+    timed,
+)
 from data import TIERS, cross_tier_pairs
 from images import input_size
 from metrics import pairwise_accuracy, spec_pairwise_accuracy
-from model import RANDOM_BACKBONES, ArtRanker, RankingHead
+from model import ArtRanker, RankingHead
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="tiny", choices=sorted(RANDOM_BACKBONES),
-                        help="random DINOv2 architecture: tiny, or large = ViT-L/14 (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=224, help="image_size (default: %(default)s)")
+    add_model_arguments(parser, backbone="tiny", size=224)
     parser.add_argument("--images", type=int, default=200, help="test images (default: %(default)s)")
     parser.add_argument("--spec_pairs", type=int, default=1000,
                         help="pairs run through the spec's evaluator; 0 = all (default: %(default)s)")
     parser.add_argument("--batch_size", type=int, default=32, help="score-once batch (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args()
 

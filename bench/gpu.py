@@ -33,7 +33,15 @@ import numpy as np
 import torch
 import transformers
 
-from bench.common import autocast, median_seconds, pick_device, print_table, random_extractor, timed
+from bench.common import (
+    add_model_arguments,
+    autocast,
+    median_seconds,
+    pick_device,
+    print_table,
+    random_extractor,
+    timed,
+)
 from data import atomic_write_text
 from images import input_size
 from model import RANDOM_BACKBONES, ArtRanker, RankingHead
@@ -136,14 +144,11 @@ def onnx_part(ranker: ArtRanker, *, side: int, fp16: bool, pixels: torch.Tensor,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="large", choices=sorted(RANDOM_BACKBONES),
-                        help="random DINOv2 architecture: large = ViT-L/14 (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=768, help="image_size (default: %(default)s)")
+    add_model_arguments(parser, backbone="large", size=768)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="extraction batch sizes")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="what to measure")
     parser.add_argument("--compile_mode", default="max-autotune-no-cudagraphs", help="torch.compile mode")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per figure, median reported")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--out", default="bench/gpu_results.json", help="JSON results (default: %(default)s)")
     args = parser.parse_args()
 

@@ -24,7 +24,16 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator
 
-from bench.common import autocast, duration, machine, pick_device, print_table, random_extractor, timed
+from bench.common import (
+    add_model_arguments,
+    autocast,
+    duration,
+    machine,
+    pick_device,
+    print_table,
+    random_extractor,
+    timed,
+)
 from data import TIERS, cross_tier_pairs
 from images import input_size
 from metrics import pair_margin_loss, pairwise_accuracy, tier_ranks
@@ -119,14 +128,11 @@ def in_batch_pairs_per_epoch(ranks: torch.Tensor, batch_size: int, seed: int) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="tiny", choices=sorted(RANDOM_BACKBONES),
-                        help="random DINOv2 architecture: tiny, or large = ViT-L/14 (default: %(default)s)")
-    parser.add_argument("--size", type=int, default=224, help="image_size (default: %(default)s)")
+    add_model_arguments(parser, backbone="tiny", size=224)
     parser.add_argument("--images", type=int, default=2000, help="images in all, 80%% train (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch_size", type=int, default=32, help="pairs (spec) or images (ours) per batch")
     parser.add_argument("--spec_batches", type=int, default=5, help="spec batches timed (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--weight_decay", type=float, default=0.01)
     parser.add_argument("--margin", type=float, default=1.0)
