@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from data import atomic_write_text
+from runfolder import atomic_write_text
 
 
 @dataclass
@@ -51,7 +51,9 @@ class Config:
     seed: int = 42
     mixed_precision: str = "fp16"  # used on CUDA; CPU falls back to fp32 (Accelerate has no CPU fp16)
     top_k: int = 3  # best checkpoints kept for ensembles (REQ-O-005)
-    resume: bool = False
+    resume: bool = False  # continue the run in output_dir from its latest saved state
+    resume_from_checkpoint: str = ""  # continue from this saved state folder (output_dir/state/epoch...)
+    overwrite_output_dir: bool = False  # a fresh run into a folder holding another run deletes that run first
     wandb_project: str = "artrank"
     wandb_mode: str = ""  # "online" or "offline"; "" = online only when wandb credentials exist (REQ-N-004)
     sample_pairs: int = 16  # val pairs shown with their images in the tracker (REQ-O-003)

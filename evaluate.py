@@ -23,11 +23,12 @@ import torch
 from accelerate import Accelerator
 
 from config import Config, parse_config, print_config
-from data import SPLITS, atomic_write_text
+from data import SPLITS
 from features import resolve_backbone
 from figures import extremes_sheet, score_by_tier, tier_pair_heatmap
 from metrics import artist_bootstrap_ci, pairwise_accuracy, per_tier_pair_accuracy, rank_correlations
 from model import RankingHead, load_head
+from runfolder import atomic_write_text
 from tracking import start_tracking, wandb_run
 from workflow import load_split_features, load_table_for, make_accelerator
 

@@ -39,9 +39,10 @@ import pandas as pd
 import torch
 
 from config import parse_config, print_config
-from data import atomic_write_text, image_path
+from data import image_path
 from images import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING_VERSION, input_size, open_image, preprocess
 from model import ArtRanker
+from runfolder import atomic_write_text
 from workflow import load_ranker, make_accelerator
 
 MODEL_FORMAT = 1  # of model.json; bumped when its meaning changes, so old readers refuse instead of misreading

@@ -18,9 +18,10 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, release_memory
 from accelerate.utils.memory import should_reduce_batch_size
 
-from data import ImageDataset, atomic_dir, recover_dir
+from data import ImageDataset
 from images import PREPROCESSING_VERSION, input_size
 from model import DINOv2FeatureExtractor, make_random_backbone
+from runfolder import atomic_dir, recover_dir
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from PIL import ImageOps
 
-from data import TIERS, atomic_write_bytes
+from data import TIERS
 from images import open_image
 from metrics import TIER_PAIRS
+from runfolder import atomic_write_bytes
 
 TIER_COLORS = {"S": "#1a7f4b", "A": "#67a9cf", "B": "#f0a340", "C": "#c8413b"}
 

@@ -16,7 +16,8 @@ import pandas as pd
 import pyarrow as pa
 
 from config import parse_config, print_config
-from data import SPLITS, TIERS, atomic_dir, atomic_write_text, cross_tier_pairs
+from data import SPLITS, TIERS, cross_tier_pairs
+from runfolder import atomic_dir, atomic_write_text
 from workflow import load_table_for, make_accelerator
 
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from transformers import Dinov2Config, Dinov2Model
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
-from data import atomic_dir, atomic_write_text
 from images import PREPROCESSING_VERSION
+from runfolder import atomic_dir, atomic_write_text
 
 RANDOM_BACKBONES = {
     # A tiny stand-in for the demo and tests: no machine here reaches a model hub.

@@ -31,9 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from config import parse_config, print_config
-from data import atomic_write_text
 from export_onnx import FILE_NAMES, MODEL_FORMAT, onnx_session
 from images import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING_VERSION, open_image, preprocess
+from runfolder import atomic_write_text
 from workflow import load_ranker, make_accelerator
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -21,9 +21,10 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from config import parse_config, print_config, save_config
-from data import atomic_write_text, check_no_test_leak
+from data import check_no_test_leak
 from metrics import fit_calibration, in_batch_pair_loss, pair_margin_loss, pairwise_accuracy, tier_ranks
 from model import RankingHead, head_meta, load_head, save_head
+from runfolder import atomic_write_text
 from tracking import start_tracking
 from workflow import cpu_fallback_note, load_split_features, load_table_for, make_accelerator, sample_pairs_table
 

@@ -42,9 +42,9 @@ from bench.common import (
     random_extractor,
     timed,
 )
-from data import atomic_write_text
 from images import input_size
 from model import RANDOM_BACKBONES, ArtRanker, RankingHead
+from runfolder import atomic_write_text
 
 PARTS = ("extract", "eager", "compile", "onnx")
 

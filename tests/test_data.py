@@ -16,15 +16,13 @@ from data import (
     TIERS,
     DataError,
     ImageDataset,
-    atomic_dir,
-    atomic_write_text,
     check_no_test_leak,
     cross_tier_pairs,
     load_table,
-    recover_dir,
     split_by_artist,
 )
 from images import IMAGENET_MEAN, IMAGENET_STD, input_size, preprocess
+from runfolder import atomic_dir, atomic_write_text, recover_dir
 
 NORMALISED_WHITE = ((1 - np.array(IMAGENET_MEAN)) / IMAGENET_STD).astype(np.float32)
 
