@@ -7,10 +7,11 @@ artist and optionally image_id; images in any format Pillow reads.
 import csv
 import io
 import os
+import stat
 import unicodedata
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -42,8 +43,42 @@ def image_path(data_dir: str | os.PathLike, name: str) -> str:
     return str(path)
 
 
-def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]]]:
-    """Every row of metadata.csv, and the problems found in them as (row, message)."""
+def file_name_problem(name: str, path: str) -> str | None:
+    """Why a file_name cannot be read safely, or None.
+
+    It must be relative and stay inside DATA_DIR ('..' and absolute paths are refused) and name a regular
+    file: reading a FIFO or a device would hang or never end. A symlink is followed and judged by its
+    target, which may lie anywhere (data sets assembled from links into a blob store are common).
+    """
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or (parts and ":" in parts[0]) or ".." in parts:
+        return "file_name must be a path inside the data folder (no absolute path, no '..')"
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None  # reported by the image check as "file not found"
+    except OSError as err:
+        return f"cannot read: {err.strerror or err}"
+    return None if stat.S_ISREG(mode) else "not a regular file (a folder, FIFO or device)"
+
+
+def artist_key(name: str) -> str:
+    """The grouping key of an artist: Unicode form, case and runs of spaces do not make another artist."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def _merge_artist_spellings(df: pd.DataFrame) -> list[str]:
+    """Give every spelling of one artist the first spelling seen (REQ-N-001: one artist, one split)."""
+    keys = df["artist"].map(artist_key)
+    first = df.groupby(keys, sort=False)["artist"].first()
+    spellings = df.groupby(keys, sort=False)["artist"].unique()
+    df["artist"] = keys.map(first)
+    return [f"artist names merged as one artist {first[k]!r}: " + ", ".join(repr(n) for n in names)
+            for k, names in spellings.items() if len(names) > 1]
+
+
+def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]], list[str]]:
+    """Every row of metadata.csv, the problems found in them as (row, message), and notes to show."""
     csv_path = data_dir / "metadata.csv"
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: not found (expected columns file_name,tier,artist[,image_id])")
@@ -54,7 +89,7 @@ def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]
         line = payload[:err.start].count(b"\n") + 1
         raise DataError(f"{csv_path}: line {line} is not UTF-8 text; save the file as UTF-8 "
                         "(in Excel: 'CSV UTF-8')") from None
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [name.strip() for name in next(reader, [])]
         missing = [c for c in ("file_name", "tier", "artist") if c not in header]
@@ -63,18 +98,24 @@ def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]
         repeated = sorted({c for c in header if header.count(c) > 1 and c})
         if repeated:
             raise DataError(f"{csv_path}: column(s) {repeated} appear more than once in the header")
-        records, problems = [], []
+        records, problems, line = [], [], reader.line_num
         for fields in reader:
+            start, line = line + 1, reader.line_num
+            if any("\n" in field or "\r" in field for field in fields):
+                # A stray quote makes the csv module read on to the next quote, rows and all: never guess.
+                raise DataError(f"{csv_path}: line {start}: a field runs over {line - start + 1} lines (an unclosed "
+                                "quote?); quote marks inside a field must be doubled")
             if not any(field.strip() for field in fields):
                 continue  # blank lines, lines of commas
             if len(fields) != len(header):
                 name = fields[header.index("file_name")].strip() if len(fields) > header.index("file_name") else ""
-                problems.append((reader.line_num, f"row {reader.line_num} ({name}): {len(fields)} fields but the "
+                problems.append((start, f"row {start} ({name}): {len(fields)} fields but the "
                                  f"header has {len(header)} (a comma inside a name needs quotes)"))
                 continue
-            records.append([reader.line_num, *(field.strip() for field in fields)])
+            records.append([start, *(field.strip() for field in fields)])
     except csv.Error as err:
-        raise DataError(f"{csv_path}: line {reader.line_num}: cannot parse: {err}") from None
+        raise DataError(f"{csv_path}: line {reader.line_num}: cannot parse: {err} (an unclosed or stray quote?)"
+                        ) from None
     df = pd.DataFrame(records, columns=["row", *header], dtype=object).astype({"row": int})
     if not len(df) and not problems:
         raise DataError(f"{csv_path}: no image rows")
@@ -82,8 +123,7 @@ def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]
         df["image_id"] = df["file_name"]
     df["image_id"] = df["image_id"].where(df["image_id"] != "", df["file_name"])
     df["tier"] = df["tier"].str.upper()
-    # One artist typed on two machines must stay one group (REQ-N-001), whatever the Unicode form.
-    df["artist"] = [unicodedata.normalize("NFC", name) for name in df["artist"]]
+    notes = _merge_artist_spellings(df)
     df["path"] = [image_path(data_dir, name) for name in df["file_name"]]
 
     first_file, first_id = {}, {}
@@ -91,6 +131,9 @@ def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]
         where = f"row {r.row} ({r.file_name})"
         if not r.file_name:
             problems.append((r.row, f"row {r.row}: empty file_name"))
+        elif (problem := file_name_problem(r.file_name, r.path)) is not None:
+            problems.append((r.row, f"{where}: {problem}"))
+            df.loc[r.Index, "path"] = ""  # never opened
         if r.tier not in TIER_RANK:
             problems.append((r.row, f"{where}: unknown tier {r.tier!r}, expected one of {', '.join(TIERS)}"))
         if not r.artist:
@@ -101,7 +144,7 @@ def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]
             problems.append((r.row, f"{where}: duplicate image_id {r.image_id!r}, first at row {first_id[r.image_id]}"))
         first_file.setdefault(r.file_name, r.row)
         first_id.setdefault(r.image_id, r.row)
-    return csv_path, df[["image_id", "file_name", "tier", "artist", "path", "row"]], problems
+    return csv_path, df[["image_id", "file_name", "tier", "artist", "path", "row"]], problems, notes
 
 
 def _bad_rows(problems: Sequence[tuple[int, str]], *, source: str, skip_bad_images: bool) -> list[str]:
@@ -118,7 +161,7 @@ def read_metadata(data_dir: str | os.PathLike) -> pd.DataFrame:
     Returns columns image_id, file_name, tier, artist, path and row (the CSV line number).
     Raises DataError listing every bad row.
     """
-    csv_path, df, problems = _read_rows(Path(data_dir))
+    csv_path, df, problems, _ = _read_rows(Path(data_dir))
     _bad_rows(problems, source=str(csv_path), skip_bad_images=False)
     return df.reset_index(drop=True)
 
@@ -176,8 +219,11 @@ def split_by_artist(df: pd.DataFrame, *, val_fraction: float = 0.1, test_fractio
     fold_of = np.empty(len(df), dtype=np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class": the checks above say it better
-        for fold, (_, held) in enumerate(splitter.split(ordered, ordered["tier"], ordered["artist"])):
-            fold_of[order[held]] = fold
+        try:
+            for fold, (_, held) in enumerate(splitter.split(ordered, ordered["tier"], ordered["artist"])):
+                fold_of[order[held]] = fold
+        except ValueError as err:  # scikit-learn's own refusals, in its words, with our counts
+            raise DataError(f"cannot split by artist into tenths: {err} ({counts})") from None
     split = pd.Series(_folds_to_splits(fold_of, df["tier"].to_numpy(), folds["test"], folds["val"]),
                       index=df.index, name="split")
     for name in SPLITS:
@@ -295,13 +341,16 @@ def load_table(data_dir: str | os.PathLike, *, val_fraction: float, test_fractio
     """Metadata + image checks + split: the image table every script starts from.
 
     Every bad row, in the metadata or in the images, is listed in one DataError (or dropped with
-    skip_bad_images). Columns image_id, file_name, tier, artist, path, row, sha256, split.
+    skip_bad_images). Columns image_id, file_name, tier, artist, path, row, sha256, split. Also returns
+    the notes to show: artist spellings merged, rows skipped.
     """
-    csv_path, rows, problems = _read_rows(Path(data_dir))
-    df, messages = scan_images(rows, skip_bad_images=skip_bad_images, track=track, known_problems=problems,
-                               source=str(csv_path))
+    csv_path, rows, problems, notes = _read_rows(Path(data_dir))
+    df, skipped = scan_images(rows, skip_bad_images=skip_bad_images, track=track, known_problems=problems,
+                              source=str(csv_path))
+    notes += [f"skipped {message}" for message in skipped]
     try:
         df["split"] = split_by_artist(df, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     except DataError as err:
-        raise DataError(f"{csv_path}: {err}") from None
-    return df, messages
+        dropped = f" (after skipping {len(skipped)} bad row(s): {'; '.join(skipped)})" if skipped else ""
+        raise DataError(f"{csv_path}: {err}{dropped}") from None
+    return df, notes

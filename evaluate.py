@@ -13,6 +13,7 @@ scores_<split>.csv (image_id,file_name,tier,artist,score), figures/score_by_tier
 figures/tier_pair_accuracy_<split>.png, figures/extremes_<split>.png, and the wandb run (job evaluate).
 """
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -28,9 +29,9 @@ from features import resolve_backbone
 from figures import extremes_sheet, score_by_tier, tier_pair_heatmap
 from metrics import artist_bootstrap_ci, pairwise_accuracy, per_tier_pair_accuracy, rank_correlations
 from model import RankingHead, load_head
-from runfolder import atomic_write_text
+from runfolder import atomic_write_text, check_reader, check_same_data
 from tracking import start_tracking, wandb_run
-from workflow import load_split_features, load_table_for, make_accelerator
+from workflow import load_split_features, load_table_for, locked_run_folder, make_accelerator, script_errors
 
 RANDOM_CAVEAT = "random backbone (demo): the numbers show the pipeline works, not how well DINOv2 ranks drawings"
 GATES = {"test": (">=", 0.60), "val": (">=", 0.62), "train": ("<=", 0.80)}  # spec 4.5.2; train: over-fitting
@@ -47,19 +48,6 @@ def checkpoint_dirs(cfg) -> tuple[Path, list[Path]]:
         raise FileNotFoundError(f"{checkpoints / 'top'}: no saved checkpoints to ensemble (train with --top_k 2 "
                                 "or more)")
     return single, members
-
-
-def check_same_split(table: pd.DataFrame, splits_csv: Path) -> None:
-    """The split must be the one the head was trained on; otherwise 'test' may hold training images."""
-    if not splits_csv.is_file():
-        return
-    trained = pd.read_csv(splits_csv, dtype=str, keep_default_na=False)[["image_id", "split"]]
-    both = table.merge(trained, on="image_id", suffixes=("", "_trained"))
-    moved = both[both.split != both.split_trained]
-    if len(moved):
-        raise ValueError(f"{splits_csv}: {len(moved)} image(s) now fall in another split than in training, e.g. "
-                         f"{moved.image_id.iloc[0]!r} ({moved.split_trained.iloc[0]} -> {moved.split.iloc[0]}); "
-                         "evaluate with the data and config the run was trained with")
 
 
 @torch.no_grad()
@@ -127,9 +115,8 @@ def tracker_metrics(report: dict, prefix: str) -> dict[str, float]:
 def evaluate(cfg: Config, accelerator: Accelerator) -> tuple[dict[str, dict], np.ndarray, pd.DataFrame]:
     """Reports per model (the ensemble first when there is one, then the best single checkpoint), and the
     first model's scores of the rows of cfg.split."""
-    out = Path(cfg.output_dir)
     table = load_table_for(cfg, accelerator)
-    check_same_split(table, out / "splits.csv")
+    check_same_data(cfg.output_dir, table)  # REQ-N-001: "test" is the test split the head never saw
     single, members = checkpoint_dirs(cfg)
     # Heads first, so a checkpoint of another backbone or size is refused before any extraction.
     backbone = resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
@@ -188,13 +175,16 @@ def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows: pd.DataFr
 
 def main() -> None:
     cfg, _ = parse_config(__doc__)
-    accelerator = make_accelerator(cfg)
-    if accelerator.is_main_process:
-        print_config(cfg)
-    try:
+    with script_errors(), locked_run_folder(cfg, accelerator := make_accelerator(cfg), "evaluate.py"):
+        check_reader(cfg.output_dir, dataclasses.asdict(cfg), what="evaluate it")
+        if accelerator.is_main_process:
+            print_config(cfg)
         results, scores, rows = evaluate(cfg, accelerator)
-    except (ValueError, FileNotFoundError) as err:  # a wrong checkpoint or an empty split: say which, no traceback
-        raise SystemExit(f"error: {err}") from None
+        report_and_write(cfg, accelerator, results, scores, rows)
+
+
+def report_and_write(cfg: Config, accelerator: Accelerator, results: dict[str, dict], scores: np.ndarray,
+                     rows: pd.DataFrame) -> None:
     report = next(iter(results.values()))
     start_tracking(accelerator, cfg, job_type="evaluate")
     accelerator.log(tracker_metrics(report, "eval_ensemble" if report["ensemble"] else "eval"))

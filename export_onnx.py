@@ -22,6 +22,7 @@ the exported files are deleted and the exit status is 1.
 """
 
 import copy
+import dataclasses
 import json
 import logging
 import shutil
@@ -42,8 +43,8 @@ from config import parse_config, print_config
 from data import image_path
 from images import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING_VERSION, input_size, open_image, preprocess
 from model import ArtRanker
-from runfolder import atomic_write_text
-from workflow import load_ranker, make_accelerator
+from runfolder import atomic_write_text, check_reader
+from workflow import load_ranker, locked_run_folder, make_accelerator, script_errors
 
 MODEL_FORMAT = 1  # of model.json; bumped when its meaning changes, so old readers refuse instead of misreading
 OPSET = 23
@@ -233,7 +234,13 @@ def main(argv: list[str] | None = None) -> None:
     print_config(cfg)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # a warning per optional torchvision op it lacks
     warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)  # torch.export's own
-    accelerator = make_accelerator(cfg)
+    with script_errors() as phase, locked_run_folder(cfg, accelerator := make_accelerator(cfg), "export_onnx.py"):
+        check_reader(cfg.output_dir, dataclasses.asdict(cfg), what="export it")  # before the backbone: cheap first
+        phase.kept = "the previous export, if any, as it was"
+        export(cfg, args, accelerator)
+
+
+def export(cfg, args, accelerator) -> None:
     ranker, meta, checkpoint = load_ranker(cfg, accelerator)
     side = input_size(cfg.image_size, meta["patch_size"])
     paths, pixels = parity_images(cfg, max(2, args.parity_images), patch_size=meta["patch_size"])

@@ -4,11 +4,13 @@
 
 Reads DATA_DIR/metadata.csv and every image (each is decoded once, so a bad file is found now,
 not an hour into training). Writes into OUTPUT_DIR:
-  splits.csv  image_id,file_name,tier,artist,split (80/10/10, stratified by tier, grouped by artist)
+  splits.csv  image_id,file_name,tier,artist,sha256,split (80/10/10, stratified by tier, grouped by artist)
+  run.json    what the split depends on (settings, rows and their content hashes); train.py checks it
   pairs/      a Hugging Face dataset: image_a, image_b, label (1 if image_a's tier is higher, else -1), split
 and prints images, artists and pairs per split and tier. train.py computes the same split itself.
 """
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,16 @@ import pyarrow as pa
 
 from config import parse_config, print_config
 from data import SPLITS, TIERS, cross_tier_pairs
-from runfolder import atomic_dir, atomic_write_text
-from workflow import load_table_for, make_accelerator
+from runfolder import (
+    atomic_dir,
+    check_fresh_start,
+    check_reader,
+    check_same_data,
+    remove_run,
+    trained_files,
+    write_record,
+)
+from workflow import load_table_for, locked_run_folder, make_accelerator, script_errors
 
 
 def pair_table(table: pd.DataFrame) -> pa.Table:
@@ -48,16 +58,26 @@ def summary(table: pd.DataFrame, pairs: pa.Table) -> str:
 def main() -> None:
     cfg, _ = parse_config(__doc__)
     print_config(cfg)
-    accelerator = make_accelerator(cfg)
-    table = load_table_for(cfg, accelerator)
-    pairs = pair_table(table)
-    out = Path(cfg.output_dir)
-    atomic_write_text(out / "splits.csv", table[["image_id", "file_name", "tier", "artist", "split"]]
-                      .to_csv(index=False))
-    from datasets import Dataset
+    out, config = Path(cfg.output_dir), dataclasses.asdict(cfg)
+    with script_errors(), locked_run_folder(cfg, accelerator := make_accelerator(cfg), "make_pairs.py"):
+        # A trained run keeps its split: its pair tables can be rewritten, never re-split (REQ-N-001).
+        trained = bool(trained_files(out)) and not cfg.overwrite_output_dir
+        if trained:
+            check_reader(out, config, what="make its pairs")
+        else:
+            check_fresh_start(out, config, overwrite=cfg.overwrite_output_dir)
+        table = load_table_for(cfg, accelerator)
+        if trained:
+            check_same_data(out, table)
+        pairs = pair_table(table)
+        from datasets import Dataset
 
-    with atomic_dir(out / "pairs") as tmp:
-        Dataset(pairs).save_to_disk(str(tmp))
+        if cfg.overwrite_output_dir and (removed := remove_run(out)):
+            print(f"--overwrite_output_dir: deleted the previous run's {', '.join(removed)}")
+        if not trained:
+            write_record(out, config=config, table=table, stage="pairs")
+        with atomic_dir(out / "pairs") as tmp:
+            Dataset(pairs).save_to_disk(str(tmp))
     print(summary(table, pairs))
     print(f"wrote {out / 'splits.csv'} and {out / 'pairs'} ({pairs.num_rows} pairs)")
 

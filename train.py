@@ -10,6 +10,7 @@ checkpoints/best/ and checkpoints/top/ (head.safetensors + head.json), state/ (A
 --resume), calibration.json, final_metrics.json and the wandb run.
 """
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -22,11 +23,29 @@ from accelerate.utils import set_seed
 
 from config import parse_config, print_config, save_config
 from data import check_no_test_leak
+from features import resolve_backbone
+from images import PREPROCESSING_VERSION
 from metrics import fit_calibration, in_batch_pair_loss, pair_margin_loss, pairwise_accuracy, tier_ranks
 from model import RankingHead, head_meta, load_head, save_head
-from runfolder import atomic_write_text
+from runfolder import (
+    RunFolderError,
+    atomic_write_text,
+    check_fresh_start,
+    check_resume,
+    check_same_data,
+    remove_run,
+    write_record,
+)
 from tracking import start_tracking
-from workflow import cpu_fallback_note, load_split_features, load_table_for, make_accelerator, sample_pairs_table
+from workflow import (
+    cpu_fallback_note,
+    load_split_features,
+    load_table_for,
+    locked_run_folder,
+    make_accelerator,
+    sample_pairs_table,
+    script_errors,
+)
 
 
 class Progress:
@@ -36,6 +55,7 @@ class Progress:
         self.epoch, self.batches_done, self.epoch_loss_sum = 0, 0, 0.0
         self.best_val_loss, self.best_val_acc, self.stale_epochs = float("inf"), -1.0, 0
         self.top: list[tuple[float, int]] = []  # (val accuracy, epoch) of the kept checkpoints
+        self.stop_reason: str | None = None  # set once training has ended: a resume then only finishes up
 
     def state_dict(self) -> dict:
         return dict(vars(self))
@@ -62,7 +82,15 @@ def save_training_state(accelerator: Accelerator, progress: Progress, state_dir:
     accelerator.wait_for_everyone()
 
 
-def latest_state(state_dir: Path) -> Path | None:
+def saved_state(cfg, out: Path) -> Path | None:
+    """The state to resume from: --resume_from_checkpoint, else the latest one saved (None: start afresh)."""
+    state_dir = out / "state"
+    if cfg.resume_from_checkpoint:
+        state = Path(cfg.resume_from_checkpoint)
+        if not state.is_dir() or state.resolve().parent != state_dir.resolve():
+            raise RunFolderError(f"--resume_from_checkpoint {state}: not a saved state of {out} "
+                                 f"(those are {state_dir}/epoch...)")
+        return state
     states = sorted(p for p in state_dir.glob("epoch*") if p.is_dir()) if state_dir.exists() else []
     return states[-1] if states else None
 
@@ -133,24 +161,61 @@ def validate(accelerator: Accelerator, head, val_x: torch.Tensor, val_r: torch.T
     return record
 
 
-def training_function(cfg) -> dict:
+def stop_reason(progress: Progress, cfg, next_lr: float) -> str | None:
+    """Why training ends after the epoch just done (REQ-S-002, REQ-S-003), or None to go on."""
+    if progress.epoch >= cfg.epochs:
+        return f"reached {cfg.epochs} epochs"
+    if progress.stale_epochs >= cfg.patience:
+        return f"early stop: val loss not improved for {cfg.patience} epochs"
+    if next_lr < cfg.min_lr:
+        return f"learning rate {next_lr:.2e} below min_lr {cfg.min_lr:.0e}"
+    return None
+
+
+def training_function(cfg, phase) -> dict:
     accelerator = make_accelerator(cfg)
-    out = Path(cfg.output_dir)
+    out, config = Path(cfg.output_dir), dataclasses.asdict(cfg)
     log = accelerator.print
-    if accelerator.is_main_process:
-        print_config(cfg)
-        save_config(cfg, out / "config.json")
     cpu_fallback_note(cfg, accelerator)
     set_seed(cfg.seed)  # REQ-U-004, REQ-N-003
+    resume = cfg.resume or bool(cfg.resume_from_checkpoint)
+    if resume and cfg.overwrite_output_dir:
+        raise RunFolderError("--resume continues the run in output_dir, --overwrite_output_dir deletes it: pass one")
+    with locked_run_folder(cfg, accelerator, "train.py"):
+        # Cheap checks first: the settings, before hours of image checks and extraction.
+        record = check_resume(out, config) if resume else check_fresh_start(out, config,
+                                                                             overwrite=cfg.overwrite_output_dir)
+        state = saved_state(cfg, out) if resume else None
+        if record and (out / "final_metrics.json").is_file():
+            finished = json.loads((out / "final_metrics.json").read_text())
+            log(f"{out} holds a finished run ({finished['stop_reason']}); nothing to resume")
+            return finished
+        table = load_table_for(cfg, accelerator)
+        if record:
+            check_same_data(out, table)
+        backbone = resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
+        if record and record["backbone_id"] != backbone.id:
+            raise RunFolderError(f"cannot resume {out}: backbone weights {backbone.id} differ from the run's "
+                                 f"{record['backbone_id']} ({cfg.backbone})")
+        if accelerator.is_main_process:
+            if cfg.overwrite_output_dir and not resume:
+                removed = remove_run(out)
+                log(f"--overwrite_output_dir: deleted the previous run's {', '.join(removed) or 'nothing'}")
+            print_config(cfg)
+            save_config(cfg, out / "config.json")
+            write_record(out, config=config, table=table, stage="train", backbone_id=backbone.id,
+                         preprocessing=PREPROCESSING_VERSION)
+        accelerator.wait_for_everyone()
+        return train_and_test(cfg, accelerator, table, backbone, state, phase)
 
-    table = load_table_for(cfg, accelerator)
-    if accelerator.is_main_process:
-        splits_csv = table[["image_id", "file_name", "tier", "artist", "split"]].to_csv(index=False)
-        atomic_write_text(out / "splits.csv", splits_csv)
+
+def train_and_test(cfg, accelerator: Accelerator, table, backbone, state: Path | None, phase) -> dict:
+    out, log = Path(cfg.output_dir), accelerator.print
     train_rows, val_rows = table[table.split == "train"], table[table.split == "val"]
     check_no_test_leak(train_rows, table)  # REQ-N-001: guards, not conventions
     check_no_test_leak(val_rows, table)
-    backbone, (train_x, val_x) = load_split_features(cfg, [train_rows, val_rows], accelerator)
+    phase.kept = f"the run's settings in {out}; extracted features in {cfg.cache_dir}"
+    _, (train_x, val_x) = load_split_features(cfg, [train_rows, val_rows], accelerator, backbone=backbone)
     train_r = torch.from_numpy(tier_ranks(train_rows.tier))
     val_r = torch.from_numpy(tier_ranks(val_rows.tier))
 
@@ -164,27 +229,28 @@ def training_function(cfg) -> dict:
     progress = Progress()
     accelerator.register_for_checkpointing(scheduler, progress)
     state_dir = out / "state"
-    if cfg.resume and (state := latest_state(state_dir)) is not None:  # REQ-S-005
+    if state is not None:  # REQ-S-005
         accelerator.load_state(str(state))
         log(f"resumed from {state} (epoch {progress.epoch}, batch {progress.batches_done})")
     elif cfg.resume:
         log(f"--resume: no saved state in {state_dir}, starting from scratch")
     log_path = out / "train_log.jsonl"
     # Epochs after the resumed state are run again: their lines go.
-    lines = log_path.read_text().splitlines() if cfg.resume and log_path.exists() else []
+    lines = log_path.read_text().splitlines() if state is not None and log_path.exists() else []
     log_lines = [line for line in lines if json.loads(line)["epoch"] < progress.epoch]
     start_tracking(accelerator, cfg, job_type="train")
     meta = head_meta(cfg, backbone_id=backbone.id, input_dim=train_x.shape[1], patch_size=backbone.patch_size)
 
     interrupted = []
     signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
-    stop_reason = f"reached {cfg.epochs} epochs"
-    while progress.epoch < cfg.epochs:
+    signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
+    while progress.stop_reason is None:
         if train_epoch(accelerator, head, optimizer, train_x, train_r, progress, batch_size=cfg.batch_size,
                        margin=cfg.margin, seed=cfg.seed, stop=interrupted):
+            lr = scheduler.get_last_lr()[0]  # the rate this epoch trained with
             scheduler.step()
             record = validate(accelerator, head, val_x, val_r, val_rows, progress, cfg=cfg, meta=meta)
-            record["lr"] = lr = scheduler.get_last_lr()[0]
+            record["lr"] = lr
             accelerator.log({k: v for k, v in record.items() if k not in ("epoch", "best")}, step=progress.epoch)
             log(f"epoch {progress.epoch:3d} | train loss {record['train/loss']:.4f} | val loss {record['val/loss']:.4f}"
                 f" | val acc {record['val/pairwise_acc']:.4f} | lr {lr:.2e}{' | best' if 'best' in record else ''}")
@@ -192,28 +258,31 @@ def training_function(cfg) -> dict:
                 log_lines.append(json.dumps(record))  # rewritten whole: a kill never leaves half a line
                 atomic_write_text(log_path, "".join(line + "\n" for line in log_lines))
             progress.epoch, progress.batches_done, progress.epoch_loss_sum = progress.epoch + 1, 0, 0.0
-        save_training_state(accelerator, progress, state_dir)
+            progress.stop_reason = stop_reason(progress, cfg, scheduler.get_last_lr()[0])
+        save_training_state(accelerator, progress, state_dir)  # the stop decision is saved with the state
         if interrupted:
-            log(f"interrupted: state saved in {state_dir}; continue with --resume true")
+            log(f"interrupted: state saved in {state_dir}; continue with --resume")
             accelerator.end_training()
             raise SystemExit(130)
-        if progress.stale_epochs >= cfg.patience:  # REQ-S-002
-            stop_reason = f"early stop: val loss not improved for {cfg.patience} epochs"
-            break
-        if lr < cfg.min_lr and progress.epoch < cfg.epochs:  # REQ-S-003
-            stop_reason = f"learning rate {lr:.2e} below min_lr {cfg.min_lr:.0e}"
-            break
-    log(stop_reason)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    log(progress.stop_reason)
+    phase.kept = f"the trained run in {out}; --resume scores the test split"
+    results = test_best(cfg, accelerator, table, backbone, progress)
+    accelerator.end_training()
+    return results
 
-    # REQ-E-006: the test split is touched once, after training, with the best checkpoint.
+
+def test_best(cfg, accelerator: Accelerator, table, backbone, progress: Progress) -> dict:
+    """REQ-E-006: the test split is touched once, after training, with the best checkpoint."""
+    out, frames = Path(cfg.output_dir), [table[table.split == s] for s in ("train", "val", "test")]
     best, best_meta = load_head(out / "checkpoints" / "best", expect={"backbone_id": backbone.id,
                                                                       "image_size": cfg.image_size})
-    test_rows = table[table.split == "test"]
-    _, (test_x,) = load_split_features(cfg, [test_rows], accelerator, backbone=backbone)
-    results = {"stop_reason": stop_reason, "epochs_run": progress.epoch, "best_epoch": best_meta["epoch"]}
+    _, features = load_split_features(cfg, frames, accelerator, backbone=backbone)
+    results = {"stop_reason": progress.stop_reason, "epochs_run": progress.epoch, "best_epoch": best_meta["epoch"]}
     best = best.to(accelerator.device)
     with torch.no_grad():
-        for name, x, rows in (("train", train_x, train_rows), ("val", val_x, val_rows), ("test", test_x, test_rows)):
+        for name, x, rows in zip(("train", "val", "test"), features, frames):
             scores = best(x.to(accelerator.device)).float().cpu()
             acc, pairs = pairwise_accuracy(scores.numpy(), rows.tier.to_numpy())
             results[f"{name}/pairwise_acc"], results[f"{name}/pairs"] = acc, pairs
@@ -223,16 +292,16 @@ def training_function(cfg) -> dict:
     if accelerator.is_main_process:
         atomic_write_text(out / "calibration.json", json.dumps(calibration, indent=2) + "\n")
         atomic_write_text(out / "final_metrics.json", json.dumps(results, indent=2) + "\n")
-    log(f"best epoch {results['best_epoch']} | train acc {results['train/pairwise_acc']:.4f} | "
-        f"val acc {results['val/pairwise_acc']:.4f} | test acc {results['test/pairwise_acc']:.4f} "
-        f"({results['test/pairs']} test pairs)")
-    accelerator.end_training()
+    accelerator.print(f"best epoch {results['best_epoch']} | train acc {results['train/pairwise_acc']:.4f} | "
+                      f"val acc {results['val/pairwise_acc']:.4f} | test acc {results['test/pairwise_acc']:.4f} "
+                      f"({results['test/pairs']} test pairs)")
     return results
 
 
 def main() -> None:
     cfg, _ = parse_config(__doc__)
-    training_function(cfg)
+    with script_errors() as phase:
+        training_function(cfg, phase)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
-"""The steps the scripts share: an Accelerator for the config, the checked image table, split features."""
+"""The steps the scripts share: an Accelerator for the config, the run folder, the checked image table,
+split features, and one-line errors."""
 
+import contextlib
 import functools
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,11 @@ from data import TIER_RANK, DataError, load_table
 from features import Backbone, resolve_backbone, table_features
 from images import PREPROCESSING_VERSION, open_image
 from model import ArtRanker, DINOv2FeatureExtractor, load_head, select_features
+from runfolder import RunFolderError, RunLock
 from tracking import wandb_run
+
+# The only folder the demo's data set is generated into: a mistyped --data_dir is an error, not a new data set.
+DEMO_DATA_DIR = Path(__file__).resolve().parent / "data" / "demo"
 
 
 def quiet_libraries() -> None:
@@ -45,21 +53,66 @@ def bar(accelerator: Accelerator, desc: str):
 
 def load_table_for(cfg, accelerator: Accelerator) -> pd.DataFrame:
     """The checked, split image table; the demo data set is generated first when asked for and missing."""
-    if cfg.demo_data and not Path(cfg.data_dir).exists():  # never write into a folder the user made
+    if cfg.demo_data and not Path(cfg.data_dir).exists():
+        if Path(cfg.data_dir).resolve() != DEMO_DATA_DIR:
+            raise DataError(f"{cfg.data_dir}: not found (demo data is generated only into {DEMO_DATA_DIR})")
         from demo_data import generate_demo_dataset
 
         if accelerator.is_main_process:
             generate_demo_dataset(cfg.data_dir, seed=cfg.seed)
         accelerator.wait_for_everyone()
-    try:
-        table, skipped = load_table(cfg.data_dir, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                                    seed=cfg.seed, skip_bad_images=cfg.skip_bad_images,
-                                    track=bar(accelerator, "checking images"))
-    except DataError as err:
-        raise SystemExit(f"error: {err}") from None
-    for message in skipped:
-        accelerator.print(f"warning: skipped {message}")
+    table, notes = load_table(cfg.data_dir, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                              seed=cfg.seed, skip_bad_images=cfg.skip_bad_images,
+                              track=bar(accelerator, "checking images"))
+    for message in notes:
+        accelerator.print(f"warning: {message}")
     return table
+
+
+class Phase:
+    """What an interruption now keeps, for the one line that Ctrl-C or SIGTERM prints."""
+
+    def __init__(self, kept: str = "nothing was written"):
+        self.kept = kept
+
+
+@contextlib.contextmanager
+def script_errors():
+    """Bad input, a refused run folder, Ctrl-C or SIGTERM: one line on stderr, no traceback.
+
+    Yields a Phase; the script sets phase.kept as it goes. Exit status 1 for errors, 130 when interrupted.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's kill is a Ctrl-C
+    phase = Phase()
+    try:
+        yield phase
+    except KeyboardInterrupt:
+        print(f"interrupted: {phase.kept}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+    except (DataError, RunFolderError, FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+@contextlib.contextmanager
+def locked_run_folder(cfg, accelerator: Accelerator, command: str):
+    """Hold OUTPUT_DIR for this command alone (the main process locks; every process learns the outcome)."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, refusal = RunLock(cfg.output_dir, command=command), None
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except RunFolderError as err:
+            refusal = str(err)
+    (refusal,) = broadcast_object_list([refusal])
+    if refusal:
+        raise RunFolderError(refusal)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        lock.release(failed=failed)
 
 
 def load_split_features(cfg, frames: list[pd.DataFrame], accelerator: Accelerator, *,
@@ -107,10 +160,7 @@ def load_ranker(cfg, accelerator) -> tuple[ArtRanker, dict, Path]:
     """The PyTorch ranker of the run's checkpoint: its backbone + head. Returns (ranker, head.json, dir)."""
     checkpoint = Path(cfg.checkpoint or Path(cfg.output_dir) / "checkpoints" / "best")
     backbone = resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
-    try:
-        head, meta = load_head(checkpoint, expect={"backbone_id": backbone.id, "image_size": cfg.image_size,
-                                                   "preprocessing": PREPROCESSING_VERSION})
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    head, meta = load_head(checkpoint, expect={"backbone_id": backbone.id, "image_size": cfg.image_size,
+                                               "preprocessing": PREPROCESSING_VERSION})
     extractor = DINOv2FeatureExtractor.from_pretrained(str(backbone.path))
     return ArtRanker(extractor, head, meta["feature"]).eval(), meta, checkpoint

@@ -247,7 +247,7 @@ def test_every_bad_row_is_listed_at_once_with_file_and_row(bad_folder):
 def test_skip_bad_images_drops_exactly_the_bad_rows(bad_folder):
     table, skipped = load_table(bad_folder, skip_bad_images=True, **SPLIT)
     assert len(table) == 96 and set(table.row) == set(range(2, 98))
-    assert {int(message.split()[1]) for message in skipped} == set(EXPECTED)
+    assert {int(message.split()[2]) for message in skipped} == set(EXPECTED)  # "skipped row N (...)"
     assert set(table.split) == {"train", "val", "test"}
 
 

@@ -230,7 +230,7 @@ def test_make_pairs_writes_splits_pairs_and_a_summary(tmp_path, dataset):
     result = run_script("make_pairs.py", *tiny_args(tmp_path, dataset, tmp_path / "unused"))
     out = tmp_path / "run"
     splits = pd.read_csv(out / "splits.csv", dtype=str)
-    assert list(splits.columns) == ["image_id", "file_name", "tier", "artist", "split"]
+    assert list(splits.columns) == ["image_id", "file_name", "tier", "artist", "sha256", "split"]
     table, _ = load_table(dataset, val_fraction=0.1, test_fraction=0.1, seed=42)
     assert splits.equals(table[splits.columns].astype(str))  # the split train.py computes itself
 

@@ -11,7 +11,7 @@ from conftest import run_script, tiny_args
 from PIL import Image
 
 from data import cross_tier_pairs
-from evaluate import check_same_split, head_scores
+from evaluate import head_scores
 from images import open_image, preprocess
 from metrics import (
     artist_bootstrap_ci,
@@ -23,6 +23,7 @@ from metrics import (
     tier_ranks,
 )
 from model import ArtRanker, DINOv2FeatureExtractor, RankingHead, load_head
+from runfolder import RunFolderError, check_same_data
 
 ONE_PER_TIER = np.array(["S", "A", "B", "C"])
 
@@ -162,13 +163,17 @@ def test_ensemble_score_is_the_mean_of_its_members():
 
 
 def test_evaluation_refuses_a_split_that_differs_from_training(tmp_path):
-    table = pd.DataFrame({"image_id": ["x", "y", "z"], "split": ["train", "val", "test"]})
-    splits_csv = tmp_path / "splits.csv"
-    splits_csv.write_text("image_id,split\nx,train\ny,val\nz,test\n")
-    check_same_split(table, splits_csv)
-    splits_csv.write_text("image_id,split\nx,train\ny,val\nz,train\n")
-    with pytest.raises(ValueError, match=r"'z' \(train -> test\)"):
-        check_same_split(table, splits_csv)
+    table = pd.DataFrame({"image_id": ["x", "y", "z"], "file_name": ["x", "y", "z"], "tier": ["S", "A", "B"],
+                          "artist": ["p", "q", "r"], "sha256": ["1", "2", "3"], "split": ["train", "val", "test"]})
+    table.to_csv(tmp_path / "splits.csv", index=False)
+    check_same_data(tmp_path, table)
+    moved = table.assign(split=["train", "val", "train"])
+    with pytest.raises(RunFolderError, match=r"1 image\(s\) in another split \(e.g. 'z'\)"):
+        check_same_data(tmp_path, moved)
+    retiered = table.assign(tier=["S", "A", "C"], sha256=["1", "9", "3"])
+    with pytest.raises(RunFolderError, match=r"1 image\(s\) with other content \(e.g. 'y'\); 1 image\(s\) with "
+                                             r"another tier \(e.g. 'z'\)"):
+        check_same_data(tmp_path, retiered)
 
 
 @pytest.mark.slow
@@ -219,4 +224,5 @@ def test_evaluate_end_to_end(tmp_path, dataset, tiny_backbone):
 
     refused = run_script("evaluate.py", *args, "--feature", "cls_mean", check=False)
     assert refused.returncode != 0
-    assert refused.stderr.strip().splitlines()[-1].startswith("error: ") and "feature='cls'" in refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "feature: 'cls' -> 'cls_mean'" in line

@@ -1,0 +1,241 @@
+"""Runs you can trust: reruns, resumes with changes, changed data, two runs at once and interruptions
+either give the right result or are refused in one line, and nothing is written before the checks."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_script, tiny_args, write_dataset
+from PIL import Image
+
+from runfolder import RunFolderError, RunLock
+
+pytestmark = pytest.mark.slow
+
+# Runs a script in a fresh interpreter that sends itself SIGINT each time `target` (module:attribute.path)
+# is called: Ctrl-C pressed while that step runs.
+INTERRUPT = """
+import functools, importlib, os, signal, sys
+sys.argv = [{script!r}, *{args!r}]
+sys.path.insert(0, {root!r})
+*path, name = {attribute!r}.split(".")
+owner = functools.reduce(getattr, path, importlib.import_module({module!r}))
+original = getattr(owner, name)
+def strike(*a, **k):
+    os.kill(os.getpid(), signal.SIGINT)
+    return original(*a, **k)
+setattr(owner, name, strike)
+importlib.import_module({script_module!r}).main()
+"""
+
+
+def interrupt(script: str, args: list[str], *, target: str) -> subprocess.CompletedProcess:
+    module, attribute = target.split(":")
+    code = INTERRUPT.format(script=script, args=[str(a) for a in args], root=str(ROOT), module=module,
+                            attribute=attribute, script_module=script.removesuffix(".py"))
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_backbone):
+    """One finished, evaluated run; each test works on a copy of it."""
+    base = tmp_path_factory.mktemp("trained")
+    args = tiny_args(base, write_dataset(base / "data"), tiny_backbone, epochs=3)
+    run_script("train.py", *args)
+    run_script("evaluate.py", *args)
+    return base, args
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+    base, args = trained
+    shutil.copytree(base / "data", tmp_path / "data")
+    shutil.copytree(base / "run", tmp_path / "run")
+    args = [a.replace(str(base), str(tmp_path)) for a in args]
+    shutil.copy(base / "test_config.json", tmp_path / "test_config.json")
+    return tmp_path, args
+
+
+def test_fresh_run_into_a_trained_folder_is_refused_and_the_flag_clears_it(run):
+    base, args = run
+    before = snapshot(base / "run")
+    line = one_line_error(run_script("train.py", *args, check=False))
+    assert "holds a trained run" in line and "--overwrite_output_dir" in line
+    assert snapshot(base / "run") == before  # config.json and all the rest untouched
+    (base / "run" / "checkpoints" / "top" / "epoch0099").mkdir()  # a stray checkpoint of the old run
+    (base / "run" / "model.onnx").write_bytes(b"old export")
+    (base / "run" / "my_notes.txt").write_text("mine")
+    run_script("train.py", *args, "--overwrite_output_dir", "true", "--epochs", "2")
+    out = base / "run"
+    assert not (out / "checkpoints" / "top" / "epoch0099").exists() and not (out / "model.onnx").exists()
+    assert not list(out.glob("eval_*.json"))  # the old run's evaluation went with it
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 2
+    assert (out / "my_notes.txt").read_text() == "mine"  # not a run file: left alone
+
+
+def test_resume_with_other_settings_is_refused_naming_each_key_before_any_work(run):
+    base, args = run
+    before = snapshot(base / "run")
+    changes = {"lr": "0.01", "image_size": "42", "score_head": "norm", "epochs": "9", "seed": "7"}
+    result = run_script("train.py", *args, "--resume", "true", *[x for k, v in changes.items() for x in (f"--{k}", v)],
+                        check=False)
+    line = one_line_error(result)
+    assert line.startswith("error: cannot resume") and all(f"{key}:" in line for key in changes), line
+    assert "checking images" not in result.stderr  # refused before the image scan
+    assert snapshot(base / "run") == before
+
+
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(run):
+    base, args = run
+    before = snapshot(base / "run")
+    result = run_script("train.py", *args, "--resume", "true", "--num_workers", "0")  # a runtime key may change
+    assert "holds a finished run" in result.stdout
+    assert snapshot(base / "run") == before
+
+
+def test_resume_after_the_stop_decision_trains_no_further_epoch(run):
+    base, args = run
+    out = base / "run"
+    metrics = json.loads((out / "final_metrics.json").read_text())
+    log = (out / "train_log.jsonl").read_text()
+    (out / "final_metrics.json").unlink()  # as if killed while scoring the test split
+    run_script("train.py", *args, "--resume", "true")
+    assert (out / "train_log.jsonl").read_text() == log
+    assert json.loads((out / "final_metrics.json").read_text()) == metrics
+
+
+def test_resume_after_new_works_is_refused_naming_what_changed(run):
+    base, args = run
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(base / "data" / "images" / "new.png")
+    with open(base / "data" / "metadata.csv", "a") as f:
+        f.write("images/new.png,S,artist99\n")
+    (base / "run" / "final_metrics.json").unlink()  # an unfinished run, so that resume has work to do
+    for script, extra in (("train.py", ["--resume", "true"]), ("evaluate.py", []), ("make_pairs.py", [])):
+        line = one_line_error(run_script(script, *args, *extra, check=False))
+        assert "1 image(s) added (e.g. 'images/new.png')" in line, (script, line)
+
+
+def test_evaluate_and_make_pairs_with_another_seed_are_refused(run):
+    base, args = run
+    for script in ("evaluate.py", "make_pairs.py", "export_onnx.py"):
+        line = one_line_error(run_script(script, *args, "--seed", "7", check=False))
+        assert "seed: 42 -> 7" in line, (script, line)
+
+
+def test_changed_image_content_is_named(run):
+    base, args = run
+    victim = sorted((base / "data" / "images").iterdir())[0]
+    Image.new("RGB", (40, 48), (200, 10, 10)).save(victim)
+    line = one_line_error(run_script("evaluate.py", *args, check=False))
+    assert "1 image(s) with other content" in line
+
+
+def test_resume_with_other_backbone_weights_is_refused(run, tmp_path):
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    base, args = run
+    torch.manual_seed(1)
+    other = tmp_path / "other-backbone"
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                             patch_size=14, image_size=56)).save_pretrained(other)
+    (base / "run" / "final_metrics.json").unlink()
+    line = one_line_error(run_script("train.py", *args, "--resume", "true", "--backbone", other, check=False))
+    assert "backbone" in line and "cannot resume" in line
+
+
+def test_failed_start_leaves_the_finished_run_as_it_was(run):
+    base, args = run
+    before = snapshot(base / "run")
+    line = one_line_error(run_script("train.py", *args, "--overwrite_output_dir", "true", "--data_dir",
+                                     base / "no-such-data", check=False))
+    assert "no-such-data" in line
+    assert snapshot(base / "run") == before
+
+
+def test_demo_data_is_never_generated_into_a_typed_path(tmp_path, tiny_backbone):
+    config = tmp_path / "demo_like.json"
+    config.write_text(json.dumps({"demo_data": True, "data_dir": str(tmp_path / "data" / "dmeo")}))
+    result = run_script("make_pairs.py", "--config", config, "--output_dir", tmp_path / "run", check=False)
+    assert "demo data is generated only into" in one_line_error(result)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_second_run_into_a_busy_folder_is_refused_naming_the_holder(run):
+    base, args = run
+    lock = RunLock(base / "run", command="train.py")
+    lock.acquire()
+    try:
+        line = one_line_error(run_script("evaluate.py", *args, check=False))
+        assert f"pid {os.getpid()}" in line and "train.py" in line
+    finally:
+        lock.release()
+    with pytest.raises(RunFolderError, match="in use by"):  # the lock also holds within one process
+        first, second = RunLock(base / "x", command="a"), RunLock(base / "x", command="b")
+        first.acquire()
+        try:
+            second.acquire()
+        finally:
+            first.release()
+
+
+def test_a_crashed_holder_s_lock_is_taken_over(run):
+    base, args = run
+    (base / "run" / ".lock").write_text("train.py (pid 999999 on gone, since 2020-01-01 00:00:00)\n")
+    run_script("evaluate.py", *args)  # the kernel dropped the dead process's flock: nothing to clear by hand
+
+
+def test_ctrl_c_during_extraction_is_one_line_and_keeps_what_it_had(tmp_path, dataset, tiny_backbone):
+    args = tiny_args(tmp_path, dataset, tiny_backbone)
+    result = interrupt("train.py", args, target="transformers:Dinov2Model.forward")
+    assert result.returncode == 130
+    assert one_line_error(result).startswith("interrupted:")
+    run_script("train.py", *args, "--resume", "true")  # and the run then completes
+    assert (tmp_path / "run" / "final_metrics.json").is_file()
+
+
+def test_ctrl_c_after_the_training_loop_is_not_swallowed(tmp_path, dataset, tiny_backbone):
+    args = tiny_args(tmp_path, dataset, tiny_backbone, epochs=2)
+    result = interrupt("train.py", args, target="train:fit_calibration")
+    assert result.returncode == 130 and "--resume scores the test split" in one_line_error(result)
+    assert not (tmp_path / "run" / "final_metrics.json").exists()
+    log = (tmp_path / "run" / "train_log.jsonl").read_text()
+    run_script("train.py", *args, "--resume", "true")
+    assert (tmp_path / "run" / "train_log.jsonl").read_text() == log  # no epoch trained twice
+    assert (tmp_path / "run" / "final_metrics.json").is_file()
+
+
+def test_make_pairs_then_train_then_rerun_make_pairs_is_the_demo_flow(tmp_path, dataset, tiny_backbone):
+    args = tiny_args(tmp_path, dataset, tiny_backbone, epochs=1)
+    run_script("make_pairs.py", *args)
+    run_script("train.py", *args)  # the folder holds only make_pairs' output: not another run
+    run_script("make_pairs.py", *args)  # same data and split: its tables are rewritten, the run kept
+    assert (tmp_path / "run" / "final_metrics.json").is_file()
+    line = one_line_error(run_script("train.py", *args, check=False))
+    assert "--overwrite_output_dir" in line
+    run_script("make_pairs.py", *args, "--overwrite_output_dir", "true")
+    assert not (tmp_path / "run" / "final_metrics.json").exists()
+
+
+def test_evaluate_or_export_without_a_trained_run_is_one_line(tmp_path, dataset, tiny_backbone):
+    args = tiny_args(tmp_path, dataset, tiny_backbone)
+    for script in ("evaluate.py", "export_onnx.py"):
+        line = one_line_error(run_script(script, *args, check=False))
+        assert line.startswith("error: no trained run in"), line
+    assert not (tmp_path / "run").exists()
