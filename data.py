@@ -90,6 +90,7 @@ def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]
         raise DataError(f"{csv_path}: line {line} is not UTF-8 text; save the file as UTF-8 "
                         "(in Excel: 'CSV UTF-8')") from None
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    line = 0
     try:
         header = [name.strip() for name in next(reader, [])]
         missing = [c for c in ("file_name", "tier", "artist") if c not in header]
@@ -114,8 +115,8 @@ def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]
                 continue
             records.append([start, *(field.strip() for field in fields)])
     except csv.Error as err:
-        raise DataError(f"{csv_path}: line {reader.line_num}: cannot parse: {err} (an unclosed or stray quote?)"
-                        ) from None
+        raise DataError(f"{csv_path}: line {line + 1}: cannot parse: {err} (an unclosed or stray quote?); quote "
+                        "marks inside a field must be doubled") from None
     df = pd.DataFrame(records, columns=["row", *header], dtype=object).astype({"row": int})
     if not len(df) and not problems:
         raise DataError(f"{csv_path}: no image rows")

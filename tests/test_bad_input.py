@@ -300,6 +300,65 @@ def test_tier_with_too_few_artists_is_refused(tmp_path):
         load_table(data_dir, **SPLIT)
 
 
+def test_a_stray_quote_is_refused_naming_its_line_not_swallowing_the_rows_after_it(tmp_path):
+    head = "file_name,tier,artist\na.png,S,Kim\n"
+    (tmp_path / "metadata.csv").write_text(head + '"b.png,A,Lee\nc.png,B,Park\nd.png,C,Choi\n')
+    with pytest.raises(DataError, match=r"line 3: cannot parse: unexpected end of data \(an unclosed or stray"):
+        read_metadata(tmp_path)
+    (tmp_path / "metadata.csv").write_text(head + '"b.png,A,Lee\nc.png",B,Park\nd.png,C,Choi\n')  # closed later
+    with pytest.raises(DataError, match=r"line 3: a field runs over 2 lines \(an unclosed quote\?\)"):
+        read_metadata(tmp_path)
+
+
+def test_one_artist_written_with_other_case_or_spacing_is_one_artist_and_the_merge_is_said(tmp_path):
+    data_dir = write_dataset(tmp_path / "data")
+    metadata = pd.read_csv(data_dir / "metadata.csv")
+    spellings = ["Lee Jun", "lee  jun", " LEE JUN", "Lee\u3000Jun"]  # the last with an ideographic space
+    metadata.loc[metadata.artist == "artist00", "artist"] = [spellings[i % 4] for i in range(8)]
+    metadata.to_csv(data_dir / "metadata.csv", index=False)
+    table, notes = load_table(data_dir, **SPLIT)
+    assert set(table.loc[table.file_name.str.startswith("images/a00_"), "artist"]) == {"Lee Jun"}
+    assert table.groupby("artist").split.nunique().max() == 1
+    assert notes == ["artist names merged as one artist 'Lee Jun': 'Lee Jun', 'lee  jun', 'LEE JUN', "
+                     "'Lee\\u3000Jun'"]  # repr shows the unusual space
+
+
+def test_file_names_must_stay_inside_the_data_folder_and_name_regular_files(tmp_path):
+    import os
+
+    outside = tmp_path / "outside.png"
+    Image.new("RGB", (4, 4)).save(outside)
+    data_dir = tmp_path / "data"
+    (data_dir / "folder.png").mkdir(parents=True)
+    os.mkfifo(data_dir / "pipe.png")  # reading it would wait forever
+    (data_dir / "link.png").symlink_to(outside)  # a link is followed: allowed
+    (data_dir / "metadata.csv").write_text(
+        "file_name,tier,artist\n../outside.png,S,Kim\n/etc/hostname,A,Lee\nfolder.png,B,Park\n"
+        "pipe.png,C,Choi\nlink.png,S,Han\n")
+    with pytest.raises(DataError) as info:
+        load_table(data_dir, **SPLIT)
+    lines = [line.strip() for line in str(info.value).splitlines()[1:]]
+    assert lines == ["row 2 (../outside.png): file_name must be a path inside the data folder (no absolute path, "
+                     "no '..')",
+                     "row 3 (/etc/hostname): file_name must be a path inside the data folder (no absolute path, "
+                     "no '..')",
+                     "row 4 (folder.png): not a regular file (a folder, FIFO or device)",
+                     "row 5 (pipe.png): not a regular file (a folder, FIFO or device)"]
+
+
+def test_skipped_rows_are_listed_even_when_the_split_then_fails(tmp_path):
+    data_dir = write_dataset(tmp_path / "data", artists=10)
+    (data_dir / "images" / "a09_00.png").write_bytes(b"not an image")
+    metadata = pd.read_csv(data_dir / "metadata.csv")
+    metadata.loc[metadata.artist == "artist09", "file_name"] = "images/a09_00.png"  # listed 8 times
+    metadata.loc[metadata.artist == "artist09", "artist"] = "artist09"
+    metadata = metadata[(metadata.artist != "artist09") | (metadata.index == metadata.index[-1])]
+    metadata.to_csv(data_dir / "metadata.csv", index=False)
+    with pytest.raises(DataError, match=r"at least 10 artists.*found 9 \(after skipping 1 bad row\(s\): row \d+ "
+                                        r"\(images/a09_00.png\): not an image"):
+        load_table(data_dir, skip_bad_images=True, **SPLIT)
+
+
 # ---------------------------------------------------------------- the script: nothing written on bad input
 
 @pytest.mark.slow
