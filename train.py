@@ -68,7 +68,8 @@ def latest_state(state_dir: Path) -> Path | None:
 
 
 def train_epoch(accelerator: Accelerator, head, optimizer, train_x: torch.Tensor, train_r: torch.Tensor,
-                progress: Progress, *, batch_size: int, margin: float, seed: int, stop: list) -> bool:
+                progress: Progress, *, batch_size: int, margin: float, seed: int, stop: list,
+                pair_loss: str = "margin") -> bool:
     """One pass over the training images, the loss over every cross-tier pair within each batch.
 
     Starts at progress.batches_done (mid-epoch resume); returns False when `stop` fills (Ctrl-C),
@@ -84,7 +85,7 @@ def train_epoch(accelerator: Accelerator, head, optimizer, train_x: torch.Tensor
         with accelerator.accumulate(head):
             x, r = train_x[batch].to(accelerator.device), train_r[batch].to(accelerator.device)
             with accelerator.autocast():
-                loss = in_batch_pair_loss(head(x).float(), r, margin)
+                loss = in_batch_pair_loss(head(x).float(), r, margin, pair_loss)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
@@ -112,7 +113,7 @@ def validate(accelerator: Accelerator, head, val_x: torch.Tensor, val_r: torch.T
     head.eval()
     with torch.no_grad():
         val_scores = head(val_x.to(accelerator.device)).float().cpu()
-    val_loss = pair_margin_loss(val_scores, val_r, cfg.margin)
+    val_loss = pair_margin_loss(val_scores, val_r, cfg.margin, loss=cfg.loss)
     val_acc, _ = pairwise_accuracy(val_scores.numpy(), val_rows.tier.to_numpy())
     record = {"epoch": progress.epoch, "train/loss": progress.epoch_loss_sum / max(1, progress.batches_done),
               "val/loss": val_loss, "val/pairwise_acc": val_acc}
@@ -181,7 +182,7 @@ def training_function(cfg) -> dict:
     stop_reason = f"reached {cfg.epochs} epochs"
     while progress.epoch < cfg.epochs:
         if train_epoch(accelerator, head, optimizer, train_x, train_r, progress, batch_size=cfg.batch_size,
-                       margin=cfg.margin, seed=cfg.seed, stop=interrupted):
+                       margin=cfg.margin, seed=cfg.seed, stop=interrupted, pair_loss=cfg.loss):
             scheduler.step()
             record = validate(accelerator, head, val_x, val_r, val_rows, progress, cfg=cfg, meta=meta)
             record["lr"] = lr = scheduler.get_last_lr()[0]
