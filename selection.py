@@ -73,8 +73,8 @@ def setting_label(setting: dict) -> str:
 def artist_folds(rows: pd.DataFrame, *, folds: int, seed: int) -> np.ndarray:
     """The fold (0 .. folds-1) of each row: grouped by artist, stratified by tier.
 
-    Rows are sorted by image_id first, so the folds depend on the table's content, not its row order.
-    Raises ValueError when a fold would hold fewer than two tiers (no pair to score).
+    scikit-learn numbers the artists in sorted order, so the folds depend on the table's content, not on
+    its row order. Raises ValueError when a fold would hold fewer than two tiers (no pair to score).
     """
     if folds < 3:
         raise ValueError(f"--folds must be at least 3 (one fold scored, one for early stopping, the rest "
@@ -82,14 +82,12 @@ def artist_folds(rows: pd.DataFrame, *, folds: int, seed: int) -> np.ndarray:
     artists = rows["artist"].nunique()
     if artists < folds:
         raise ValueError(f"{folds} folds need works by at least {folds} artists, found {artists}")
-    order = np.argsort(rows["image_id"].to_numpy(), kind="stable")
-    ordered = rows.iloc[order]
     fold_of = np.empty(len(rows), dtype=np.int64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class": the check below says it better
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        for fold, (_, held) in enumerate(splitter.split(ordered, ordered["tier"], ordered["artist"])):
-            fold_of[order[held]] = fold
+        for fold, (_, held) in enumerate(splitter.split(rows, rows["tier"], rows["artist"])):
+            fold_of[held] = fold
     for fold in range(folds):
         tiers = sorted(set(rows["tier"].to_numpy()[fold_of == fold]))
         if len(tiers) < 2:
