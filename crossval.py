@@ -8,6 +8,7 @@ whole artists with the same tier mix. For every setting of the grid (JSON {key: 
 selection.GRID_KEYS; none: the config alone) and every fold, a head is trained as train.py trains it on
 the other folds but one, which stops training early and picks the best epoch, and is scored on the
 held-out fold. Writes into OUTPUT_DIR/crossval/:
+  config.json               the resolved config
   results.csv, results.md   mean ± sd over folds of pairwise accuracy and Kendall tau per setting
   accuracy_by_setting.png   every fold's accuracy per setting
   best.json                 the config with the best setting, for train.py (output_dir OUTPUT_DIR/selected)
@@ -28,7 +29,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 import selection
-from config import Config, parse_config, print_config
+from config import Config, parse_config, print_config, save_config
 from data import DataError, check_no_test_leak
 from metrics import pair_margin_loss, pairwise_accuracy, rank_correlations, tier_ranks
 from model import RankingHead
@@ -173,6 +174,7 @@ def main() -> None:
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     print_config(cfg)
+    save_config(cfg, out / "config.json")
     accelerator = make_accelerator(cfg)
     try:
         rows, table, features, source = train_val_features(cfg, settings, accelerator)

@@ -160,6 +160,7 @@ def test_crossval_end_to_end_resumes_repeats_and_its_choice_trains(tmp_path, tin
     assert results.folds.eq(3).all() and results.accuracy_mean.between(0, 1).all()
     assert results.accuracy_sd.gt(0).all() and np.isfinite(results.kendall_tau_mean).all()
     assert (out / "accuracy_by_setting.png").stat().st_size > 1000
+    assert json.loads((out / "config.json").read_text())["epochs"] == 4
     assert len(list((out / "wandb").glob("offline-run-*"))) == 2
 
     # REQ-N-001: the feature cache holds exactly the train+val images; no test image went through the backbone.
