@@ -48,6 +48,7 @@ class Config:
     patience: int = 10
     min_lr: float = 1e-6
     margin: float = 1.0
+    loss: str = "margin"  # "margin" (spec 4.4.3's MarginRankingLoss) or "logistic" (RankNet; ignores margin)
     seed: int = 42
     mixed_precision: str = "fp16"  # used on CUDA; CPU falls back to fp32 (Accelerate has no CPU fp16)
     top_k: int = 3  # best checkpoints kept for ensembles (REQ-O-005)
@@ -67,6 +68,7 @@ class Config:
 CHOICES = {
     "feature": ("cls", "cls_mean"),
     "score_head": ("linear", "norm"),
+    "loss": ("margin", "logistic"),
     "random_backbone": ("", "tiny", "large"),
     "mixed_precision": ("no", "fp16", "bf16"),
     "wandb_mode": ("", "online", "offline"),

@@ -21,8 +21,22 @@ def tier_ranks(tiers) -> np.ndarray:
     return np.asarray([TIER_RANK[t] for t in tiers], dtype=np.int64)
 
 
-def in_batch_pair_loss(scores: torch.Tensor, ranks: torch.Tensor, margin: float) -> torch.Tensor:
-    """MarginRankingLoss (spec 4.4.3) over every cross-tier pair among the images of a batch.
+def pair_loss_terms(gap: torch.Tensor, margin: float, loss: str) -> torch.Tensor:
+    """The loss of each pair from its score gap (better minus worse image).
+
+    "margin": the spec's MarginRankingLoss (4.4.3), max(0, margin - gap): zero once a pair is `margin` apart.
+    "logistic": RankNet's log(1 + exp(-gap)), the negative log-likelihood of P(better) = sigmoid(gap); it
+    never stops pulling pairs apart and matches the logistic calibration of the scores. Ignores `margin`.
+    """
+    if loss == "margin":
+        return torch.clamp(margin - gap, min=0)
+    if loss == "logistic":
+        return F.softplus(-gap)
+    raise ValueError(f"unknown loss {loss!r}, expected 'margin' or 'logistic'")
+
+
+def in_batch_pair_loss(scores: torch.Tensor, ranks: torch.Tensor, margin: float, loss: str = "margin") -> torch.Tensor:
+    """The pair loss (`pair_loss_terms`) averaged over every cross-tier pair among the images of a batch.
 
     Each image is scored once; a batch of 32 images yields up to 384 pairs instead of 32.
     """
@@ -30,12 +44,13 @@ def in_batch_pair_loss(scores: torch.Tensor, ranks: torch.Tensor, margin: float)
     if not higher.any():
         return scores.sum() * 0.0  # keeps the graph: accumulate() and DDP expect a backward
     better, worse = torch.nonzero(higher, as_tuple=True)
-    return F.margin_ranking_loss(scores[better], scores[worse], torch.ones_like(scores[better]), margin=margin)
+    return pair_loss_terms(scores[better] - scores[worse], margin, loss).mean()
 
 
 @torch.no_grad()
-def pair_margin_loss(scores: torch.Tensor, ranks: torch.Tensor, margin: float, block: int = 1024) -> float:
-    """Mean margin ranking loss over all cross-tier pairs (the validation loss of REQ-S-002).
+def pair_margin_loss(scores: torch.Tensor, ranks: torch.Tensor, margin: float, block: int = 1024,
+                     loss: str = "margin") -> float:
+    """Mean pair loss (`pair_loss_terms`) over all cross-tier pairs (the validation loss of REQ-S-002).
 
     Row blocks keep memory at block x N however many images there are.
     """
@@ -44,7 +59,7 @@ def pair_margin_loss(scores: torch.Tensor, ranks: torch.Tensor, margin: float, b
     for start in range(0, len(scores), block):
         higher = ranks[start:start + block, None] > ranks[None, :]
         gap = (scores[start:start + block, None] - scores[None, :])[higher]
-        loss_sum += torch.clamp(margin - gap, min=0).sum().item()
+        loss_sum += pair_loss_terms(gap, margin, loss).sum().item()
         pairs += int(higher.sum())
     if pairs == 0:
         raise ValueError("no cross-tier pairs: every image has the same tier")

@@ -96,7 +96,8 @@ def saved_state(cfg, out: Path) -> Path | None:
 
 
 def train_epoch(accelerator: Accelerator, head, optimizer, train_x: torch.Tensor, train_r: torch.Tensor,
-                progress: Progress, *, batch_size: int, margin: float, seed: int, stop: list) -> bool:
+                progress: Progress, *, batch_size: int, margin: float, seed: int, stop: list,
+                pair_loss: str = "margin") -> bool:
     """One pass over the training images, the loss over every cross-tier pair within each batch.
 
     Starts at progress.batches_done (mid-epoch resume); returns False when `stop` fills (Ctrl-C),
@@ -112,7 +113,7 @@ def train_epoch(accelerator: Accelerator, head, optimizer, train_x: torch.Tensor
         with accelerator.accumulate(head):
             x, r = train_x[batch].to(accelerator.device), train_r[batch].to(accelerator.device)
             with accelerator.autocast():
-                loss = in_batch_pair_loss(head(x).float(), r, margin)
+                loss = in_batch_pair_loss(head(x).float(), r, margin, pair_loss)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad()
@@ -140,7 +141,7 @@ def validate(accelerator: Accelerator, head, val_x: torch.Tensor, val_r: torch.T
     head.eval()
     with torch.no_grad():
         val_scores = head(val_x.to(accelerator.device)).float().cpu()
-    val_loss = pair_margin_loss(val_scores, val_r, cfg.margin)
+    val_loss = pair_margin_loss(val_scores, val_r, cfg.margin, loss=cfg.loss)
     val_acc, _ = pairwise_accuracy(val_scores.numpy(), val_rows.tier.to_numpy())
     record = {"epoch": progress.epoch, "train/loss": progress.epoch_loss_sum / max(1, progress.batches_done),
               "val/loss": val_loss, "val/pairwise_acc": val_acc}
@@ -246,7 +247,7 @@ def train_and_test(cfg, accelerator: Accelerator, table, backbone, state: Path |
     signal.signal(signal.SIGTERM, lambda *_: interrupted.append(True))
     while progress.stop_reason is None:
         if train_epoch(accelerator, head, optimizer, train_x, train_r, progress, batch_size=cfg.batch_size,
-                       margin=cfg.margin, seed=cfg.seed, stop=interrupted):
+                       margin=cfg.margin, seed=cfg.seed, stop=interrupted, pair_loss=cfg.loss):
             lr = scheduler.get_last_lr()[0]  # the rate this epoch trained with
             scheduler.step()
             record = validate(accelerator, head, val_x, val_r, val_rows, progress, cfg=cfg, meta=meta)

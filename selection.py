@@ -1,0 +1,190 @@
+"""Model selection by cross-validation: the settings of a grid, artist folds, stored cells, the summary.
+
+A cell is one (setting, fold): a head trained with that setting on the other folds and scored on the
+held-out fold. Each cell is stored under a key that hashes everything its result depends on (the
+setting, the fold, the data, the features), so a rerun skips finished cells and a changed grid or
+data set computes new cells instead of mixing in old ones.
+"""
+
+import dataclasses
+import hashlib
+import io
+import itertools
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.model_selection import StratifiedGroupKFold
+
+from config import CHOICES, Config
+from figures import _save
+from runfolder import atomic_write_text
+
+# Options of the head and its training: they change nothing upstream of the cached features.
+GRID_KEYS = ("feature", "score_head", "hidden_dim", "proj_dim", "dropout", "lr", "weight_decay", "margin", "loss",
+             "batch_size", "epochs", "patience", "min_lr")
+# Where a run writes and how it is tracked: no bearing on a cell's result.
+RUN_ONLY_KEYS = {"data_dir", "output_dir", "cache_dir", "backbone", "random_backbone", "demo_data", "skip_bad_images",
+                 "extract_batch_size", "num_workers", "top_k", "resume", "resume_from_checkpoint",
+                 "overwrite_output_dir", "wandb_project", "wandb_mode", "sample_pairs", "split", "checkpoint",
+                 "ensemble", "bootstrap"}
+CELL_FORMAT = 1  # bumped when a cell's procedure changes: older cells are recomputed, not reused
+
+
+def read_grid(path: str | os.PathLike) -> dict:
+    try:
+        grid = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"cannot read grid {path}: {err}") from None
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"{path}: a grid is a JSON object of key: [values], e.g. {{\"lr\": [1e-4, 1e-3]}}")
+    return grid
+
+
+def expand_grid(grid: dict, source: str = "grid") -> list[dict]:
+    """Every combination of the grid's values, in the grid's order (the first key varies slowest)."""
+    defaults = Config()
+    for key, values in grid.items():
+        if key not in GRID_KEYS:
+            raise ValueError(f"{source}: key {key!r} cannot be swept here (allowed: {', '.join(GRID_KEYS)})")
+        if not isinstance(values, list) or not values or len(set(map(repr, values))) != len(values):
+            raise ValueError(f"{source}: key {key!r} needs a list of distinct values, got {values!r}")
+        expected = type(getattr(defaults, key))
+        for value in values:
+            # JSON has no int/float distinction for whole numbers, and a bool is an int in Python: be exact.
+            ok = not isinstance(value, bool) and (isinstance(value, expected)
+                                                  or expected is float and isinstance(value, int))
+            if not ok or value not in CHOICES.get(key, (value,)):
+                allowed = CHOICES.get(key, expected.__name__)
+                raise ValueError(f"{source}: key {key!r} takes {allowed}, got {value!r}")
+    keys = list(grid)
+    return [dict(zip(keys, (float(v) if type(getattr(defaults, k)) is float else v for k, v in zip(keys, combo))))
+            for combo in itertools.product(*grid.values())]
+
+
+def setting_label(setting: dict) -> str:
+    return " ".join(f"{key}={value}" for key, value in setting.items()) or "config as given"
+
+
+def artist_folds(rows: pd.DataFrame, *, folds: int, seed: int) -> np.ndarray:
+    """The fold (0 .. folds-1) of each row: grouped by artist, stratified by tier.
+
+    scikit-learn numbers the artists in sorted order, so the folds depend on the table's content, not on
+    its row order. Raises ValueError when a fold would hold fewer than two tiers (no pair to score).
+    """
+    if folds < 3:
+        raise ValueError(f"--folds must be at least 3 (one fold scored, one for early stopping, the rest "
+                         f"to train), got {folds}")
+    artists = rows["artist"].nunique()
+    if artists < folds:
+        raise ValueError(f"{folds} folds need works by at least {folds} artists, found {artists}")
+    fold_of = np.empty(len(rows), dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class": the check below says it better
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        for fold, (_, held) in enumerate(splitter.split(rows, rows["tier"], rows["artist"])):
+            fold_of[held] = fold
+    for fold in range(folds):
+        tiers = sorted(set(rows["tier"].to_numpy()[fold_of == fold]))
+        if len(tiers) < 2:
+            raise ValueError(f"fold {fold} holds tier(s) {tiers} only, so it has no cross-tier pair: "
+                             f"too few artists per tier for {folds} folds; use fewer folds")
+    return fold_of
+
+
+def fold_roles(fold: int, folds: int) -> tuple[int, int]:
+    """(scored fold, early-stopping fold): the next fold stops training, so the scored one stays unseen."""
+    return fold, (fold + 1) % folds
+
+
+def data_fingerprint(rows: pd.DataFrame) -> str:
+    """A hash of the rows cross-validation sees: which images, their content, tier and artist."""
+    columns = rows[["image_id", "sha256", "tier", "artist"]].sort_values("image_id")
+    return hashlib.sha256(columns.to_csv(index=False).encode()).hexdigest()[:16]
+
+
+def cell_key(cfg: Config, *, fold: int, folds: int, data: str, features: dict) -> str:
+    """The name of a cell's result: a hash of everything it depends on."""
+    setting = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_KEYS}
+    payload = dict(format=CELL_FORMAT, setting=setting, fold=fold, folds=folds, data=data, features=features)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def sweep_id(cell_keys: list[list[str]]) -> str:
+    """Names the sweep (its wandb group) by its cells: another grid or data set is another sweep."""
+    return hashlib.sha256(" ".join(k for row in cell_keys for k in row).encode()).hexdigest()[:8]
+
+
+def load_cell(directory: Path, key: str) -> dict | None:
+    """A finished cell's result, or None when it is missing or not this key's (then it is recomputed)."""
+    try:
+        cell = json.loads((directory / f"{key}.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return cell if cell.get("key") == key else None
+
+
+def save_cell(directory: Path, key: str, result: dict) -> None:
+    atomic_write_text(directory / f"{key}.json", json.dumps({"key": key, **result}, indent=2) + "\n")
+
+
+def summarize(settings: list[dict], cells: list[list[dict]]) -> pd.DataFrame:
+    """One row per setting: mean and sample standard deviation over folds of accuracy and Kendall tau.
+
+    `cells[i]` holds setting i's fold results. `within_1se` marks the settings whose mean accuracy is
+    within one standard error of the best one's: choosing among them is choosing noise.
+    """
+    records = []
+    for setting, results in zip(settings, cells):
+        accuracy = np.array([r["accuracy"] for r in results])
+        tau = np.array([r["kendall_tau"] for r in results])
+        records.append({"setting": setting_label(setting), **setting, "folds": len(results),
+                        "accuracy_mean": accuracy.mean(), "accuracy_sd": accuracy.std(ddof=1),
+                        "kendall_tau_mean": tau.mean(), "kendall_tau_sd": tau.std(ddof=1),
+                        "seconds_per_fold": float(np.mean([r["seconds"] for r in results]))})
+    table = pd.DataFrame(records)
+    best = int(table["accuracy_mean"].to_numpy().argmax())  # the first of equals: grid order breaks ties
+    standard_error = table.loc[best, "accuracy_sd"] / np.sqrt(table.loc[best, "folds"])
+    table["within_1se"] = table["accuracy_mean"] >= table.loc[best, "accuracy_mean"] - standard_error
+    table["best"] = np.arange(len(table)) == best
+    return table
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    lines = ["| setting | pairwise accuracy | Kendall tau | s per fold | |", "|---|---|---|---|---|"]
+    for row in table.itertuples():
+        mark = "**best**" if row.best else "within 1 SE" if row.within_1se else ""
+        lines.append(f"| {row.setting} | {row.accuracy_mean:.3f} ± {row.accuracy_sd:.3f} | "
+                     f"{row.kendall_tau_mean:.3f} ± {row.kendall_tau_sd:.3f} | {row.seconds_per_fold:.1f} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(table: pd.DataFrame, directory: Path) -> None:
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False, float_format="%.6f")
+    atomic_write_text(directory / "results.csv", buffer.getvalue())
+    atomic_write_text(directory / "results.md", markdown_table(table))
+
+
+def accuracy_figure(table: pd.DataFrame, fold_accuracy: list[list[float]], path: str | os.PathLike, *,
+                    title: str) -> Path:
+    """One row per setting, best at the top: every fold's accuracy as a dot, the mean ± sd as a bar."""
+    order = np.argsort(-table["accuracy_mean"].to_numpy(), kind="stable")
+    figure = Figure(figsize=(8, 1.2 + 0.38 * len(table)))
+    ax = figure.subplots()
+    for y, i in enumerate(order[::-1]):
+        row = table.iloc[i]
+        color = "#1a7f4b" if row["best"] else "#67a9cf" if row["within_1se"] else "0.45"
+        ax.scatter(fold_accuracy[i], np.full(len(fold_accuracy[i]), y), s=16, color=color, alpha=0.6,
+                   edgecolors="none")
+        ax.errorbar(row["accuracy_mean"], y, xerr=row["accuracy_sd"], fmt="o", color=color, capsize=3, markersize=5)
+    ax.set_yticks(range(len(table)), [table.iloc[i]["setting"] for i in order[::-1]], fontsize=8)
+    ax.axvline(table["accuracy_mean"].max(), color="#1a7f4b", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("pairwise accuracy on the held-out fold (dots: folds; bar: mean ± sd)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    return _save(figure, path)
