@@ -1,6 +1,7 @@
 """The steps the scripts share: an Accelerator for the config, the checked image table, split features."""
 
 import functools
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,21 +10,32 @@ import torch
 from accelerate import Accelerator, PartialState
 from tqdm.auto import tqdm
 
+from backbones import Backbone, BackboneError, DinoFeatureExtractor, resolve_backbone
 from data import TIER_RANK, DataError, load_table
-from features import Backbone, resolve_backbone, table_features
+from features import table_features
 from images import PREPROCESSING_VERSION, open_image
-from model import ArtRanker, DINOv2FeatureExtractor, load_head, select_features
+from model import ArtRanker, load_head, select_features
 from tracking import wandb_run
 
 
 def quiet_libraries() -> None:
-    """Keep the console to our own lines and bars: the libraries' per-file bars say nothing useful."""
+    """Keep the console to our own lines and bars: the libraries' per-file bars say nothing useful.
+
+    Transformers' LOAD REPORT stays: it is the one warning that says weights did not load.
+    """
     import datasets
     import transformers
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    loading = logging.getLogger("transformers.modeling_utils")
+    loading.setLevel(logging.WARNING)
+    loading.addFilter(_errors_and_load_reports)
+
+
+def _errors_and_load_reports(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or "LOAD REPORT" in record.getMessage()
 
 
 def make_accelerator(cfg) -> Accelerator:
@@ -41,6 +53,14 @@ def cpu_fallback_note(cfg, accelerator: Accelerator) -> None:
 
 def bar(accelerator: Accelerator, desc: str):
     return functools.partial(tqdm, desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+
+
+def backbone_for(cfg, accelerator: Accelerator) -> Backbone:
+    """The config's backbone, or the script stops with the reason (unsupported, unreachable hub)."""
+    try:
+        return resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
+    except BackboneError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def load_table_for(cfg, accelerator: Accelerator) -> pd.DataFrame:
@@ -68,13 +88,16 @@ def load_split_features(cfg, frames: list[pd.DataFrame], accelerator: Accelerato
 
     Pass `backbone` when it is already resolved: resolving hashes its weights (1.2 GB for ViT-L).
     """
-    backbone = backbone or resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone,
-                                            accelerator=accelerator)
+    backbone = backbone or backbone_for(cfg, accelerator)
     together = pd.concat(frames)
-    cls_token, mean_patch = table_features(together, backbone=backbone, image_size=cfg.image_size,
-                                           cache_dir=cfg.cache_dir, batch_size=cfg.extract_batch_size,
-                                           num_workers=cfg.num_workers, accelerator=accelerator,
-                                           track=bar(accelerator, "extracting features"), log=accelerator.print)
+    try:
+        cls_token, mean_patch = table_features(together, backbone=backbone, image_size=cfg.image_size,
+                                               cache_dir=cfg.cache_dir, batch_size=cfg.extract_batch_size,
+                                               num_workers=cfg.num_workers, accelerator=accelerator,
+                                               track=bar(accelerator, "extracting features"),
+                                               log=accelerator.print)
+    except BackboneError as err:  # weights that do not load whole
+        raise SystemExit(f"error: {err}") from None
     features = select_features(cls_token, mean_patch, cfg.feature)
     return backbone, list(features.split([len(f) for f in frames]))
 
@@ -106,11 +129,11 @@ def sample_pairs_table(accelerator: Accelerator, rows: pd.DataFrame, scores: tor
 def load_ranker(cfg, accelerator) -> tuple[ArtRanker, dict, Path]:
     """The PyTorch ranker of the run's checkpoint: its backbone + head. Returns (ranker, head.json, dir)."""
     checkpoint = Path(cfg.checkpoint or Path(cfg.output_dir) / "checkpoints" / "best")
-    backbone = resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
+    backbone = backbone_for(cfg, accelerator)
     try:
         head, meta = load_head(checkpoint, expect={"backbone_id": backbone.id, "image_size": cfg.image_size,
                                                    "preprocessing": PREPROCESSING_VERSION})
-    except (OSError, ValueError) as err:
+        extractor = DinoFeatureExtractor.from_pretrained(str(backbone.path))
+    except (OSError, ValueError) as err:  # BackboneError is a ValueError
         raise SystemExit(f"error: {err}") from None
-    extractor = DINOv2FeatureExtractor.from_pretrained(str(backbone.path))
     return ArtRanker(extractor, head, meta["feature"]).eval(), meta, checkpoint
