@@ -156,6 +156,18 @@ def test_quiet_libraries_keeps_the_load_report_and_nothing_else(saved, tmp_path,
     assert "encoder.layer.1.mlp.fc1.weight" in caplog.records[0].getMessage()
 
 
+def test_a_checkpoint_made_for_other_pixel_statistics_is_refused(saved, tmp_path):
+    """DINOv3's satellite models are normalised with their own mean and std; artrank's preprocessing is one."""
+    folder = Path(shutil.copytree(saved / "dinov3_vit", tmp_path / "sat"))
+    imagenet = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+    (folder / "preprocessor_config.json").write_text(json.dumps(imagenet))
+    assert resolve_backbone(str(folder), accelerator=Accelerator(cpu=True)).family == "dinov3_vit"
+    satellite = {"image_mean": [0.43, 0.411, 0.296], "image_std": [0.213, 0.156, 0.143]}
+    (folder / "preprocessor_config.json").write_text(json.dumps(satellite))
+    with pytest.raises(BackboneError, match=r"image_mean \[0.43, 0.411, 0.296\], but artrank normalises every image"):
+        resolve_backbone(str(folder), accelerator=Accelerator(cpu=True))
+
+
 @pytest.fixture
 def hash_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
@@ -232,7 +244,7 @@ def test_each_family_trains_exports_and_predicts_and_onnx_equals_automodel_token
     assert model_json["input"]["shape"] == ["batch", 3, side, side] and model_json["parity"]["fp32"]["ok"]
     graph = onnx.load(str(out / "model.onnx"))
     ops = {node.op_type for node in graph.graph.node}
-    assert "Resize" not in ops and "Cos" not in ops  # position embeddings and RoPE angles baked
+    assert "Resize" not in ops and "Cos" not in ops  # position embeddings and RoPE angles are constants
 
     pixels = torch.stack([preprocess(open_image(p), 64, patch) for p in paths])
     head, meta = load_head(out / "checkpoints" / "best")
