@@ -10,7 +10,8 @@ file and model.json feeds it correctly.
 
 The graph takes float32 (batch, 3, S, S), S = image_size rounded up to whole patches (768 becomes 770 with
 DINOv2's patch 14 and stays 768 with DINOv3's 16), and returns score (batch,), higher is better. Opset 23
-through the dynamo exporter, so attention is one ONNX `Attention` op (3x faster on GPU than the legacy exporter's MatMul + Softmax, NOTES.md 10).
+through the dynamo exporter, so attention is one ONNX `Attention` op (3x faster on GPU than the legacy
+exporter's MatMul + Softmax, NOTES.md 10).
 
 Every file is verified before it is put in place: onnx.checker, then onnxruntime against PyTorch fp32 on real
 images at batch 1 and batch N. It passes when max |score difference| <= tolerance, where
