@@ -1,6 +1,7 @@
 """Backbones: each DINO family loaded as itself and read at the right tokens; anything else refused;
 the backbone id is exact without re-reading the weights; a hub id that cannot be reached says what to do."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import run_script, tiny_args, write_dataset
+from conftest import ROOT, run_script, tiny_args, write_dataset
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
@@ -28,6 +29,7 @@ from transformers import (
 import backbones
 import export_onnx
 from backbones import BackboneError, DinoFeatureExtractor, resolve_backbone
+from config import parse_config
 from images import input_size, open_image, preprocess
 from model import load_head
 from workflow import quiet_libraries
@@ -166,6 +168,19 @@ def test_a_checkpoint_made_for_other_pixel_statistics_is_refused(saved, tmp_path
     (folder / "preprocessor_config.json").write_text(json.dumps(satellite))
     with pytest.raises(BackboneError, match=r"image_mean \[0.43, 0.411, 0.296\], but artrank normalises every image"):
         resolve_backbone(str(folder), accelerator=Accelerator(cpu=True))
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("dinov*.json")), ids=lambda path: path.stem)
+def test_each_backbone_config_is_the_baseline_with_its_own_backbone_at_the_768_letterbox(config):
+    baseline = dataclasses.asdict(parse_config("", ["--config", str(ROOT / "configs" / "baseline.json")])[0])
+    values = dataclasses.asdict(parse_config("", ["--config", str(config)])[0])
+    assert {k: v for k, v in values.items() if baseline[k] != v} == {
+        "output_dir": f"runs/{config.stem}", "backbone": values["backbone"]}
+    assert values["image_size"] == 768
+    family = {"dinov2_reg": "facebook/dinov2-with-registers-", "dinov2": "facebook/dinov2-",
+              "dinov3": "facebook/dinov3-vit"}
+    prefix = next(prefix for start, prefix in family.items() if config.stem.startswith(start))
+    assert values["backbone"].startswith(prefix)
 
 
 @pytest.fixture
