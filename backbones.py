@@ -206,10 +206,11 @@ class DinoFeatureExtractor(nn.Module):
                     "in the checkpoint but unused": info["unexpected_keys"],
                     "of the wrong shape": {key for key, *_ in info["mismatched_keys"]}}
         if any(problems.values()):
-            found = "; ".join(f"{len(keys)} weights {what} ({', '.join(sorted(keys)[:3])}"
+            found = "; ".join(f"{len(keys)} weight{'s' * (len(keys) > 1)} {what} ({', '.join(sorted(keys)[:3])}"
                               f"{', ...' if len(keys) > 3 else ''})" for what, keys in problems.items() if keys)
-            raise BackboneError(f"backbone {path} does not fit {type(model).__name__}: {found}.\n  Refused: "
-                                "it would run on random weights; save the model with save_pretrained to load it whole")
+            raise BackboneError(f"backbone {path} does not fit {type(model).__name__}: {found}.\n  Refused: those "
+                                "weights would be random; use the complete checkpoint (its hub id, or a folder "
+                                "written by save_pretrained)")
         return cls(model)
 
     @property
