@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
@@ -21,8 +22,8 @@ from huggingface_hub.errors import GatedRepoError, HFValidationError, LocalEntry
 from transformers import AutoModel, Dinov2Config, Dinov2Model, PreTrainedModel
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import Dinov2WithRegistersEmbeddings
-from transformers.models.dinov3_vit.modeling_dinov3_vit import DINOv3ViTRopePositionEmbedding
 
+from images import IMAGENET_MEAN, IMAGENET_STD
 from runfolder import atomic_dir, atomic_write_text
 
 SUPPORTED = {  # config.json's model_type -> what the user knows it as
@@ -74,6 +75,7 @@ def resolve_backbone(name: str, *, random_backbone: str = "", accelerator: Accel
         accelerator.wait_for_everyone()
     path = Path(name) if Path(name).is_dir() else _hub_snapshot(name)
     config = read_config(path, name)
+    _check_normalisation(path, name)
     return Backbone(path, _weights_digest(path), _square(config["patch_size"], name), config["hidden_size"],
                     config["model_type"])
 
@@ -113,6 +115,21 @@ def read_config(path: Path, name: str) -> dict:
     return config
 
 
+def _check_normalisation(path: Path, name: str) -> None:
+    """Refuse a checkpoint made for other pixel statistics (DINOv3's satellite models): preprocessing is one."""
+    try:
+        processor = json.loads((path / "preprocessor_config.json").read_text())
+    except FileNotFoundError:
+        return
+    except ValueError as err:
+        raise BackboneError(f"backbone {name}: {path / 'preprocessor_config.json'} is not JSON: {err}") from None
+    expected = {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}
+    for key, values in expected.items():
+        if key in processor and not np.allclose(processor[key], values, atol=1e-3):
+            raise BackboneError(f"backbone {name}: preprocessor_config.json has {key} {processor[key]}, "
+                                f"but artrank normalises every image with the ImageNet {values}")
+
+
 def _square(size, name: str) -> int:
     if isinstance(size, list) and len(set(size)) == 1:
         return size[0]
@@ -128,9 +145,12 @@ def _weights_digest(directory: Path) -> str:
     remembered with its size, mtime, ctime and inode (file_hashes.json in the user cache), so a file is
     read again only when it was rewritten, which new weights of the same shape always are.
     """
+    weights = sorted(directory.glob("*.safetensors"))
+    if not weights:  # other formats would load unhashed: new weights would reuse old features
+        raise BackboneError(f"backbone {directory}: no .safetensors weights; save it with save_pretrained")
     known = _load_hashes()
     digest = hashlib.sha256()
-    for path in sorted(directory.glob("*.json")) + sorted(directory.glob("*.safetensors")):
+    for path in sorted(directory.glob("*.json")) + weights:
         target = path.resolve()
         if target.parent.name == "blobs" and SHA256_NAME.fullmatch(target.name):
             sha256 = target.name
@@ -230,25 +250,20 @@ class DinoFeatureExtractor(nn.Module):
         return tokens[:, 0], tokens[:, self.first_patch:].mean(dim=1)
 
     def bake_position_embeddings(self, side: int) -> None:
-        """Store what depends on the fixed input side as constants, for export.
+        """Store DINOv2's position embeddings interpolated for a fixed input side as a constant, for export.
 
-        DINOv2 interpolates its position embeddings (bicubic; antialiased with registers) in every traced
-        graph, even at its native size: that Resize is the known ONNX failure point and costs about 1 ms
-        per image. DINOv3 computes its RoPE angles from the patch grid at every call.
+        DINOv2 interpolates them (bicubic; antialiased with registers) at every call, even at its native
+        size: that Resize is the known ONNX failure point and costs about 1 ms per image. DINOv3 has none:
+        its RoPE angles depend on the input shape alone, which the exporter folds into constants.
         """
+        embeddings = self.backbone.embeddings
+        if type(embeddings) not in _FIXED:
+            return
         with torch.no_grad():
-            if isinstance(self.backbone.embeddings, (Dinov2Embeddings, Dinov2WithRegistersEmbeddings)):
-                embeddings = self.backbone.embeddings
-                dummy = torch.zeros(1, (side // self.patch_size) ** 2 + 1, self.hidden_size)
-                embeddings.register_buffer("fixed_position_embeddings",
-                                           embeddings.interpolate_pos_encoding(dummy, side, side).clone())
-                embeddings.__class__ = _FIXED[type(embeddings)]
-            else:
-                rope = self.backbone.rope_embeddings
-                cos, sin = rope(torch.zeros(1, 3, side, side))
-                rope.register_buffer("fixed_cos", cos)
-                rope.register_buffer("fixed_sin", sin)
-                rope.__class__ = _FixedRope
+            dummy = torch.zeros(1, (side // self.patch_size) ** 2 + 1, self.hidden_size)
+            fixed = embeddings.interpolate_pos_encoding(dummy, side, side).clone()
+        embeddings.register_buffer("fixed_position_embeddings", fixed)
+        embeddings.__class__ = _FIXED[type(embeddings)]
 
 
 class _FixedPositions:
@@ -266,8 +281,3 @@ class _FixedDinov2WithRegistersEmbeddings(_FixedPositions, Dinov2WithRegistersEm
 
 _FIXED = {Dinov2Embeddings: _FixedDinov2Embeddings,
           Dinov2WithRegistersEmbeddings: _FixedDinov2WithRegistersEmbeddings}
-
-
-class _FixedRope(DINOv3ViTRopePositionEmbedding):
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.fixed_cos.to(pixel_values.dtype), self.fixed_sin.to(pixel_values.dtype)

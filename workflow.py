@@ -86,7 +86,7 @@ def load_split_features(cfg, frames: list[pd.DataFrame], accelerator: Accelerato
                         backbone: Backbone | None = None) -> tuple[Backbone, list[torch.Tensor]]:
     """The head's input features for each frame, from the feature cache (extracting what is missing).
 
-    Pass `backbone` when it is already resolved: resolving hashes its weights (1.2 GB for ViT-L).
+    Pass `backbone` when it is already resolved: resolving may ask the hub and hash new weights.
     """
     backbone = backbone or backbone_for(cfg, accelerator)
     together = pd.concat(frames)

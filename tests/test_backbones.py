@@ -123,6 +123,15 @@ def test_a_clip_vision_checkpoint_is_refused_naming_it_and_what_is_supported(tmp
         assert len(message.splitlines()) == 2
 
 
+def test_a_folder_without_safetensors_weights_is_refused_since_its_weights_would_go_unhashed(saved, tmp_path):
+    folder = tmp_path / "bin-only"
+    folder.mkdir()
+    shutil.copy(saved / "dinov2" / "config.json", folder)
+    torch.save(load_file(saved / "dinov2" / "model.safetensors"), folder / "pytorch_model.bin")
+    with pytest.raises(BackboneError, match=r"bin-only: no .safetensors weights; save it with save_pretrained"):
+        resolve_backbone(str(folder), accelerator=Accelerator(cpu=True))
+
+
 def test_a_checkpoint_with_missing_or_unused_weights_is_refused(saved, tmp_path):
     damaged = Path(shutil.copytree(saved / "dinov2", tmp_path / "damaged"))
     weights = load_file(damaged / "model.safetensors")
