@@ -30,13 +30,13 @@ from tqdm.auto import tqdm
 
 import selection
 from config import Config, parse_config, print_config, save_config
-from data import DataError, check_no_test_leak
+from data import check_no_test_leak
 from metrics import pair_margin_loss, pairwise_accuracy, rank_correlations, tier_ranks
 from model import RankingHead
 from runfolder import atomic_write_text
 from tracking import wandb_mode
 from train import Progress, train_epoch
-from workflow import load_split_features, load_table_for, make_accelerator
+from workflow import load_split_features, load_table_for, make_accelerator, script_errors
 
 
 def add_arguments(parser) -> None:
@@ -169,22 +169,18 @@ def sweep(cfg: Config, settings: list[dict], *, folds: int, rows, table, feature
 def main() -> None:
     cfg, args = parse_config(__doc__, add_arguments=add_arguments)
     out = Path(cfg.output_dir) / "crossval"
-    try:
-        settings = selection.expand_grid(selection.read_grid(args.grid), args.grid) if args.grid else [{}]
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
     print_config(cfg)
-    save_config(cfg, out / "config.json")
-    accelerator = make_accelerator(cfg)
-    try:
+    with script_errors() as phase:
+        settings = selection.expand_grid(selection.read_grid(args.grid), args.grid) if args.grid else [{}]
+        accelerator = make_accelerator(cfg)
         rows, table, features, source = train_val_features(cfg, settings, accelerator)
+        save_config(cfg, out / "config.json")
+        phase.kept = f"every finished (setting, fold) in {out}; a rerun continues from there"
         # A head's small matrices gain nothing from more threads (on a busy CPU they cost many times over),
         # and one thread makes the table independent of the core count.
         torch.set_num_threads(1)
         results = sweep(cfg, settings, folds=args.folds, rows=rows, table=table, features=features,
                         source=source, out=out)
-    except (DataError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
 
     summary = selection.summarize(settings, results)
     selection.write_results(summary, out)

@@ -25,13 +25,19 @@ from accelerate import Accelerator
 
 from config import Config, parse_config, print_config
 from data import SPLITS
-from features import resolve_backbone
 from figures import extremes_sheet, score_by_tier, tier_pair_heatmap
 from metrics import artist_bootstrap_ci, pairwise_accuracy, per_tier_pair_accuracy, rank_correlations
 from model import RankingHead, load_head
 from runfolder import atomic_write_text, check_reader, check_same_data
 from tracking import start_tracking, wandb_run
-from workflow import load_split_features, load_table_for, locked_run_folder, make_accelerator, script_errors
+from workflow import (
+    backbone_for,
+    load_split_features,
+    load_table_for,
+    locked_run_folder,
+    make_accelerator,
+    script_errors,
+)
 
 RANDOM_CAVEAT = "random backbone (demo): the numbers show the pipeline works, not how well DINOv2 ranks drawings"
 GATES = {"test": (">=", 0.60), "val": (">=", 0.62), "train": ("<=", 0.80)}  # spec 4.5.2; train: over-fitting
@@ -119,7 +125,7 @@ def evaluate(cfg: Config, accelerator: Accelerator) -> tuple[dict[str, dict], np
     check_same_data(cfg.output_dir, table)  # REQ-N-001: "test" is the test split the head never saw
     single, members = checkpoint_dirs(cfg)
     # Heads first, so a checkpoint of another backbone or size is refused before any extraction.
-    backbone = resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
+    backbone = backbone_for(cfg, accelerator)
     expect = {"backbone_id": backbone.id, "image_size": cfg.image_size, "feature": cfg.feature}
     models = {"best single": [load_head(single, expect=expect)[0].to(accelerator.device)]}
     if members:

@@ -8,9 +8,10 @@ Writes OUTPUT_DIR/model.onnx (fp32), with --fp16 also model_fp16.onnx (for GPUs)
 preprocessing, the score head, the checkpoint and the calibration, so that a consumer holding only the ONNX
 file and model.json feeds it correctly.
 
-The graph takes float32 (batch, 3, S, S), S = image_size rounded up to whole patches (770 for 768), and
-returns score (batch,), higher is better. Opset 23 through the dynamo exporter, so attention is one ONNX
-`Attention` op (3x faster on GPU than the legacy exporter's MatMul + Softmax, NOTES.md 10).
+The graph takes float32 (batch, 3, S, S), S = image_size rounded up to whole patches (768 becomes 770 with
+DINOv2's patch 14 and stays 768 with DINOv3's 16), and returns score (batch,), higher is better. Opset 23
+through the dynamo exporter, so attention is one ONNX `Attention` op (3x faster on GPU than the legacy
+exporter's MatMul + Softmax, NOTES.md 10).
 
 Every file is verified before it is put in place: onnx.checker, then onnxruntime against PyTorch fp32 on real
 images at batch 1 and batch N. It passes when max |score difference| <= tolerance, where

@@ -7,7 +7,6 @@ Extraction is sharded across Accelerate processes and gathered.
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,47 +17,10 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object, release_memory
 from accelerate.utils.memory import should_reduce_batch_size
 
+from backbones import Backbone, DinoFeatureExtractor
 from data import ImageDataset
 from images import PREPROCESSING_VERSION, input_size
-from model import DINOv2FeatureExtractor, make_random_backbone
 from runfolder import atomic_dir, recover_dir
-
-
-@dataclass(frozen=True)
-class Backbone:
-    path: Path  # a local directory, also for a hub id (its snapshot)
-    id: str  # hash of its config and weights: what the feature cache and checkpoints are keyed by
-    patch_size: int
-    hidden_size: int
-
-
-def resolve_backbone(name: str, *, random_backbone: str = "", accelerator: Accelerator) -> Backbone:
-    """Find the backbone: `name` as a local directory, or its hub snapshot (downloaded once).
-
-    With random_backbone set and `name` missing, a random DINOv2 of that architecture is saved there.
-    """
-    if random_backbone and not Path(name).exists():
-        if accelerator.is_main_process:
-            make_random_backbone(random_backbone, name)
-        accelerator.wait_for_everyone()
-    if Path(name).is_dir():
-        path = Path(name)
-    else:
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(repo_id=name, allow_patterns=["*.json", "*.safetensors"]))
-    config = json.loads((path / "config.json").read_text())
-    return Backbone(path, _weights_digest(path), config["patch_size"], config["hidden_size"])
-
-
-def _weights_digest(directory: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(directory.glob("*.json")) + sorted(directory.glob("*.safetensors")):
-        digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def cache_key(*, backbone: str, image_size: int, patch_size: int, precision: str) -> dict:
@@ -110,7 +72,7 @@ def write_cache(directory: Path, key: dict, hashes: list[str], cls_tokens: np.nd
         (tmp / "cache.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def extract(extractor: DINOv2FeatureExtractor, paths: list[str], *, image_size: int, batch_size: int,
+def extract(extractor: DinoFeatureExtractor, paths: list[str], *, image_size: int, batch_size: int,
             num_workers: int, accelerator: Accelerator, track=None, log=None) -> tuple[np.ndarray, np.ndarray]:
     """CLS and mean patch tokens of this process's images, fp16 autocast on CUDA (REQ-U-002).
 
@@ -164,7 +126,7 @@ def table_features(table: pd.DataFrame, *, backbone: Backbone, image_size: int, 
     if missing:
         path_of = dict(zip(table["sha256"], table["path"]))
         log(f"feature cache: {len(table) - len(missing)} of {len(table)} images cached, extracting {len(missing)}")
-        extractor = DINOv2FeatureExtractor.from_pretrained(str(backbone.path))
+        extractor = DinoFeatureExtractor.from_pretrained(str(backbone.path))
         with accelerator.split_between_processes(missing) as mine:
             new_cls, new_mean = extract(extractor, [path_of[h] for h in mine], image_size=image_size,
                                         batch_size=batch_size, num_workers=num_workers,

@@ -1,4 +1,4 @@
-"""The model: frozen DINOv2 backbone, the spec's projector (4.2) and a score head.
+"""The model: frozen DINO backbone (backbones.py), the spec's projector (4.2) and a score head.
 
 Training runs on cached backbone features (the backbone is frozen and there is no augmentation,
 so its output is a pure function of the image), so the trained part is `RankingHead` alone.
@@ -12,79 +12,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
-from transformers import Dinov2Config, Dinov2Model
-from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
+from backbones import DinoFeatureExtractor
 from images import PREPROCESSING_VERSION
 from runfolder import atomic_dir, atomic_write_text
 
-RANDOM_BACKBONES = {
-    # A tiny stand-in for the demo and tests: no machine here reaches a model hub.
-    "tiny": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=4,
-                 patch_size=14, image_size=224),
-    # The real ViT-L/14 architecture (facebook/dinov2-large), for GPU benchmarks with random weights.
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_ratio=4,
-                  patch_size=14, image_size=518),
-}
 HEAD_FORMAT = 1  # bumped when head.json changes meaning; older heads are refused, not misread
-
-
-def make_random_backbone(kind: str, path: str | os.PathLike, *, seed: int = 0) -> None:
-    """Save a randomly initialised DINOv2 of the given architecture to `path` (once)."""
-    torch.manual_seed(seed)
-    model = Dinov2Model(Dinov2Config(**RANDOM_BACKBONES[kind]))
-    with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp)
-
-
-class DINOv2FeatureExtractor(nn.Module):
-    """The frozen backbone (REQ-U-001, REQ-N-002): eval mode for good, no parameter trains.
-
-    Returns the CLS token (REQ-E-001: 1024-d for ViT-L) and the mean of the patch tokens.
-    """
-
-    def __init__(self, backbone: Dinov2Model):
-        super().__init__()
-        self.backbone = backbone.eval()
-        self.backbone.requires_grad_(False)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, *, attn_implementation: str = "sdpa") -> "DINOv2FeatureExtractor":
-        return cls(Dinov2Model.from_pretrained(name_or_path, attn_implementation=attn_implementation))
-
-    @property
-    def hidden_size(self) -> int:
-        return self.backbone.config.hidden_size
-
-    @property
-    def patch_size(self) -> int:
-        return self.backbone.config.patch_size
-
-    def train(self, mode: bool = True) -> "DINOv2FeatureExtractor":
-        return super().train(False)  # a parent's .train() must not switch on dropout/drop-path
-
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens = self.backbone(pixel_values=pixel_values).last_hidden_state
-        return tokens[:, 0], tokens[:, 1:].mean(dim=1)
-
-    def bake_position_embeddings(self, side: int) -> None:
-        """Store the position embeddings interpolated for a fixed input side as a constant.
-
-        HF DINOv2 re-interpolates them bicubically in every traced graph, even at its native size;
-        that Resize is the known ONNX failure point and costs about 1 ms per image (NOTES.md 10).
-        """
-        embeddings = self.backbone.embeddings
-        grid = (side // self.patch_size) ** 2
-        with torch.no_grad():
-            dummy = torch.zeros(1, grid + 1, self.hidden_size)
-            fixed = embeddings.interpolate_pos_encoding(dummy, side, side).clone()
-        embeddings.register_buffer("fixed_position_embeddings", fixed)
-        embeddings.__class__ = _FixedPositionEmbeddings
-
-
-class _FixedPositionEmbeddings(Dinov2Embeddings):
-    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return self.fixed_position_embeddings
 
 
 def select_features(cls_token: torch.Tensor, mean_patch: torch.Tensor, feature: str) -> torch.Tensor:
@@ -134,7 +67,7 @@ class RankingHead(nn.Module):
 class ArtRanker(nn.Module):
     """Backbone + head in one module: preprocessed pixels (B, 3, S, S) -> score (B,)."""
 
-    def __init__(self, extractor: DINOv2FeatureExtractor, head: RankingHead, feature: str):
+    def __init__(self, extractor: DinoFeatureExtractor, head: RankingHead, feature: str):
         super().__init__()
         self.extractor, self.head, self.feature = extractor, head.eval(), feature
 

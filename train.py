@@ -23,7 +23,6 @@ from accelerate.utils import set_seed
 
 from config import parse_config, print_config, save_config
 from data import check_no_test_leak
-from features import resolve_backbone
 from images import PREPROCESSING_VERSION
 from metrics import fit_calibration, in_batch_pair_loss, pair_margin_loss, pairwise_accuracy, tier_ranks
 from model import RankingHead, head_meta, load_head, save_head
@@ -38,6 +37,7 @@ from runfolder import (
 )
 from tracking import start_tracking
 from workflow import (
+    backbone_for,
     cpu_fallback_note,
     load_split_features,
     load_table_for,
@@ -194,7 +194,7 @@ def training_function(cfg, phase) -> dict:
         table = load_table_for(cfg, accelerator)
         if record:
             check_same_data(out, table)
-        backbone = resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
+        backbone = backbone_for(cfg, accelerator)
         if record and record["backbone_id"] != backbone.id:
             raise RunFolderError(f"cannot resume {out}: backbone weights {backbone.id} differ from the run's "
                                  f"{record['backbone_id']} ({cfg.backbone})")

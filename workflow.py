@@ -3,6 +3,7 @@ split features, and one-line errors."""
 
 import contextlib
 import functools
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -13,10 +14,11 @@ import torch
 from accelerate import Accelerator, PartialState
 from tqdm.auto import tqdm
 
+from backbones import Backbone, DinoFeatureExtractor, resolve_backbone
 from data import TIER_RANK, DataError, load_table
-from features import Backbone, resolve_backbone, table_features
+from features import table_features
 from images import PREPROCESSING_VERSION, open_image
-from model import ArtRanker, DINOv2FeatureExtractor, load_head, select_features
+from model import ArtRanker, load_head, select_features
 from runfolder import RunFolderError, RunLock
 from tracking import wandb_run
 
@@ -25,13 +27,23 @@ DEMO_DATA_DIR = Path(__file__).resolve().parent / "data" / "demo"
 
 
 def quiet_libraries() -> None:
-    """Keep the console to our own lines and bars: the libraries' per-file bars say nothing useful."""
+    """Keep the console to our own lines and bars: the libraries' per-file bars say nothing useful.
+
+    Transformers' LOAD REPORT stays: it is the one warning that says weights did not load.
+    """
     import datasets
     import transformers
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    loading = logging.getLogger("transformers.modeling_utils")
+    loading.setLevel(logging.WARNING)
+    loading.addFilter(_errors_and_load_reports)
+
+
+def _errors_and_load_reports(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or "LOAD REPORT" in record.getMessage()
 
 
 def make_accelerator(cfg) -> Accelerator:
@@ -49,6 +61,11 @@ def cpu_fallback_note(cfg, accelerator: Accelerator) -> None:
 
 def bar(accelerator: Accelerator, desc: str):
     return functools.partial(tqdm, desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+
+
+def backbone_for(cfg, accelerator: Accelerator) -> Backbone:
+    """The config's backbone; raises BackboneError (a ValueError) when unsupported or unreachable."""
+    return resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
 
 
 def load_table_for(cfg, accelerator: Accelerator) -> pd.DataFrame:
@@ -119,10 +136,9 @@ def load_split_features(cfg, frames: list[pd.DataFrame], accelerator: Accelerato
                         backbone: Backbone | None = None) -> tuple[Backbone, list[torch.Tensor]]:
     """The head's input features for each frame, from the feature cache (extracting what is missing).
 
-    Pass `backbone` when it is already resolved: resolving hashes its weights (1.2 GB for ViT-L).
+    Pass `backbone` when it is already resolved: resolving may ask the hub and hash new weights.
     """
-    backbone = backbone or resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone,
-                                            accelerator=accelerator)
+    backbone = backbone or backbone_for(cfg, accelerator)
     together = pd.concat(frames)
     cls_token, mean_patch = table_features(together, backbone=backbone, image_size=cfg.image_size,
                                            cache_dir=cfg.cache_dir, batch_size=cfg.extract_batch_size,
@@ -159,8 +175,8 @@ def sample_pairs_table(accelerator: Accelerator, rows: pd.DataFrame, scores: tor
 def load_ranker(cfg, accelerator) -> tuple[ArtRanker, dict, Path]:
     """The PyTorch ranker of the run's checkpoint: its backbone + head. Returns (ranker, head.json, dir)."""
     checkpoint = Path(cfg.checkpoint or Path(cfg.output_dir) / "checkpoints" / "best")
-    backbone = resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
+    backbone = backbone_for(cfg, accelerator)
     head, meta = load_head(checkpoint, expect={"backbone_id": backbone.id, "image_size": cfg.image_size,
                                                "preprocessing": PREPROCESSING_VERSION})
-    extractor = DINOv2FeatureExtractor.from_pretrained(str(backbone.path))
+    extractor = DinoFeatureExtractor.from_pretrained(str(backbone.path))
     return ArtRanker(extractor, head, meta["feature"]).eval(), meta, checkpoint

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import Dinov2Config, Dinov2Model
 
-from model import RANDOM_BACKBONES, DINOv2FeatureExtractor
+from backbones import RANDOM_BACKBONES, DinoFeatureExtractor
 
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -37,13 +37,13 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def random_extractor(kind: str, *, seed: int = 0) -> DINOv2FeatureExtractor:
-    """A frozen DINOv2 of a model.RANDOM_BACKBONES architecture with random weights and SDPA attention.
+def random_extractor(kind: str, *, seed: int = 0) -> DinoFeatureExtractor:
+    """A frozen DINOv2 of a backbones.RANDOM_BACKBONES architecture with random weights and SDPA attention.
 
     Speed does not depend on the weights, so "large" times the real ViT-L/14 with no download.
     """
     torch.manual_seed(seed)
-    return DINOv2FeatureExtractor(Dinov2Model(Dinov2Config(**RANDOM_BACKBONES[kind], attn_implementation="sdpa")))
+    return DinoFeatureExtractor(Dinov2Model(Dinov2Config(**RANDOM_BACKBONES[kind], attn_implementation="sdpa")))
 
 
 def autocast(device: torch.device):

@@ -5,7 +5,7 @@
     python -m bench.gpu --backbone tiny --size 56 --parts extract eager onnx --out /tmp/gpu.json   # CPU check
 
 Parts, in fp16 on CUDA (fp32 on a CPU, where this is only a check that the script runs):
-- extract: DINOv2FeatureExtractor as features.py runs it (fp16 autocast, SDPA attention,
+- extract: DinoFeatureExtractor as features.py runs it (fp16 autocast, SDPA attention,
   inference_mode) on a batch already on the device, at each of `--batches`: time per batch, images/s,
   achieved TFLOP/s against the architecture's FLOP count at this input size (NOTES.md 4 counts 2.6
   TFLOPs at 756 px; our 770 px input has 3,026 tokens), peak GPU memory allocated at each batch.
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import transformers
 
+from backbones import RANDOM_BACKBONES
 from bench.common import (
     add_model_arguments,
     autocast,
@@ -43,7 +44,7 @@ from bench.common import (
     timed,
 )
 from images import input_size
-from model import RANDOM_BACKBONES, ArtRanker, RankingHead
+from model import ArtRanker, RankingHead
 from runfolder import atomic_write_text
 
 PARTS = ("extract", "eager", "compile", "onnx")

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator
 
+from backbones import RANDOM_BACKBONES, DinoFeatureExtractor
 from bench.common import (
     add_model_arguments,
     autocast,
@@ -37,7 +38,7 @@ from bench.common import (
 from data import TIERS, cross_tier_pairs
 from images import input_size
 from metrics import pair_margin_loss, pairwise_accuracy, tier_ranks
-from model import RANDOM_BACKBONES, DINOv2FeatureExtractor, RankingHead
+from model import RankingHead
 from train import Progress, train_epoch
 
 VIT_L_WIDTH = RANDOM_BACKBONES["large"]["hidden_size"]
@@ -47,7 +48,7 @@ def pixel_pool(count: int, side: int, device: torch.device, seed: int) -> torch.
     return torch.randn(count, 3, side, side, generator=torch.Generator().manual_seed(seed)).to(device)
 
 
-def spec_seconds_per_batch(extractor: DINOv2FeatureExtractor, pool: torch.Tensor, tiers: np.ndarray, *,
+def spec_seconds_per_batch(extractor: DinoFeatureExtractor, pool: torch.Tensor, tiers: np.ndarray, *,
                            batches: int, args, device: torch.device) -> tuple[float, int]:
     """The spec's 4.4 step, timed over `batches` batches of pairs after one warm-up batch.
 
@@ -76,7 +77,7 @@ def spec_seconds_per_batch(extractor: DINOv2FeatureExtractor, pool: torch.Tensor
     return seconds / batches, len(a)
 
 
-def extract_features(extractor: DINOv2FeatureExtractor, pool: torch.Tensor, count: int, *, batch_size: int,
+def extract_features(extractor: DinoFeatureExtractor, pool: torch.Tensor, count: int, *, batch_size: int,
                      device: torch.device) -> tuple[torch.Tensor, float]:
     """CLS features of `count` images, each through the backbone once (features.py's extract)."""
     def run() -> torch.Tensor:

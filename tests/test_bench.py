@@ -78,8 +78,8 @@ def test_gpu_bench_check_run_on_cpu_writes_json(tmp_path):
 def test_flop_count_of_vit_l_at_756_is_the_2_6_tflops_of_notes_4():
     from transformers import Dinov2Config
 
+    from backbones import RANDOM_BACKBONES
     from bench.gpu import flops_per_image
-    from model import RANDOM_BACKBONES
 
     flops = flops_per_image(Dinov2Config(**RANDOM_BACKBONES["large"]), 756)
     assert flops["tokens"] == 2917

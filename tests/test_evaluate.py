@@ -10,6 +10,7 @@ import torch
 from conftest import run_script, tiny_args
 from PIL import Image
 
+from backbones import DinoFeatureExtractor
 from data import cross_tier_pairs
 from evaluate import head_scores
 from images import open_image, preprocess
@@ -22,7 +23,7 @@ from metrics import (
     tier_pair_counts,
     tier_ranks,
 )
-from model import ArtRanker, DINOv2FeatureExtractor, RankingHead, load_head
+from model import ArtRanker, RankingHead, load_head
 from runfolder import RunFolderError, check_same_data
 
 ONE_PER_TIER = np.array(["S", "A", "B", "C"])
@@ -206,7 +207,7 @@ def test_evaluate_end_to_end(tmp_path, dataset, tiny_backbone):
 
     # The spec's evaluator (4.5.1): the full model on both images of every pair, 2 backbone passes per pair.
     head, meta = load_head(run / "checkpoints" / "best")
-    model = ArtRanker(DINOv2FeatureExtractor.from_pretrained(str(tiny_backbone)), head, meta["feature"])
+    model = ArtRanker(DinoFeatureExtractor.from_pretrained(str(tiny_backbone)), head, meta["feature"])
     paths = [str(dataset / name) for name in scores.file_name]
     with torch.no_grad():
         def score_pair(i, j):

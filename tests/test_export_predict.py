@@ -17,8 +17,9 @@ from conftest import run_script, tiny_args, write_dataset
 
 import export_onnx
 import predict
+from backbones import DinoFeatureExtractor
 from images import open_image, preprocess
-from model import ArtRanker, DINOv2FeatureExtractor, load_head
+from model import ArtRanker, load_head
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +81,7 @@ def test_model_json_is_enough_to_preprocess_and_read_the_score(run):
 
 def test_onnx_matches_pytorch_at_batch_1_and_3(run):
     head, meta = load_head(run["out"] / "checkpoints" / "best")
-    ranker = ArtRanker(DINOv2FeatureExtractor.from_pretrained(str(run["backbone"])), head, meta["feature"])
+    ranker = ArtRanker(DinoFeatureExtractor.from_pretrained(str(run["backbone"])), head, meta["feature"])
     pixels = pixels_of(val_images(run)[:3])
     with torch.inference_mode():
         reference = ranker(torch.from_numpy(pixels)).numpy()

@@ -6,10 +6,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from backbones import DinoFeatureExtractor, resolve_backbone
 from data import load_table
-from features import extract, resolve_backbone, table_features
+from features import extract, table_features
 from images import open_image, preprocess
-from model import DINOv2FeatureExtractor
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def setup(tmp_path, dataset, tiny_backbone):
 def test_req_e_001_cached_features_are_the_backbone_cls_token(setup, tiny_backbone):
     table, features, _, _ = setup
     cls_token, mean_patch = features()
-    extractor = DINOv2FeatureExtractor.from_pretrained(str(tiny_backbone))
+    extractor = DinoFeatureExtractor.from_pretrained(str(tiny_backbone))
     pixels = torch.stack([preprocess(open_image(p), 56, 14) for p in table.path[:3]])
     with torch.no_grad():
         tokens = extractor.backbone(pixel_values=pixels).last_hidden_state
@@ -90,7 +90,7 @@ def test_damaged_cache_is_detected_and_rebuilt(setup, damage):
 
 def test_req_s_001_out_of_memory_halves_the_batch(setup, tiny_backbone):
     table, _, _, _ = setup
-    extractor = DINOv2FeatureExtractor.from_pretrained(str(tiny_backbone))
+    extractor = DinoFeatureExtractor.from_pretrained(str(tiny_backbone))
     forward, batches = extractor.forward, []
 
     def small_memory(pixels):

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
+from backbones import DinoFeatureExtractor
 from config import Config, parse_config
 from images import input_size
-from model import ArtRanker, DINOv2FeatureExtractor, Projector, RankingHead, select_features
+from model import ArtRanker, Projector, RankingHead, select_features
 
 
 def test_req_e_002_projector_is_the_spec_stack():
@@ -39,7 +40,7 @@ def test_baked_position_embeddings_give_the_same_scores(tiny_backbone):
     torch.manual_seed(0)
     side = input_size(64, 14)  # 70: not the backbone's native 56, so interpolation really happens
     head = RankingHead(input_dim=64, hidden_dim=32, proj_dim=16).eval()
-    ranker = ArtRanker(DINOv2FeatureExtractor.from_pretrained(str(tiny_backbone)), head, "cls_mean")
+    ranker = ArtRanker(DinoFeatureExtractor.from_pretrained(str(tiny_backbone)), head, "cls_mean")
     pixels = torch.randn(2, 3, side, side)
     with torch.no_grad():
         before = ranker(pixels)

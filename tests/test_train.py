@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, run_script, tiny_args, write_dataset
 from safetensors.torch import load_file
 
-from model import DINOv2FeatureExtractor
+from backbones import DinoFeatureExtractor
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,7 @@ def test_req_n_002_backbone_weights_never_change(tmp_path, dataset, tiny_backbon
     run_script("train.py", *tiny_args(tmp_path, dataset, tiny_backbone))
     after = load_file(str(tiny_backbone / "model.safetensors"))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    extractor = DINOv2FeatureExtractor.from_pretrained(str(tiny_backbone)).train()
+    extractor = DinoFeatureExtractor.from_pretrained(str(tiny_backbone)).train()
     assert not extractor.training and not any(p.requires_grad for p in extractor.parameters())  # REQ-U-001
 
 
