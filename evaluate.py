@@ -187,7 +187,7 @@ def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows: pd.DataFr
 
 
 def main() -> None:
-    cfg, _ = parse_config(__doc__)
+    cfg, _ = parse_config(__doc__, keys=("run", "data", "backbone", "eval", "tracking"))
     accelerator = make_accelerator(cfg)
     if accelerator.is_main_process:
         print_config(cfg)

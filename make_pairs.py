@@ -46,7 +46,7 @@ def summary(table: pd.DataFrame, pairs: pa.Table) -> str:
 
 
 def main() -> None:
-    cfg, _ = parse_config(__doc__)
+    cfg, _ = parse_config(__doc__, keys=("run", "data", "overwrite_output_dir"))
     print_config(cfg)
     accelerator = make_accelerator(cfg)
     table = load_table_for(cfg, accelerator)

@@ -176,7 +176,8 @@ def add_arguments(parser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, args = parse_config(__doc__, argv, add_arguments=add_arguments)
+    cfg, args = parse_config(__doc__, argv, add_arguments=add_arguments, keys=(
+        "run", "backbone", "random_backbone", "image_size", "checkpoint", "extract_batch_size", "mixed_precision"))
     print_config(cfg, file=sys.stderr)  # stdout is the ranked table people read and pipe
     if args.compare and (args.images or args.dir):
         raise SystemExit("error: --compare takes exactly two images and no others")

@@ -231,7 +231,7 @@ def training_function(cfg) -> dict:
 
 
 def main() -> None:
-    cfg, _ = parse_config(__doc__)
+    cfg, _ = parse_config(__doc__, keys=("run", "data", "backbone", "head", "train", "tracking"))
     training_function(cfg)
 
 
