@@ -28,6 +28,7 @@ from features import resolve_backbone
 from figures import extremes_sheet, score_by_tier, tier_pair_heatmap
 from metrics import artist_bootstrap_ci, pairwise_accuracy, per_tier_pair_accuracy, rank_correlations
 from model import RankingHead, load_head
+from modelcard import write_model_card
 from runfolder import atomic_write_text
 from tracking import start_tracking, wandb_run
 from workflow import load_split_features, load_table_for, make_accelerator
@@ -208,6 +209,7 @@ def main() -> None:
         accelerator.print(console_report(results, cfg.split, Path(cfg.output_dir), list(written.values())))
         if cfg.random_backbone:
             accelerator.print(f"note: {RANDOM_CAVEAT}")
+        accelerator.print(f"model card: {write_model_card(cfg.output_dir)}")
     accelerator.end_training()
 
 

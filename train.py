@@ -24,6 +24,7 @@ from config import parse_config, print_config, save_config
 from data import check_no_test_leak
 from metrics import fit_calibration, in_batch_pair_loss, pair_margin_loss, pairwise_accuracy, tier_ranks
 from model import RankingHead, head_meta, load_head, save_head
+from modelcard import write_model_card
 from runfolder import atomic_write_text
 from tracking import start_tracking
 from workflow import cpu_fallback_note, load_split_features, load_table_for, make_accelerator, sample_pairs_table
@@ -223,6 +224,7 @@ def training_function(cfg) -> dict:
     if accelerator.is_main_process:
         atomic_write_text(out / "calibration.json", json.dumps(calibration, indent=2) + "\n")
         atomic_write_text(out / "final_metrics.json", json.dumps(results, indent=2) + "\n")
+        write_model_card(out)
     log(f"best epoch {results['best_epoch']} | train acc {results['train/pairwise_acc']:.4f} | "
         f"val acc {results['val/pairwise_acc']:.4f} | test acc {results['test/pairwise_acc']:.4f} "
         f"({results['test/pairs']} test pairs)")

@@ -223,7 +223,7 @@ def test_unreadable_image_is_one_line_and_the_others_are_still_scored(run, tmp_p
 @pytest.mark.parametrize("damage, message", [
     (lambda out: (out / "model.onnx").unlink(), "no ONNX model at"),
     (lambda out: (out / "model.json").unlink(), "cannot read the model description"),
-    (lambda out: edit_json(out / "model.json", format=99), "model.json format 99, this predict.py reads format 1"),
+    (lambda out: edit_json(out / "model.json", format=99), "model.json format 99, this code reads format 1"),
     (lambda out: edit_json(out / "model.json", export_id="another"), "come from different exports"),
     (lambda out: (out / "model.onnx").write_bytes(b"truncated"), "cannot load"),
 ])
