@@ -87,6 +87,7 @@ def results_section(output_dir: str | os.PathLike) -> str:
                   "| tier pair | accuracy | pairs |", "|---|---|---|"]
         lines += [f"| {pair} | {acc:.3f} | {report['per_tier_pair_n_pairs'][pair]:,} |"
                   for pair, acc in report["per_tier_pair"].items()]
+    lines += ["", f"Made on: {machine_description()}. Ties count as wrong; the interval resamples artists."]
     return "\n".join(lines) + "\n"
 
 
@@ -96,6 +97,7 @@ def data_section(out: Path, cfg: dict) -> str:
         return f"Data: `{cfg.get('data_dir')}` (no splits.csv in the run folder).\n"
     table = pd.read_csv(splits, dtype=str, keep_default_na=False)
     counts = table.pivot_table(index="split", columns="tier", values="image_id", aggfunc="count", fill_value=0)
+    counts = counts[[t for t in ("S", "A", "B", "C") if t in counts.columns]]
     lines = [f"`{Path(cfg.get('data_dir', '')).name}`: {len(table)} drawings by {table.artist.nunique()} artists, "
              "teacher tiers S > A > B > C. Artists never cross splits (split by artist, stratified by tier, "
              f"seed {cfg.get('seed')}).", "", "| split | " + " | ".join(counts.columns) + " | images | artists |",
@@ -131,9 +133,10 @@ def metadata_yaml(out: Path, cfg: dict, accuracy: dict[str, float], report: dict
 def usage_section(out: Path) -> str:
     return f"""```python
 import artrank
-model = artrank.load("{out}")            # model.onnx + model.json when exported, else the checkpoint
-model.score(["drawing.jpg"])             # higher is better
-model.compare("a.jpg", "b.jpg")          # which is better, P(A better), tier hints
+
+model = artrank.load("{out}")  # the export (model.onnx + model.json) when there is one, else the checkpoint
+model.score(["drawing.jpg", "another.png"])  # one score each, higher is better
+model.compare("a.jpg", "b.jpg")  # which is better, P(A better) and tier hints
 ```
 
 ```bash
@@ -164,8 +167,7 @@ def model_card(output_dir: str | os.PathLike) -> str:
               f"{cfg.get('batch_size')}, AdamW lr {cfg.get('lr')} weight decay {cfg.get('weight_decay')}, cosine "
               f"schedule over {cfg.get('epochs')} epochs, early stopping patience {cfg.get('patience')}, seed "
               f"{cfg.get('seed')}", "",
-              "## Results", "", results_section(out),
-              f"Made on: {machine_description()}. Ties count as wrong; the interval resamples artists.", ""]
+              "## Results", "", results_section(out)]
     if calibration:
         cuts = ", ".join(f"{c['above']}/{c['below']} at {c['threshold']:.3f}" for c in calibration["tier_cuts"])
         parts += ["## Calibration", "",

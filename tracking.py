@@ -73,7 +73,7 @@ def choose_mode(config_mode: str) -> tuple[str, str]:
     if mode == "offline":
         return "offline", "asked for"
     if mode == "" and not has_wandb_credentials():
-        return "offline", "no wandb credentials (WANDB_API_KEY or `wandb login`)"
+        return "offline", "no wandb credentials: set WANDB_API_KEY or run `wandb login`"
     url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
     if not server_reachable(wandb_host(), url.port or (80 if url.scheme == "http" else 443)):
         return "offline", f"{wandb_host()} did not answer within {PROBE_SECONDS:.0f} s"
