@@ -251,7 +251,12 @@ def parse_config(doc: str, argv: list[str] | None = None, add_arguments=None,
     pre.add_argument("--config", default="configs/baseline.json")
     first, _ = pre.parse_known_args(argv)
     try:
-        values = load_json(first.config)
+        try:
+            values = load_json(first.config)
+        except ConfigError:
+            if not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+                raise
+            values = {}  # --help works from any folder: it shows the built-in values
         parser, own = build_parser(doc, keys, values, first.config, add_arguments)
         args = parser.parse_args(argv)
         values.update({k: getattr(args, k) for k in keys - own if getattr(args, k, None) is not None})
