@@ -24,28 +24,29 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from artrank import ArtrankError, Scorer, onnx_scorer, score_images, torch_scorer
+from artrank import ArtrankError, Ranker, Scorer, onnx_scorer, score_images, torch_scorer
 from config import parse_config, print_config
 from export_onnx import FILE_NAMES
-from metrics import p_first_better, tier_hint
+from metrics import tier_hint
 from runfolder import atomic_write_text
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def compare(scorer: Scorer, path_a: str, path_b: str) -> None:
-    (a, b), errors = score_images(scorer, [path_a, path_b], batch_size=2)
-    if errors:
-        raise SystemExit("error: " + "; ".join(errors))
-    calibration = scorer.calibration
-    for letter, path, score in (("A", path_a, a), ("B", path_b, b)):
-        hint = tier_hint(score, calibration)
+    try:
+        result = Ranker(scorer, batch_size=2).compare(path_a, path_b)
+    except ArtrankError as err:
+        raise SystemExit(f"error: {err}") from None
+    for letter, path, score, hint in (("A", path_a, result.score_a, result.tier_hint_a),
+                                      ("B", path_b, result.score_b, result.tier_hint_b)):
         print(f"{letter} {score:+.4f}{f'  tier hint {hint}' if hint else ''}  {path}")
-    print("A and B score the same" if a == b else f"{'A' if a > b else 'B'} is better")
-    if calibration is None:
+    print("A and B score the same" if result.better is None else f"{result.better} is better")
+    if result.p_a_better is None:
         print("P(A better) unavailable: this run has no calibration (train.py writes calibration.json)")
         return
-    print(f"P(A better than B) = {p_first_better(a, b, calibration):.4f}  (sigmoid({calibration['slope']:.4g} x "
+    calibration = scorer.calibration
+    print(f"P(A better than B) = {result.p_a_better:.4f}  (sigmoid({calibration['slope']:.4g} x "
           f"(score_A - score_B)); slope from a logistic regression without intercept of tier order on score "
           f"difference, {calibration['pairs']} {calibration.get('fitted_on', 'val')} cross-tier pairs in both orders)")
 

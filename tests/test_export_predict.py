@@ -21,6 +21,7 @@ import artrank
 import export_onnx
 import predict
 from images import open_image, preprocess
+from metrics import p_first_better, tier_hint
 from model import ArtRanker, DINOv2FeatureExtractor, load_head
 
 pytestmark = pytest.mark.slow
@@ -205,9 +206,9 @@ def test_compare_says_which_is_better_and_is_symmetric(run, capsys):
     assert "logistic regression without intercept" in forward
     calibration = json.loads((run["out"] / "calibration.json").read_text())
     for a, b in ((0.3, -0.1), (0.01, 0.0), (-0.52, -0.5), (-40.0, 40.0)):
-        forward_p, backward_p = predict.p_first_better(a, b, calibration), predict.p_first_better(b, a, calibration)
+        forward_p, backward_p = p_first_better(a, b, calibration), p_first_better(b, a, calibration)
         assert forward_p + backward_p == pytest.approx(1.0, abs=1e-12) and (forward_p > 0.5) == (a > b)
-    assert predict.p_first_better(0.2, 0.2, calibration) == 0.5
+    assert p_first_better(0.2, 0.2, calibration) == 0.5
 
 
 def test_unreadable_image_is_one_line_and_the_others_are_still_scored(run, tmp_path):
@@ -274,7 +275,7 @@ def test_python_api_scores_paths_and_pil_images_from_an_export_or_a_run(run, tmp
     assert forward.better == ("A" if scores[0] > scores[1] else "B") and backward.better != forward.better
     assert forward.p_a_better + backward.p_a_better == pytest.approx(1.0, abs=1e-9)
     calibration = json.loads((run["out"] / "calibration.json").read_text())
-    assert forward.tier_hint_a == predict.tier_hint(scores[0], calibration) in set("SABC")
+    assert forward.tier_hint_a == tier_hint(scores[0], calibration) in set("SABC")
 
 
 def test_python_api_raises_one_line_errors(run, tmp_path):
