@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, tiny_args
 
 import tracking
 from config import Config, ConfigError, load_config, parse_config
@@ -371,3 +371,17 @@ def test_readme_commands_use_the_flags_as_they_are():
     readme = (ROOT / "README.md").read_text()
     assert "--resume true" not in readme and "--skip_bad_images true" not in readme
     assert os.path.exists(ROOT / "docs" / "design.md") and "docs/design.md" in readme
+
+
+@pytest.mark.slow
+def test_a_run_says_where_it_is_tracked_writes_its_card_and_readable_checkpoints(tmp_path, dataset, tiny_backbone):
+    result = run_script("train.py", *tiny_args(tmp_path, dataset, tiny_backbone, epochs=1))
+    lines = result.stdout.splitlines()
+    start = next(line for line in lines if line.startswith("wandb: "))
+    run_dir = Path(re.search(r"run written to (\S+);", start).group(1))
+    assert start == f"wandb: offline (asked for): run written to {run_dir}; upload with: wandb sync {run_dir}"
+    assert run_dir.parent == tmp_path / "run" / "wandb" and run_dir.is_dir()
+    assert lines[-1] == f"wandb: offline run in {run_dir}; upload it with: wandb sync {run_dir}"
+    assert (tmp_path / "run" / "README.md").read_text().startswith("---\nlibrary_name: artrank\n")
+    for path in (tmp_path / "run" / "checkpoints").rglob("*.*"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~UMASK, path
