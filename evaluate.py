@@ -28,6 +28,7 @@ from data import SPLITS
 from figures import extremes_sheet, score_by_tier, tier_pair_heatmap
 from metrics import artist_bootstrap_ci, pairwise_accuracy, per_tier_pair_accuracy, rank_correlations
 from model import RankingHead, load_head
+from modelcard import write_model_card
 from runfolder import atomic_write_text, check_reader, check_same_data
 from tracking import start_tracking, wandb_run
 from workflow import (
@@ -180,7 +181,7 @@ def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows: pd.DataFr
 
 
 def main() -> None:
-    cfg, _ = parse_config(__doc__)
+    cfg, _ = parse_config(__doc__, keys=("run", "data", "backbone", "eval", "tracking"))
     with script_errors(), locked_run_folder(cfg, accelerator := make_accelerator(cfg), "evaluate.py"):
         check_reader(cfg.output_dir, dataclasses.asdict(cfg), what="evaluate it")
         if accelerator.is_main_process:
@@ -204,6 +205,7 @@ def report_and_write(cfg: Config, accelerator: Accelerator, results: dict[str, d
         accelerator.print(console_report(results, cfg.split, Path(cfg.output_dir), list(written.values())))
         if cfg.random_backbone:
             accelerator.print(f"note: {RANDOM_CAVEAT}")
+        accelerator.print(f"model card: {write_model_card(cfg.output_dir)}")
     accelerator.end_training()
 
 

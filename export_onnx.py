@@ -231,7 +231,8 @@ def add_arguments(parser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, args = parse_config(__doc__, argv, add_arguments=add_arguments)
+    cfg, args = parse_config(__doc__, argv, add_arguments=add_arguments, keys=(
+        "run", "data_dir", "backbone", "random_backbone", "image_size", "checkpoint", "mixed_precision"))
     print_config(cfg)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # a warning per optional torchvision op it lacks
     warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)  # torch.export's own

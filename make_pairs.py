@@ -56,7 +56,7 @@ def summary(table: pd.DataFrame, pairs: pa.Table) -> str:
 
 
 def main() -> None:
-    cfg, _ = parse_config(__doc__)
+    cfg, _ = parse_config(__doc__, keys=("run", "data", "overwrite_output_dir"))
     print_config(cfg)
     out, config = Path(cfg.output_dir), dataclasses.asdict(cfg)
     with script_errors(), locked_run_folder(cfg, accelerator := make_accelerator(cfg), "make_pairs.py"):

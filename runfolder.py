@@ -11,6 +11,9 @@ import shutil
 import uuid
 from pathlib import Path
 
+UMASK = os.umask(0o022)  # read once, at import, before any thread could create a file under a changed mask
+os.umask(UMASK)
+
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     path = Path(path)
@@ -46,12 +49,23 @@ def atomic_dir(path: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    plain_modes(tmp)
     old = path.with_name(path.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         os.rename(path, old)
     os.rename(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def plain_modes(root: str | os.PathLike) -> None:
+    """Give every file under `root` the mode a plain open() gives (0644 under the usual umask).
+
+    safetensors writes its files 0600, so checkpoints could not be read by anyone else sharing the run.
+    """
+    for directory, _, files in os.walk(root):
+        for name in files:
+            os.chmod(Path(directory) / name, 0o666 & ~UMASK)
 
 
 def recover_dir(path: str | os.PathLike) -> Path:

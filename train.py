@@ -26,6 +26,7 @@ from data import check_no_test_leak
 from images import PREPROCESSING_VERSION
 from metrics import fit_calibration, in_batch_pair_loss, pair_margin_loss, pairwise_accuracy, tier_ranks
 from model import RankingHead, head_meta, load_head, save_head
+from modelcard import write_model_card
 from runfolder import (
     RunFolderError,
     atomic_write_text,
@@ -293,6 +294,7 @@ def test_best(cfg, accelerator: Accelerator, table, backbone, progress: Progress
     if accelerator.is_main_process:
         atomic_write_text(out / "calibration.json", json.dumps(calibration, indent=2) + "\n")
         atomic_write_text(out / "final_metrics.json", json.dumps(results, indent=2) + "\n")
+        write_model_card(out)
     accelerator.print(f"best epoch {results['best_epoch']} | train acc {results['train/pairwise_acc']:.4f} | "
                       f"val acc {results['val/pairwise_acc']:.4f} | test acc {results['test/pairwise_acc']:.4f} "
                       f"({results['test/pairs']} test pairs)")
@@ -300,7 +302,7 @@ def test_best(cfg, accelerator: Accelerator, table, backbone, progress: Progress
 
 
 def main() -> None:
-    cfg, _ = parse_config(__doc__)
+    cfg, _ = parse_config(__doc__, keys=("run", "data", "backbone", "head", "train", "tracking"))
     with script_errors() as phase:
         training_function(cfg, phase)
 

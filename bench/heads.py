@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from config import Config, load_json  # noqa: E402
+from config import ConfigError, load_config  # noqa: E402
 from train import training_function  # noqa: E402
 
 COMBINATIONS = list(itertools.product(("cls", "cls_mean"), ("norm", "linear")))
@@ -30,7 +30,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46])
     parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     args = parser.parse_args()
-    base = Config(**load_json(args.config))
+    try:
+        base = load_config(args.config)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
     if args.epochs:
         base = replace(base, epochs=args.epochs)
     results = {}

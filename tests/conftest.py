@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny random DINOv2 saved to disk (the real loading path runs), small image
 folders in the input format, and a runner for the real scripts."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -63,13 +64,12 @@ def tiny_args(tmp_path: Path, data_dir: Path, backbone: Path, **overrides) -> li
                   image_size=56, num_workers=0, epochs=3, batch_size=16, lr=1e-3, hidden_dim=32, proj_dim=16,
                   bootstrap=50)
     values.update(overrides)
-    config = tmp_path / "test_config.json"
-    if not config.exists():
-        config.write_text(json.dumps({"demo_data": False, "random_backbone": ""}))
-    args = ["--config", str(config)]
-    for key, value in values.items():
-        args += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return args
+    # A config file rather than flags: each script takes only the keys it uses as flags.
+    text = json.dumps({"demo_data": False, "random_backbone": ""} | {
+        k: str(v) if isinstance(v, Path) else v for k, v in values.items()}, indent=2)
+    config = tmp_path / f"test_config_{hashlib.sha1(text.encode()).hexdigest()[:8]}.json"
+    config.write_text(text)
+    return ["--config", str(config)]
 
 
 def run_script(script: str, *args, cwd: Path | None = None, check: bool = True, launcher: list[str] | None = None,

@@ -1,20 +1,46 @@
-"""`make demo`'s training step on the bundled synthetic data: the tiers are learnable from pixels."""
+"""`make demo` on the bundled synthetic data: the README's demo figures are what a fresh run prints.
+
+The README's table is the results section of the demo's model card (modelcard.results_section), made
+on the machine it names. Float summation order differs between CPUs, so the last digits do too: on the
+README's machine the table must match character for character; on a machine pinned below, its own
+figures must match; anywhere the tiers must still be learnt (the spec's test gate).
+"""
 
 import json
+import re
 
 import pytest
-from conftest import run_script
+from conftest import ROOT, run_script
+
+from modelcard import machine_description, results_section
 
 pytestmark = pytest.mark.slow
 
-README_TEST_ACCURACY = 0.724  # README, "Demo results"
+# Figures of other machines, from the README of the commit that made them (make demo, configs/demo.json).
+PINNED = {"Xeon": {"test": 0.724, "val": 0.620, "best_epoch": 23}}  # the 2-core Intel Xeon CI machine
 
 
-def test_demo_reaches_the_test_accuracy_the_readme_states(tmp_path):
-    run_script("train.py", "--config", "configs/demo.json", "--data_dir", tmp_path / "demo",
-               "--backbone", tmp_path / "dinov2-tiny-random", "--output_dir", tmp_path / "run",
-               "--cache_dir", tmp_path / "cache")
-    metrics = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
-    # Random tiny backbone: far above chance (0.5), and the figure the README quotes.
-    assert metrics["test/pairwise_acc"] == pytest.approx(README_TEST_ACCURACY, abs=0.02)
-    assert metrics["test/pairs"] > 1000
+def readme_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("<!-- demo-results:start -->\n", 1)[1].split("<!-- demo-results:end -->", 1)[0]
+
+
+def test_demo_reproduces_the_readme_figures(tmp_path):
+    demo = ["--config", "configs/demo.json", "--data_dir", tmp_path / "demo", "--backbone",
+            tmp_path / "dinov2-tiny-random", "--output_dir", tmp_path / "run", "--cache_dir", tmp_path / "cache"]
+    run_script("train.py", *demo)
+    run_script("evaluate.py", *demo)
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final["test/pairwise_acc"] >= 0.60 and final["test/pairs"] > 1000  # random tiny backbone, far above 0.5
+
+    made_on = re.search(r"Made on: (.+?)\. Ties", readme_block()).group(1)
+    here = machine_description()
+    if here == made_on:
+        assert results_section(tmp_path / "run") == readme_block()
+        return
+    pinned = next((figures for name, figures in PINNED.items() if name in here and "+cpu" in here), None)
+    if pinned is None:
+        pytest.skip(f"README figures were made on {made_on}, this is {here}; its figures:\n"
+                    + results_section(tmp_path / "run"))
+    assert (round(final["test/pairwise_acc"], 3), round(final["val/pairwise_acc"], 3), final["best_epoch"]) == (
+        pinned["test"], pinned["val"], pinned["best_epoch"])

@@ -13,12 +13,16 @@ import onnx
 import pandas as pd
 import pytest
 import torch
+import yaml
 from conftest import run_script, tiny_args, write_dataset
+from PIL import Image
 
+import artrank
 import export_onnx
 import predict
 from backbones import DinoFeatureExtractor
 from images import open_image, preprocess
+from metrics import p_first_better, tier_hint
 from model import ArtRanker, load_head
 
 pytestmark = pytest.mark.slow
@@ -203,9 +207,9 @@ def test_compare_says_which_is_better_and_is_symmetric(run, capsys):
     assert "logistic regression without intercept" in forward
     calibration = json.loads((run["out"] / "calibration.json").read_text())
     for a, b in ((0.3, -0.1), (0.01, 0.0), (-0.52, -0.5), (-40.0, 40.0)):
-        forward_p, backward_p = predict.p_first_better(a, b, calibration), predict.p_first_better(b, a, calibration)
+        forward_p, backward_p = p_first_better(a, b, calibration), p_first_better(b, a, calibration)
         assert forward_p + backward_p == pytest.approx(1.0, abs=1e-12) and (forward_p > 0.5) == (a > b)
-    assert predict.p_first_better(0.2, 0.2, calibration) == 0.5
+    assert p_first_better(0.2, 0.2, calibration) == 0.5
 
 
 def test_unreadable_image_is_one_line_and_the_others_are_still_scored(run, tmp_path):
@@ -224,7 +228,7 @@ def test_unreadable_image_is_one_line_and_the_others_are_still_scored(run, tmp_p
 @pytest.mark.parametrize("damage, message", [
     (lambda out: (out / "model.onnx").unlink(), "no ONNX model at"),
     (lambda out: (out / "model.json").unlink(), "cannot read the model description"),
-    (lambda out: edit_json(out / "model.json", format=99), "model.json format 99, this predict.py reads format 1"),
+    (lambda out: edit_json(out / "model.json", format=99), "model.json format 99, this code reads format 1"),
     (lambda out: edit_json(out / "model.json", export_id="another"), "come from different exports"),
     (lambda out: (out / "model.onnx").write_bytes(b"truncated"), "cannot load"),
 ])
@@ -250,3 +254,53 @@ def test_no_calibration_means_no_tier_hint_and_no_probability(run, tmp_path, cap
     predict.main([*run["args"], "--output_dir", str(out), "--compare", first, second])
     output = capsys.readouterr().out
     assert "P(A better) unavailable" in output and "P(A better than B)" not in output
+
+
+# ---------------------------------------------------------------- the Python API (artrank.py) and the model card
+
+def test_python_api_scores_paths_and_pil_images_from_an_export_or_a_run(run, tmp_path):
+    images = val_images(run)[:3]
+    exported = artrank.load(run["out"])
+    assert "onnxruntime" in repr(exported)
+    scores = exported.score(images)
+    assert len(scores) == 3 and all(isinstance(s, float) for s in scores)
+    with Image.open(images[0]) as image:
+        assert exported.score(image) == pytest.approx(scores[0], abs=1e-6)
+    checkpoint = artrank.load(run["out"], backend="torch")
+    assert "PyTorch" in repr(checkpoint)
+    np.testing.assert_allclose(checkpoint.score(images), scores, atol=1e-5)
+    assert "PyTorch" in repr(artrank.load(copy_run(run, tmp_path, with_export=False)))  # no export: the checkpoint
+
+    forward, backward = exported.compare(images[0], images[1]), exported.compare(images[1], images[0])
+    assert (forward.score_a, forward.score_b) == pytest.approx((scores[0], scores[1]), abs=1e-6)
+    assert forward.better == ("A" if scores[0] > scores[1] else "B") and backward.better != forward.better
+    assert forward.p_a_better + backward.p_a_better == pytest.approx(1.0, abs=1e-9)
+    calibration = json.loads((run["out"] / "calibration.json").read_text())
+    assert forward.tier_hint_a == tier_hint(scores[0], calibration) in set("SABC")
+
+
+def test_python_api_raises_one_line_errors(run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    wrong_size = copy_run(run, tmp_path, with_export=False)
+    edit_json(wrong_size / "config.json", image_size=128)
+    for call, message in ((lambda: artrank.load(tmp_path / "nothing"), "no such run folder or model file"),
+                          (lambda: artrank.load(tmp_path / "empty"), "neither a trained run"),
+                          (lambda: artrank.load(run["out"], backend="tf"), "backend must be auto, onnx or torch"),
+                          (lambda: artrank.load(wrong_size), "checkpoint made with image_size=64"),
+                          (lambda: artrank.load(run["out"]).score([val_images(run)[0], bad]),
+                           f"{bad}: not a readable image")):
+        with pytest.raises(artrank.ArtrankError, match=re.escape(message)) as error:
+            call()
+        assert isinstance(error.value, ValueError) and "\n" not in str(error.value)
+
+
+def test_train_writes_the_model_card_with_its_figures(run):
+    text = (run["out"] / "README.md").read_text()
+    final = json.loads((run["out"] / "final_metrics.json").read_text())
+    header = yaml.safe_load(text.split("---\n")[1])
+    test_result = next(r for r in header["model-index"][0]["results"] if r["dataset"]["split"] == "test")
+    assert test_result["metrics"][0]["value"] == round(final["test/pairwise_acc"], 4)
+    assert f"| test | **{final['test/pairwise_acc']:.4f}** | >= 0.60 |" in text
+    assert f'artrank.load("{run["out"]}")' in text

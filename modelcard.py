@@ -1,0 +1,188 @@
+"""The run's model card: OUTPUT_DIR/README.md in the Hugging Face layout, written from the run folder's files.
+
+train.py and evaluate.py call `write_model_card(output_dir)` last, so the card always shows the latest
+figures of config.json, final_metrics.json, eval_*.json, calibration.json and splits.csv (what is
+missing is left out). The results section (`results_section`) holds no path, so the README's demo
+table can be checked against a fresh run.
+"""
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import pandas as pd
+
+from runfolder import atomic_write_text
+
+RANDOM_CAVEAT = ("**The backbone of this run is random** (`random_backbone` is set): its figures show that the "
+                 "pipeline works end to end, not how well DINOv2 ranks drawings.")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def machine_description() -> str:
+    """CPU model and cores (or the GPU), and the torch version: what the last digits depend on."""
+    import torch
+
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        cpu = platform.processor() or platform.machine()
+        try:
+            cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                       if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        device = f"{cpu}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+    return f"{device}; torch {torch.__version__}"
+
+
+def gate_rows(accuracy_by_split: dict[str, float]) -> list[tuple[str, float, str, bool]]:
+    """(split, accuracy, target, passed) for the spec's gates (test >= 0.60, val >= 0.62, train <= 0.80)."""
+    from evaluate import GATES
+
+    rows = []
+    for split, (op, bound) in GATES.items():
+        if split in accuracy_by_split:
+            value = accuracy_by_split[split]
+            rows.append((split, value, f"{op} {bound:.2f}", value >= bound if op == ">=" else value <= bound))
+    return rows
+
+
+def run_figures(out: Path) -> tuple[dict, dict | None, dict[str, float]]:
+    """final_metrics.json, the evaluation report (test first) and the accuracy by split of the latest of them."""
+    final = _read_json(out / "final_metrics.json") or {}
+    names = ["eval_test.json", "eval_test_ensemble.json"] + sorted(p.name for p in out.glob("eval_*.json"))
+    report = next((r for name in names if (r := _read_json(out / name))), None)
+    accuracy = dict(report["pairwise_accuracy_by_split"]) if report else {
+        s: final[f"{s}/pairwise_acc"] for s in ("train", "val", "test") if f"{s}/pairwise_acc" in final}
+    return final, report, accuracy
+
+
+def results_section(output_dir: str | os.PathLike) -> str:
+    """Markdown of the run's figures: gates, the evaluated split in detail, per tier pair. No paths."""
+    final, report, accuracy = run_figures(Path(output_dir))
+    lines = []
+    if "best_epoch" in final:
+        lines.append(f"Training ran {final['epochs_run']} epochs ({final['stop_reason']}); the best validation "
+                     f"epoch was {final['best_epoch']}.\n")
+    lines += ["| split | pairwise accuracy | spec gate | |", "|---|---|---|---|"]
+    for split, value, target, passed in gate_rows(accuracy):
+        detail = ""
+        if report and split == report["split"]:
+            detail = (f" ({report['n_images']} images, {report['n_artists']} artists, {report['n_pairs']:,} pairs), "
+                      f"95% CI [{report['ci95'][0]:.3f}, {report['ci95'][1]:.3f}]")
+        lines.append(f"| {split}{detail} | **{value:.4f}** | {target} | {'PASS' if passed else 'FAIL'} |")
+    if report:
+        tau, rho = (f"{v:.3f}" if v is not None else "undefined" for v in (report["kendall_tau"], report["spearman"]))
+        model = "ensemble of the top checkpoints" if report.get("ensemble") else "best checkpoint"
+        lines += ["", f"{report['split'].capitalize()} split, {model}: Kendall tau-b {tau}, Spearman {rho}. "
+                  "Accuracy per tier pair (adjacent tiers are the hard ones):", "",
+                  "| tier pair | accuracy | pairs |", "|---|---|---|"]
+        lines += [f"| {pair} | {acc:.3f} | {report['per_tier_pair_n_pairs'][pair]:,} |"
+                  for pair, acc in report["per_tier_pair"].items()]
+    lines += ["", f"Made on: {machine_description()}. Ties count as wrong; the interval resamples artists."]
+    return "\n".join(lines) + "\n"
+
+
+def data_section(out: Path, cfg: dict) -> str:
+    splits = out / "splits.csv"
+    if not splits.is_file():
+        return f"Data: `{cfg.get('data_dir')}` (no splits.csv in the run folder).\n"
+    table = pd.read_csv(splits, dtype=str, keep_default_na=False)
+    counts = table.pivot_table(index="split", columns="tier", values="image_id", aggfunc="count", fill_value=0)
+    counts = counts[[t for t in ("S", "A", "B", "C") if t in counts.columns]]
+    lines = [f"`{Path(cfg.get('data_dir', '')).name}`: {len(table)} drawings by {table.artist.nunique()} artists, "
+             "teacher tiers S > A > B > C. Artists never cross splits (split by artist, stratified by tier, "
+             f"seed {cfg.get('seed')}).", "", "| split | " + " | ".join(counts.columns) + " | images | artists |",
+             "|---" * (len(counts.columns) + 3) + "|"]
+    for split in ("train", "val", "test"):
+        if split in counts.index:
+            row = counts.loc[split]
+            artists = table[table.split == split].artist.nunique()
+            lines.append(f"| {split} | " + " | ".join(str(int(v)) for v in row) + f" | {int(row.sum())} | {artists} |")
+    return "\n".join(lines) + "\n"
+
+
+def metadata_yaml(out: Path, cfg: dict, accuracy: dict[str, float], report: dict | None) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset = Path(cfg.get("data_dir", "data")).name
+    metrics = [("pairwise_accuracy", value, f"{split} pairwise accuracy", split) for split, value in accuracy.items()]
+    if report:
+        metrics += [(name, report[name], f"{report['split']} {label}", report["split"])
+                    for name, label in (("kendall_tau", "Kendall tau-b"), ("spearman", "Spearman rho"))
+                    if report.get(name) is not None]
+    results = [EvalResult(task_type="image-ranking", task_name="Pairwise ranking of drawings",
+                          dataset_type="imagefolder", dataset_name=dataset, dataset_split=split,
+                          metric_type=kind, metric_value=round(value, 4), metric_name=name)
+               for kind, value, name, split in metrics]
+    backbone = cfg.get("backbone", "")
+    on_hub = "/" in backbone and not cfg.get("random_backbone") and not Path(backbone).exists()
+    data = ModelCardData(library_name="artrank", tags=["image-ranking", "pairwise-ranking", "dinov2", "onnx"],
+                         base_model=backbone if on_hub else None, model_name=out.name, eval_results=results or None)
+    return data.to_yaml()
+
+
+def usage_section(out: Path) -> str:
+    return f"""```python
+import artrank
+
+model = artrank.load("{out}")  # the export (model.onnx + model.json) when there is one, else the checkpoint
+model.score(["drawing.jpg", "another.png"])  # one score each, higher is better
+model.compare("a.jpg", "b.jpg")  # which is better, P(A better) and tier hints
+```
+
+```bash
+python predict.py --model {out}/model.onnx drawing.jpg another.png
+python predict.py --model {out}/model.onnx --compare a.jpg b.jpg
+```
+"""
+
+
+def model_card(output_dir: str | os.PathLike) -> str:
+    out = Path(output_dir)
+    cfg = _read_json(out / "config.json") or {}
+    _, report, accuracy = run_figures(out)
+    calibration = _read_json(out / "calibration.json")
+    parts = ["---", metadata_yaml(out, cfg, accuracy, report).rstrip(), "---", "", f"# {out.name}", "",
+             "Ranks drawings by quality as art-school teachers grade them (tiers S > A > B > C): a score per "
+             "image, higher is better, learnt from pairs of works of different tiers on a frozen DINOv2 backbone.",
+             ""]
+    if cfg.get("random_backbone"):
+        parts += [RANDOM_CAVEAT, ""]
+    parts += ["## Data", "", data_section(out, cfg),
+              "## Model", "",
+              f"- backbone: `{cfg.get('backbone')}`{' (random weights)' if cfg.get('random_backbone') else ''}, "
+              f"frozen; images letterboxed to {cfg.get('image_size')} px; feature `{cfg.get('feature')}`",
+              f"- head: projector {cfg.get('hidden_dim')} -> {cfg.get('proj_dim')}, dropout {cfg.get('dropout')}, "
+              f"score head `{cfg.get('score_head')}`",
+              f"- training: margin ranking loss (margin {cfg.get('margin')}) over every cross-tier pair in a batch of "
+              f"{cfg.get('batch_size')}, AdamW lr {cfg.get('lr')} weight decay {cfg.get('weight_decay')}, cosine "
+              f"schedule over {cfg.get('epochs')} epochs, early stopping patience {cfg.get('patience')}, seed "
+              f"{cfg.get('seed')}", "",
+              "## Results", "", results_section(out)]
+    if calibration:
+        cuts = ", ".join(f"{c['above']}/{c['below']} at {c['threshold']:.3f}" for c in calibration["tier_cuts"])
+        parts += ["## Calibration", "",
+                  f"P(A better than B) = sigmoid({calibration['slope']:.4g} x (score_A - score_B)), fitted on "
+                  f"{calibration['pairs']:,} validation pairs. Tier hints cut the score at {cuts or 'no point'}: "
+                  "a hint, not a grade.", ""]
+    parts += ["## How to use", "", usage_section(out),
+              "## Limitations", "",
+              "Teachers' tiers of one school; scores rank drawings of the kind trained on and are not a grade. "
+              "Works of one artist stay in one split, so the test figures are for artists the model never saw.", ""]
+    return "\n".join(parts)
+
+
+def write_model_card(output_dir: str | os.PathLike) -> Path:
+    """Write OUTPUT_DIR/README.md from the run folder's files; returns its path."""
+    path = Path(output_dir) / "README.md"
+    atomic_write_text(path, model_card(output_dir))
+    return path
