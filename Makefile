@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 demo: install
-	$(BIN)/python make_pairs.py $(DEMO) --overwrite_output_dir true
+	$(BIN)/python make_pairs.py $(DEMO) --overwrite_output_dir
 	$(BIN)/python train.py $(DEMO)
 	$(BIN)/python evaluate.py $(DEMO)
 	$(BIN)/python export_onnx.py $(DEMO) --fp16

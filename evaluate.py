@@ -5,7 +5,7 @@
 Reads the checkpoint (OUTPUT_DIR/checkpoints/best unless --checkpoint; with --ensemble every one in
 OUTPUT_DIR/checkpoints/top/, REQ-O-005), DATA_DIR and backbone features from the feature cache
 (extracting only what is missing). Each image is scored once and every cross-tier pair is compared
-from the scores (NOTES.md 6): O(N) backbone passes, where the spec's evaluator makes two per pair.
+from the scores (docs/design.md 6): O(N) backbone passes, where the spec's evaluator makes two per pair.
 Reports train/val/test pairwise accuracy against the spec's gates (4.5.2) and, for --split, Kendall
 tau-b, Spearman, accuracy per tier pair and a 95% interval from resampling artists.
 Writes into OUTPUT_DIR (names end in _ensemble with --ensemble): eval_<split>.json,

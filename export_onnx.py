@@ -11,12 +11,12 @@ file and model.json feeds it correctly.
 The graph takes float32 (batch, 3, S, S), S = image_size rounded up to whole patches (768 becomes 770 with
 DINOv2's patch 14 and stays 768 with DINOv3's 16), and returns score (batch,), higher is better. Opset 23
 through the dynamo exporter, so attention is one ONNX `Attention` op (3x faster on GPU than the legacy
-exporter's MatMul + Softmax, NOTES.md 10).
+exporter's MatMul + Softmax, docs/design.md 10).
 
 Every file is verified before it is put in place: onnx.checker, then onnxruntime against PyTorch fp32 on real
 images at batch 1 and batch N. It passes when max |score difference| <= tolerance, where
     fp32: 0.1% of the images' score range + 1e-5 x the largest |score|   (summation order only)
-    fp16: 2% of the score range + 2e-3 x the largest |score|   (fp16 keeps ~3 digits; NOTES.md 10
+    fp16: 2% of the score range + 2e-3 x the largest |score|   (fp16 keeps ~3 digits; docs/design.md 10
           measured 0.7% of the range on ViT-L at 768)
 so every pair of images more than two tolerances apart keeps its order. On failure nothing is written,
 the exported files are deleted and the exit status is 1.

@@ -1,4 +1,4 @@
-"""Backbone features, computed once per image and cached (NOTES.md 7).
+"""Backbone features, computed once per image and cached (docs/design.md 7).
 
 The cache is a Hugging Face dataset per (backbone weights, image size, preprocessing, precision),
 keyed by each image file's sha256: a changed image or setting recomputes, nothing stale is reused.

@@ -2,7 +2,7 @@
 
 Decoding turns anything Pillow reads into RGB the same way (EXIF rotation, 16-bit range, CMYK,
 transparency on white paper) and refuses decompression bombs; preprocessing letterboxes it for the
-backbone (NOTES.md 1-3).
+backbone (docs/design.md 1-3).
 """
 
 import hashlib

@@ -1,4 +1,4 @@
-"""Pairwise ranking metrics computed from one score per image (NOTES.md 6).
+"""Pairwise ranking metrics computed from one score per image (docs/design.md 6).
 
 A pair is two images of different tiers; it is ranked correctly when the higher tier has the
 strictly higher score. Ties count as wrong: a constant model must not score 50%. (The spec's
@@ -259,7 +259,7 @@ def spec_pairwise_accuracy(score_pair: Callable[[str, str], tuple[float, float]]
 
     `score_pair(id_a, id_b)` returns (score_a, score_b), e.g. two backbone passes; label is 1 when
     id_a's tier is higher, else -1. O(pairs) model calls, where pairwise_accuracy needs one score per
-    image (NOTES.md 6); kept as the reference the fast metrics are tested against.
+    image (docs/design.md 6); kept as the reference the fast metrics are tested against.
     """
     correct = total = 0
     for id_a, id_b, label in pairs:

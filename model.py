@@ -47,7 +47,7 @@ class RankingHead(nn.Module):
     """Projector + score (REQ-E-003): higher is better.
 
     "norm" is the spec's -||emb|| (4.3). After the final LayerNorm that norm is ~sqrt(256) before
-    the affine part, so it has little freedom (NOTES.md 5); "linear" reads a score off the embedding.
+    the affine part, so it has little freedom (docs/design.md 5); "linear" reads a score off the embedding.
     """
 
     def __init__(self, *, input_dim: int, hidden_dim: int = 512, proj_dim: int = 256, dropout: float = 0.1,

@@ -134,11 +134,12 @@ RUN_RECORD = "run.json"
 RECORD_FORMAT = 1
 # Keys that change how a command runs, never what it computes: they may differ between the commands of
 # one run (and on --resume). Every other key is part of the run's identity. `epochs` is not among them:
-# it is the cosine schedule's length, so more epochs is another run, not a longer one.
+# it is the cosine schedule's length, so more epochs is another run, not a longer one. The backbone is
+# named by path or hub id here and identified by its weights (backbone_id), checked once it is resolved.
 RUNTIME_KEYS = frozenset({
     "data_dir", "output_dir", "cache_dir", "demo_data", "skip_bad_images", "num_workers", "extract_batch_size",
     "wandb_project", "wandb_mode", "sample_pairs", "resume", "resume_from_checkpoint", "overwrite_output_dir",
-    "split", "checkpoint", "ensemble", "bootstrap"})
+    "split", "checkpoint", "ensemble", "bootstrap", "backbone", "random_backbone"})
 # What decides the split, and what decides the features: scripts that read a trained run need these equal.
 SPLIT_KEYS = ("val_fraction", "test_fraction", "seed")
 FEATURE_KEYS = ("image_size", "feature", "mixed_precision")
@@ -265,7 +266,7 @@ def check_reader(output_dir: str | os.PathLike, config: dict, *, what: str) -> d
     if record is None or record["stage"] != "train":
         raise RunFolderError(f"no trained run in {out} (no {RUN_RECORD} from train.py): train first, e.g. "
                              f"accelerate launch train.py --config CONFIG --output_dir {out}")
-    if differs := differing_keys(record["config"], config, SPLIT_KEYS + FEATURE_KEYS + ("random_backbone",)):
+    if differs := differing_keys(record["config"], config, SPLIT_KEYS + FEATURE_KEYS):
         raise RunFolderError(f"{out} was trained with other settings ({'; '.join(differs)}); {what} with the "
                              f"run's own ({out / 'config.json'})")
     return record

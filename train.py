@@ -4,7 +4,7 @@
     python train.py --config configs/demo.json [--resume true] [--key value ...]
 
 Reads DATA_DIR/metadata.csv and its images. Backbone features come from the feature cache in
-CACHE_DIR (extracted once, NOTES.md 7); the head trains on all cross-tier pairs within each batch.
+CACHE_DIR (extracted once, docs/design.md 7); the head trains on all cross-tier pairs within each batch.
 Writes into OUTPUT_DIR: config.json, splits.csv, train_log.jsonl (one line per epoch),
 checkpoints/best/ and checkpoints/top/ (head.safetensors + head.json), state/ (Accelerate state for
 --resume), calibration.json, final_metrics.json and the wandb run.
@@ -33,6 +33,7 @@ from runfolder import (
     check_fresh_start,
     check_resume,
     check_same_data,
+    plain_modes,
     remove_run,
     write_record,
 )
@@ -76,6 +77,7 @@ def save_training_state(accelerator: Accelerator, progress: Progress, state_dir:
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        plain_modes(tmp)  # Accelerate writes the head's weights through safetensors, mode 0600
         shutil.rmtree(state_dir / name, ignore_errors=True)
         tmp.rename(state_dir / name)
         for old in sorted(p for p in state_dir.iterdir() if p.name != name):

@@ -383,5 +383,6 @@ def test_a_run_says_where_it_is_tracked_writes_its_card_and_readable_checkpoints
     assert run_dir.parent == tmp_path / "run" / "wandb" and run_dir.is_dir()
     assert lines[-1] == f"wandb: offline run in {run_dir}; upload it with: wandb sync {run_dir}"
     assert (tmp_path / "run" / "README.md").read_text().startswith("---\nlibrary_name: artrank\n")
-    for path in (tmp_path / "run" / "checkpoints").rglob("*.*"):
-        assert path.stat().st_mode & 0o777 == 0o666 & ~UMASK, path
+    for folder in ("checkpoints", "state"):
+        for path in (tmp_path / "run" / folder).rglob("*.*"):
+            assert path.stat().st_mode & 0o777 == 0o666 & ~UMASK, path

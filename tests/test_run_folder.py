@@ -67,9 +67,10 @@ def run(trained, tmp_path):
     base, args = trained
     shutil.copytree(base / "data", tmp_path / "data")
     shutil.copytree(base / "run", tmp_path / "run")
-    args = [a.replace(str(base), str(tmp_path)) for a in args]
-    shutil.copy(base / "test_config.json", tmp_path / "test_config.json")
-    return tmp_path, args
+    config = Path(args[args.index("--config") + 1])
+    copy = tmp_path / config.name
+    copy.write_text(config.read_text().replace(str(base), str(tmp_path)))  # the copy's own paths
+    return tmp_path, ["--config", str(copy)]
 
 
 def test_fresh_run_into_a_trained_folder_is_refused_and_the_flag_clears_it(run):
