@@ -82,8 +82,8 @@ def torch_scorer(cfg) -> Scorer:
     accelerator = make_accelerator(cfg)
     try:
         ranker, meta, checkpoint = load_ranker(cfg, accelerator)
-    except SystemExit as err:  # load_ranker speaks for the scripts; here it is an exception like any other
-        raise ArtrankError(str(err).removeprefix("error: ")) from None
+    except (ValueError, FileNotFoundError) as err:  # a checkpoint for other settings, an unsupported backbone
+        raise ArtrankError(str(err)) from None
     except OSError as err:  # a backbone that is neither a folder nor reachable on the hub
         raise ArtrankError(f"backbone {cfg.backbone}: {str(err).splitlines()[0]}") from None
     ranker = ranker.to(accelerator.device)

@@ -34,7 +34,7 @@ from data import check_no_test_leak
 from metrics import pair_margin_loss, pairwise_accuracy, rank_correlations, tier_ranks
 from model import RankingHead
 from runfolder import atomic_write_text
-from tracking import wandb_mode
+from tracking import choose_mode
 from train import Progress, train_epoch
 from workflow import load_split_features, load_table_for, make_accelerator, script_errors
 
@@ -109,7 +109,7 @@ def track_setting(cfg: Config, *, label: str, group: str, directory: Path):
 
     directory.mkdir(parents=True, exist_ok=True)
     return wandb.init(project=cfg.wandb_project, group=group, name=label, job_type="crossval", dir=str(directory),
-                      config=dataclasses.asdict(cfg), mode=wandb_mode(cfg.wandb_mode), reinit="create_new",
+                      config=dataclasses.asdict(cfg), mode=choose_mode(cfg.wandb_mode)[0], reinit="create_new",
                       settings=wandb.Settings(console="off", silent=True))
 
 
