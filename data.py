@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
-from images import check_image, open_image, preprocess
+from images import check_images, load_pixels
 
 TIERS = ("S", "A", "B", "C")
 TIER_RANK = {"S": 3, "A": 2, "B": 1, "C": 0}
@@ -126,8 +126,8 @@ def read_metadata(data_dir: str | os.PathLike) -> pd.DataFrame:
 # ---------------------------------------------------------------- images
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Paths in, preprocessed tensors out; decoded in DataLoader workers (Datasets' Image column
-    re-decodes on every access and is many times slower)."""
+    """Paths in, model inputs out (images.load_pixels); decoded in DataLoader workers (Datasets' Image
+    column re-decodes on every access and is many times slower)."""
 
     def __init__(self, paths: list[str], *, image_size: int, patch_size: int):
         self.paths, self.image_size, self.patch_size = list(paths), image_size, patch_size
@@ -137,10 +137,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         try:
-            image = open_image(self.paths[index])
+            return load_pixels(self.paths[index], self.image_size, self.patch_size)
         except Exception as err:
             raise DataError(f"{self.paths[index]}: {type(err).__name__}: {err}") from err
-        return preprocess(image, self.image_size, self.patch_size)
 
 
 # ---------------------------------------------------------------- splits and pairs
@@ -260,20 +259,17 @@ def check_no_test_leak(frame: pd.DataFrame, splits: pd.DataFrame) -> None:
 
 
 def scan_images(df: pd.DataFrame, *, skip_bad_images: bool = False, track=None, workers: int = 8,
-                known_problems: Sequence[tuple[int, str]] = (),
-                source: str = "metadata.csv") -> tuple[pd.DataFrame, list[str]]:
-    """Hash and decode every image (threads: Pillow releases the GIL while decoding).
+                known_problems: Sequence[tuple[int, str]] = (), source: str = "metadata.csv",
+                cache_dir: str | os.PathLike | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Hash and decode-check every image (images.check_images: verdicts reused from cache_dir while a
+    file is unchanged).
 
     Bad rows (unreadable, truncated, a decompression bomb, the same content as another row, or one of
     `known_problems` from the metadata) raise one DataError listing them all, or with skip_bad_images
     are dropped and returned as messages. Returns the table with a sha256 column, and the messages.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    paths = df["path"].where(df["file_name"] != "", "")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda p: check_image(p) if p else ("", None), paths)
-        results = list(track(results, total=len(df)) if track else results)
+    results = check_images(list(df["path"].where(df["file_name"] != "", "")), cache_dir=cache_dir,
+                           workers=workers, track=track)
     df = df.assign(sha256=[digest for digest, _ in results])
     problems = list(known_problems)
     problems += [(r.row, f"row {r.row} ({r.file_name}): {error}")
@@ -291,15 +287,17 @@ def scan_images(df: pd.DataFrame, *, skip_bad_images: bool = False, track=None, 
 
 
 def load_table(data_dir: str | os.PathLike, *, val_fraction: float, test_fraction: float, seed: int,
-               skip_bad_images: bool = False, track=None) -> tuple[pd.DataFrame, list[str]]:
+               skip_bad_images: bool = False, track=None,
+               cache_dir: str | os.PathLike | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Metadata + image checks + split: the image table every script starts from.
 
+    With cache_dir, image checks are remembered there (see scan_images), so a second start is cheap.
     Every bad row, in the metadata or in the images, is listed in one DataError (or dropped with
     skip_bad_images). Columns image_id, file_name, tier, artist, path, row, sha256, split.
     """
     csv_path, rows, problems = _read_rows(Path(data_dir))
     df, messages = scan_images(rows, skip_bad_images=skip_bad_images, track=track, known_problems=problems,
-                               source=str(csv_path))
+                               source=str(csv_path), cache_dir=cache_dir)
     try:
         df["split"] = split_by_artist(df, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     except DataError as err:

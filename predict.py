@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from config import parse_config, print_config
 from export_onnx import FILE_NAMES, MODEL_FORMAT, onnx_session
-from images import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING_VERSION, open_image, preprocess
+from images import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING_VERSION, load_pixels
 from runfolder import atomic_write_text
 from workflow import load_ranker, make_accelerator
 
@@ -101,7 +101,7 @@ def score_images(scorer: Scorer, paths: list[str], *, batch_size: int) -> tuple[
     """Scores of the readable images, and one message per unreadable one."""
     def pixels_of(path: str) -> np.ndarray | str:
         try:
-            return preprocess(open_image(path), scorer.image_size, scorer.patch_size).numpy()
+            return load_pixels(path, scorer.image_size, scorer.patch_size).numpy()
         except Exception as err:  # Pillow raises many types for corrupt data
             reason = str(err).splitlines()[0] if str(err) else ""
             return f"{path}: not a readable image: {type(err).__name__}: {reason}"

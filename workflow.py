@@ -54,7 +54,7 @@ def load_table_for(cfg, accelerator: Accelerator) -> pd.DataFrame:
     try:
         table, skipped = load_table(cfg.data_dir, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                                     seed=cfg.seed, skip_bad_images=cfg.skip_bad_images,
-                                    track=bar(accelerator, "checking images"))
+                                    track=bar(accelerator, "checking images"), cache_dir=cfg.cache_dir)
     except DataError as err:
         raise SystemExit(f"error: {err}") from None
     for message in skipped:
