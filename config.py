@@ -33,7 +33,7 @@ class Config:
     image_size: int = 768  # REQ-U-005
     feature: str = "cls"  # "cls" (spec) or "cls_mean" (CLS + mean patch token)
     extract_batch_size: int = 32
-    num_workers: int = 4
+    num_workers: int = -1  # DataLoader processes decoding images; -1: one per CPU core (per process)
     # head
     hidden_dim: int = 512
     proj_dim: int = 256
