@@ -7,6 +7,7 @@ by the codec itself, then resized once.
 """
 
 import contextlib
+import ctypes
 import hashlib
 import io
 import math
@@ -129,9 +130,15 @@ class _MemoryBudget:
             with self.ready:
                 self.held -= amount
                 self.ready.notify_all()
+            if amount > 1 << 26 and _LIBC is not None:
+                _LIBC.malloc_trim(0)  # glibc keeps freed blocks in each thread's arena: give them back
 
 
 _check_memory = _MemoryBudget(CHECK_MEMORY)
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc: nothing to trim
+    _LIBC = None
 
 
 def _check_decode(payload: bytes) -> None:
