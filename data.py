@@ -32,14 +32,13 @@ class DataError(ValueError):
 
 def image_path(data_dir: str | os.PathLike, name: str) -> str:
     """The path of a metadata file_name, found also when its Unicode form differs from the disk's."""
-    data_dir = Path(data_dir)
-    path = data_dir / name
-    if not path.exists():
+    path = os.path.join(data_dir, name)  # os.path, not pathlib: this runs for every row at every start
+    if not os.path.exists(path):
         # macOS writes file names decomposed (NFD), spreadsheets compose them (NFC): Korean names differ.
         for form in ("NFC", "NFD"):
-            if (data_dir / unicodedata.normalize(form, name)).exists():
-                return str(data_dir / unicodedata.normalize(form, name))
-    return str(path)
+            if os.path.exists(os.path.join(data_dir, unicodedata.normalize(form, name))):
+                return os.path.join(data_dir, unicodedata.normalize(form, name))
+    return path
 
 
 def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]]]:
@@ -271,17 +270,17 @@ def scan_images(df: pd.DataFrame, *, skip_bad_images: bool = False, track=None, 
     results = check_images(list(df["path"].where(df["file_name"] != "", "")), cache_dir=cache_dir,
                            workers=workers, track=track)
     df = df.assign(sha256=[digest for digest, _ in results])
+    errors = pd.Series([error for _, error in results], index=df.index, dtype=object)
     problems = list(known_problems)
     problems += [(r.row, f"row {r.row} ({r.file_name}): {error}")
-                 for r, (_, error) in zip(df.itertuples(), results) if error]
-    first = {}
-    for r, (digest, error) in zip(df.itertuples(), results):
-        if not digest or error:
-            continue
-        if digest in first and first[digest].file_name != r.file_name:  # the same name is reported as listed twice
-            problems.append((r.row, f"row {r.row} ({r.file_name}): same image content as row {first[digest].row} "
-                                    f"({first[digest].file_name})"))
-        first.setdefault(digest, r)
+                 for r, error in zip(df[errors.notna()].itertuples(), errors[errors.notna()])]
+    good = df[errors.isna() & (df["sha256"] != "")]
+    first = good.drop_duplicates("sha256").set_index("sha256")
+    for r in good[good.duplicated("sha256")].itertuples():
+        original = first.loc[r.sha256]
+        if original.file_name != r.file_name:  # the same name is reported as listed twice
+            problems.append((r.row, f"row {r.row} ({r.file_name}): same image content as row {original.row} "
+                                    f"({original.file_name})"))
     messages = _bad_rows(problems, source=source, skip_bad_images=skip_bad_images)
     return df[~df["row"].isin({row for row, _ in problems})].reset_index(drop=True), messages
 

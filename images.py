@@ -103,13 +103,20 @@ def open_image(source: str | os.PathLike | bytes) -> Image.Image:
         return to_rgb(image)
 
 
-def load_pixels(source: str | os.PathLike | bytes, image_size: int, patch_size: int) -> torch.Tensor:
-    """File to model input, the one way: reduced decode, then preprocess(). See PREPROCESSING_STEPS."""
+def decode_reduced(source: str | os.PathLike | bytes, image_size: int) -> Image.Image:
+    """Decode to RGB, upright, only as large as the letterbox needs: JPEGs are DCT-scaled by 1/2, 1/4
+    or 1/8 as far as both sides stay >= the letterbox's (other formats are decoded whole)."""
     with _open(source) as image:
-        if image.format == "JPEG":  # DCT scaling: 1/2, 1/4 or 1/8, both sides staying >= the letterbox's
+        if image.format == "JPEG":
             image.draft(None, letterbox_size(image.width, image.height, image_size))
         image.load()
-        return preprocess(to_rgb(image), image_size, patch_size)
+        return to_rgb(image)
+
+
+def load_pixels(source: str | os.PathLike | bytes, image_size: int, patch_size: int) -> torch.Tensor:
+    """File to model input, the one way (training, evaluation, export parity, predict): see
+    PREPROCESSING_STEPS."""
+    return preprocess(decode_reduced(source, image_size), image_size, patch_size)
 
 
 class _MemoryBudget:
@@ -141,7 +148,7 @@ except OSError:  # not glibc: nothing to trim
     _LIBC = None
 
 
-def _check_decode(payload: bytes) -> None:
+def check_decode(payload: bytes) -> None:
     """Decode enough to be sure the image loads the way load_pixels will load it, or raise.
 
     A JPEG is decoded at 1/8 scale: libjpeg still reads and entropy-decodes every coefficient, so a
@@ -169,7 +176,7 @@ def check_image(path: str | os.PathLike) -> tuple[str, str | None]:
     if not payload:
         return digest, "empty file (0 bytes)"
     try:
-        _check_decode(payload)
+        check_decode(payload)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         return digest, f"refused as a decompression bomb: {err}"
     except UnidentifiedImageError:
@@ -226,8 +233,9 @@ def check_images(paths: list[str], *, cache_dir: str | os.PathLike | None = None
     interrupted scan keeps its progress.
     """
     cache = _CheckCache(cache_dir)
-    stats = [_stat_key(os.path.abspath(p)) if p else None for p in paths]
-    results = [("", None) if not p else cache.get(os.path.abspath(p), stat) for p, stat in zip(paths, stats)]
+    absolute = [os.path.abspath(p) if p else "" for p in paths]
+    stats = [_stat_key(p) if p else None for p in absolute]
+    results = [cache.get(p, stat) if p else ("", None) for p, stat in zip(absolute, stats)]
     todo = [i for i, result in enumerate(results) if result is None]
     pool = ThreadPoolExecutor(max_workers=workers)
     progress = track(total=len(paths), initial=len(paths) - len(todo)) if track else None
@@ -236,7 +244,7 @@ def check_images(paths: list[str], *, cache_dir: str | os.PathLike | None = None
         for i, result in zip(todo, pool.map(lambda i: check_image(paths[i]), todo)):
             results[i] = result
             if stats[i] is not None:
-                batch.append((os.path.abspath(paths[i]), stats[i], *result))
+                batch.append((absolute[i], stats[i], *result))
             if len(batch) >= 256:
                 cache.put(batch)
                 batch = []
