@@ -137,7 +137,7 @@ class _MemoryBudget:
             with self.ready:
                 self.held -= amount
                 self.ready.notify_all()
-            if amount > 1 << 26 and _LIBC is not None:
+            if amount > 1 << 28 and _LIBC is not None:  # over 32 MP: rare, and trimming costs a few ms
                 _LIBC.malloc_trim(0)  # glibc keeps freed blocks in each thread's arena: give them back
 
 

@@ -182,6 +182,7 @@ def main() -> None:
                         help="table sizes for the start-up times (default: %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    os.environ["TQDM_DISABLE"] = "1"  # predict's progress bar would land inside the tables
     print(f"machine: {machine(torch.device('cpu'))}", flush=True)
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 3, (3024 + 64, 4032 + 64, 3)).round().astype(np.int16)
@@ -213,6 +214,7 @@ def main() -> None:
         print_table(headers, stages(scan_paths, model))
 
         full_decode = median_ms(lambda p: Image.open(p).load(), paths)
+        old_decode = median_ms(open_image, paths[:12])
         no_model = Scorer(score=lambda pixels: np.zeros(len(pixels), np.float32), image_size=SIZE, patch_size=PATCH,
                           calibration=None, description="no model: file to model input only")
         one = median_ms(lambda p: score_images(no_model, [p], batch_size=1), paths[:12])
@@ -225,6 +227,8 @@ def main() -> None:
         print("### predict.py, file to score, per 12 MP JPEG (after start-up)\n")
         print_table(["predict.score_images", "per photo", "/ full Pillow decode"], [
             ["full Pillow decode of the same file (Image.open + load), one core", f"{full_decode:.1f} ms", "1.00"],
+            ["the old path's decode (+ EXIF rotation and RGB copy: open_image), one core", f"{old_decode:.1f} ms",
+             f"{old_decode / full_decode:.2f}"],
             ["file to model input, one photo at a time, one core", f"{one:.1f} ms", f"{one / full_decode:.2f}"],
             [f"file to model input, a folder of {len(paths)}, {os.cpu_count()} cores", f"{folder:.1f} ms",
              f"{folder / full_decode:.2f}"],
