@@ -71,6 +71,13 @@ def test_jpeg_is_decoded_at_the_smallest_dct_scale_still_covering_the_letterbox(
     assert resized_from(monkeypatch, photo(4032, 3024), image_size) == decoded
 
 
+def test_phone_mpo_is_decoded_reduced_like_a_jpeg(monkeypatch):
+    frames = [Image.open(io.BytesIO(photo(4032, 3024))), Image.new("RGB", (640, 480))]
+    source = encoded(frames[0], "MPO", save_all=True, append_images=frames[1:])
+    assert Image.open(io.BytesIO(source)).format == "MPO"
+    assert resized_from(monkeypatch, source, 768) == (1008, 756)
+
+
 def test_rotated_jpeg_scale_is_chosen_on_the_stored_picture(monkeypatch):
     assert resized_from(monkeypatch, photo(4032, 3024, orientation=6), 768) == (756, 1008)
 
