@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -107,8 +108,8 @@ def decode_reduced(source: str | os.PathLike | bytes, image_size: int) -> Image.
     """Decode to RGB, upright, only as large as the letterbox needs: JPEGs are DCT-scaled by 1/2, 1/4
     or 1/8 as far as both sides stay >= the letterbox's (other formats are decoded whole)."""
     with _open(source) as image:
-        if image.format == "JPEG":
-            image.draft(None, letterbox_size(image.width, image.height, image_size))
+        # JPEG and MPO (the multi-picture JPEG many phones write) scale; other formats ignore draft().
+        image.draft(None, letterbox_size(image.width, image.height, image_size))
         image.load()
         return to_rgb(image)
 
@@ -156,8 +157,7 @@ def check_decode(payload: bytes) -> None:
     the same to_rgb as load_pixels: EXIF, bit depth and white level are checked on the real data.
     """
     with _open(payload) as image:
-        if image.format == "JPEG":
-            image.draft(None, (1, 1))
+        image.draft(None, (1, 1))
         # Pillow stores at most 4 bytes per pixel, and the RGB copy another 4.
         with _check_memory.hold(image.width * image.height * 8):
             image.load()
@@ -188,12 +188,12 @@ def check_image(path: str | os.PathLike) -> tuple[str, str | None]:
 
 def _stat_key(path: str) -> str | None:
     """What says a file is unchanged: size, mtime, ctime and inode (a copy with `cp -p` keeps the
-    mtime but not the ctime or inode), with the checker's version."""
+    mtime but not the ctime or inode), with the versions of the checker and of Pillow."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return f"{CHECK_VERSION} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"
+    return f"{CHECK_VERSION} Pillow-{PIL.__version__} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"
 
 
 class _CheckCache:
@@ -299,7 +299,7 @@ PREPROCESSING_STEPS = [
     "float images scaled by their white level (65535, or 1.0 for float)",
     "letterbox size (w, h) = (max(1, round(W * s)), max(1, round(H * s))), s = image_size / max(W, H), "
     "Python round (half to even)",
-    "JPEG only, reduced decode: libjpeg DCT scaling by 1/k, k the largest of 8, 4, 2, 1 with k <= "
+    "JPEG (and MPO) only, reduced decode: libjpeg DCT scaling by 1/k, k the largest of 8, 4, 2, 1 with k <= "
     "min(W // w, H // h) in the stored orientation (before EXIF rotation); size ceil(W / k) x ceil(H / k) "
     "(Pillow Image.draft)",
     "box reduction by integer factors fx = floor(W' / w), fy = floor(H' / h) of the decoded, upright size W' x H' "
