@@ -253,10 +253,10 @@ def check_images(paths: list[str], *, cache_dir: str | os.PathLike | None = None
     finally:  # Ctrl-C: drop the queued checks, keep the verdicts made
         pool.shutdown(cancel_futures=True)
         cache.put(batch)
+        if cache.db:
+            cache.db.close()
         if progress is not None:
             progress.close()
-    if cache.db:
-        cache.db.close()
     return results
 
 
