@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from images import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING_VERSION, open_image, preprocess, to_rgb
+from images import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING_VERSION, load_pixels, preprocess, to_rgb
 from metrics import p_first_better, tier_hint
 
 ImageLike = str | os.PathLike | Image.Image
@@ -102,7 +102,7 @@ def pixels_of(image: ImageLike, scorer: Scorer) -> np.ndarray:
     """The model's input for one image: a path is decoded the one way every script decodes it."""
     if isinstance(image, Image.Image):
         return preprocess(to_rgb(image), scorer.image_size, scorer.patch_size).numpy()
-    return preprocess(open_image(image), scorer.image_size, scorer.patch_size).numpy()
+    return load_pixels(image, scorer.image_size, scorer.patch_size).numpy()
 
 
 def score_images(scorer: Scorer, images: Sequence[ImageLike], *, batch_size: int,

@@ -45,7 +45,7 @@ class Config:
     image_size: int = _key(768, "long side of the letterboxed image (REQ-U-005)")
     feature: str = _key("cls", "cls (spec) or cls_mean (CLS + mean patch token)")
     extract_batch_size: int = _key(32, "images per backbone batch")
-    num_workers: int = _key(4, "image decoding processes")
+    num_workers: int = _key(-1, "DataLoader processes decoding images; -1: one per CPU core (per process)")
     # head
     hidden_dim: int = _key(512, "projector hidden width")
     proj_dim: int = _key(256, "projector output width")
@@ -92,7 +92,7 @@ RANGES = {
     "test_fraction": (lambda v: 0.1 <= v <= 0.8, "from 0.1 to 0.8"),
     "image_size": (lambda v: 1 <= v <= 4096, "from 1 to 4096 pixels"),
     "extract_batch_size": (lambda v: v >= 1, ">= 1"),
-    "num_workers": (lambda v: 0 <= v <= 256, "from 0 to 256"),
+    "num_workers": (lambda v: -1 <= v <= 256, "from -1 (one per CPU core) to 256"),
     "hidden_dim": (lambda v: v >= 1, ">= 1"),
     "proj_dim": (lambda v: v >= 1, ">= 1"),
     "dropout": (lambda v: 0 <= v < 1, ">= 0 and < 1"),

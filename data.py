@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
-from images import check_image, open_image, preprocess
+from images import check_images, load_pixels
 
 TIERS = ("S", "A", "B", "C")
 TIER_RANK = {"S": 3, "A": 2, "B": 1, "C": 0}
@@ -33,14 +33,13 @@ class DataError(ValueError):
 
 def image_path(data_dir: str | os.PathLike, name: str) -> str:
     """The path of a metadata file_name, found also when its Unicode form differs from the disk's."""
-    data_dir = Path(data_dir)
-    path = data_dir / name
-    if not path.exists():
+    path = os.path.join(data_dir, name)  # os.path, not pathlib: this runs for every row at every start
+    if not os.path.exists(path):
         # macOS writes file names decomposed (NFD), spreadsheets compose them (NFC): Korean names differ.
         for form in ("NFC", "NFD"):
-            if (data_dir / unicodedata.normalize(form, name)).exists():
-                return str(data_dir / unicodedata.normalize(form, name))
-    return str(path)
+            if os.path.exists(os.path.join(data_dir, unicodedata.normalize(form, name))):
+                return os.path.join(data_dir, unicodedata.normalize(form, name))
+    return path
 
 
 def file_name_problem(name: str, path: str) -> str | None:
@@ -170,8 +169,8 @@ def read_metadata(data_dir: str | os.PathLike) -> pd.DataFrame:
 # ---------------------------------------------------------------- images
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Paths in, preprocessed tensors out; decoded in DataLoader workers (Datasets' Image column
-    re-decodes on every access and is many times slower)."""
+    """Paths in, model inputs out (images.load_pixels); decoded in DataLoader workers (Datasets' Image
+    column re-decodes on every access and is many times slower)."""
 
     def __init__(self, paths: list[str], *, image_size: int, patch_size: int):
         self.paths, self.image_size, self.patch_size = list(paths), image_size, patch_size
@@ -181,10 +180,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         try:
-            image = open_image(self.paths[index])
+            return load_pixels(self.paths[index], self.image_size, self.patch_size)
         except Exception as err:
             raise DataError(f"{self.paths[index]}: {type(err).__name__}: {err}") from err
-        return preprocess(image, self.image_size, self.patch_size)
 
 
 # ---------------------------------------------------------------- splits and pairs
@@ -307,47 +305,46 @@ def check_no_test_leak(frame: pd.DataFrame, splits: pd.DataFrame) -> None:
 
 
 def scan_images(df: pd.DataFrame, *, skip_bad_images: bool = False, track=None, workers: int = 8,
-                known_problems: Sequence[tuple[int, str]] = (),
-                source: str = "metadata.csv") -> tuple[pd.DataFrame, list[str]]:
-    """Hash and decode every image (threads: Pillow releases the GIL while decoding).
+                known_problems: Sequence[tuple[int, str]] = (), source: str = "metadata.csv",
+                cache_dir: str | os.PathLike | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Hash and decode-check every image (images.check_images: verdicts reused from cache_dir while a
+    file is unchanged).
 
     Bad rows (unreadable, truncated, a decompression bomb, the same content as another row, or one of
     `known_problems` from the metadata) raise one DataError listing them all, or with skip_bad_images
     are dropped and returned as messages. Returns the table with a sha256 column, and the messages.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    paths = df["path"].where(df["file_name"] != "", "")
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda p: check_image(p) if p else ("", None), paths)
-        results = list(track(results, total=len(df)) if track else results)
+    results = check_images(list(df["path"].where(df["file_name"] != "", "")), cache_dir=cache_dir,
+                           workers=workers, track=track)
     df = df.assign(sha256=[digest for digest, _ in results])
+    errors = pd.Series([error for _, error in results], index=df.index, dtype=object)
     problems = list(known_problems)
     problems += [(r.row, f"row {r.row} ({r.file_name}): {error}")
-                 for r, (_, error) in zip(df.itertuples(), results) if error]
-    first = {}
-    for r, (digest, error) in zip(df.itertuples(), results):
-        if not digest or error:
-            continue
-        if digest in first and first[digest].file_name != r.file_name:  # the same name is reported as listed twice
-            problems.append((r.row, f"row {r.row} ({r.file_name}): same image content as row {first[digest].row} "
-                                    f"({first[digest].file_name})"))
-        first.setdefault(digest, r)
+                 for r, error in zip(df[errors.notna()].itertuples(), errors[errors.notna()])]
+    good = df[errors.isna() & (df["sha256"] != "")]
+    first = good.drop_duplicates("sha256").set_index("sha256")
+    for r in good[good.duplicated("sha256")].itertuples():
+        original = first.loc[r.sha256]
+        if original.file_name != r.file_name:  # the same name is reported as listed twice
+            problems.append((r.row, f"row {r.row} ({r.file_name}): same image content as row {original.row} "
+                                    f"({original.file_name})"))
     messages = _bad_rows(problems, source=source, skip_bad_images=skip_bad_images)
     return df[~df["row"].isin({row for row, _ in problems})].reset_index(drop=True), messages
 
 
 def load_table(data_dir: str | os.PathLike, *, val_fraction: float, test_fraction: float, seed: int,
-               skip_bad_images: bool = False, track=None) -> tuple[pd.DataFrame, list[str]]:
+               skip_bad_images: bool = False, track=None,
+               cache_dir: str | os.PathLike | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Metadata + image checks + split: the image table every script starts from.
 
+    With cache_dir, image checks are remembered there (see scan_images), so a second start is cheap.
     Every bad row, in the metadata or in the images, is listed in one DataError (or dropped with
     skip_bad_images). Columns image_id, file_name, tier, artist, path, row, sha256, split. Also returns
     the notes to show: artist spellings merged, rows skipped.
     """
     csv_path, rows, problems, notes = _read_rows(Path(data_dir))
     df, skipped = scan_images(rows, skip_bad_images=skip_bad_images, track=track, known_problems=problems,
-                              source=str(csv_path))
+                              source=str(csv_path), cache_dir=cache_dir)
     notes += [f"skipped {message}" for message in skipped]
     try:
         df["split"] = split_by_artist(df, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)

@@ -42,7 +42,7 @@ import torch
 
 from config import parse_config, print_config
 from data import image_path
-from images import IMAGENET_MEAN, IMAGENET_STD, PREPROCESSING_VERSION, input_size, open_image, preprocess
+from images import input_size, load_pixels, preprocessing_description
 from model import ArtRanker
 from runfolder import atomic_write_text, check_reader
 from workflow import load_ranker, locked_run_folder, make_accelerator, script_errors
@@ -107,7 +107,7 @@ def parity_images(cfg, count: int, *, patch_size: int) -> tuple[list[str], torch
     for name in rows.file_name:
         path = image_path(cfg.data_dir, name)
         try:
-            pixels.append(preprocess(open_image(path), cfg.image_size, patch_size))
+            pixels.append(load_pixels(path, cfg.image_size, patch_size))
         except Exception as err:
             raise SystemExit(f"error: parity image {path}: {type(err).__name__}: {err}") from None
         paths.append(path)
@@ -195,13 +195,7 @@ def model_json(cfg, *, meta: dict, checkpoint: Path, export_id: str, side: int, 
         "files": {precision: FILE_NAMES[precision] for precision in parity},
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, side, side], "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch"], "meaning": "score, higher is better"},
-        "preprocessing": {
-            "version": PREPROCESSING_VERSION, "image_size": cfg.image_size, "patch_size": meta["patch_size"],
-            "input_size": side, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "steps": ["decode to RGB (EXIF rotation applied, transparency composited on white)",
-                      f"letterbox: bicubic resize, long side to {cfg.image_size}, aspect ratio kept",
-                      f"centre on a {side}x{side} canvas (whole patches of {meta['patch_size']})",
-                      "(pixel / 255 - mean) / std per channel; the padding is 0 after this", "CHW float32"]},
+        "preprocessing": preprocessing_description(cfg.image_size, meta["patch_size"]),
         "backbone": meta["backbone"], "backbone_id": meta["backbone_id"], "feature": meta["feature"],
         "score_head": meta["score_head"],
         "checkpoint": {"path": str(checkpoint), "epoch": meta.get("epoch"),

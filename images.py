@@ -1,37 +1,94 @@
 """Images: the one decoder and the one preprocessing, used by training, evaluation, export and prediction.
 
-Decoding turns anything Pillow reads into RGB the same way (EXIF rotation, 16-bit range, CMYK,
-transparency on white paper) and refuses decompression bombs; preprocessing letterboxes it for the
-backbone (docs/design.md 1-3).
+Decoding turns anything Pillow reads into RGB the same way (EXIF rotation, high bit depths, CMYK,
+transparency on white paper) and refuses decompression bombs and pictures whose white level it cannot
+know. `load_pixels` decodes only what the letterbox needs: a 12 MP phone JPEG is decoded at 1/4 scale
+by the codec itself, then resized once (docs/design.md 1-3).
 """
 
+import contextlib
+import ctypes
 import hashlib
 import io
 import math
 import os
+import sqlite3
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Bumped whenever preprocess() changes, so cached features computed the old way are never reused.
-PREPROCESSING_VERSION = "letterbox-v1"
+# Bumped whenever load_pixels() or preprocess() change, so cached features computed the old way are never reused.
+PREPROCESSING_VERSION = "letterbox-v2-reduced"
+# Bumped whenever check_image() changes what it accepts, so cached verdicts made the old way are redone.
+CHECK_VERSION = "check-v2"
 # Pillow warns above this many pixels and we refuse: a 20000x20000 image is a decompression bomb.
 MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+# Decoded bytes that concurrent checks may hold at once: small files can declare 80 MP canvases each.
+CHECK_MEMORY = 1 << 30
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def letterbox_size(width: int, height: int, image_size: int) -> tuple[int, int]:
+    """The picture's size inside the letterbox: long side image_size, aspect kept, rounded half to even."""
+    scale = image_size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _open(source: str | os.PathLike | bytes) -> Image.Image:
+    """Image.open that refuses decompression bombs from the header, before any pixel is decoded."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    # Warning filters are process-wide and scan_images checks in threads: check the size here too.
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise Image.DecompressionBombError(
+            f"{image.width}x{image.height} = {image.width * image.height / 1e6:.0f}M pixels, over the "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f}M-pixel limit")
+    return image
+
+
+def _white_level(image: Image.Image) -> float:
+    """The value that means white in a high-bit-depth image, or ValueError when it cannot be known.
+
+    16-bit containers often hold 10-, 12- or 14-bit data unscaled, and float images [0, 1] or [0, 255]:
+    read with the wrong white level they decode to black or to white, so such images are refused.
+    """
+    low, high = image.getextrema()
+    if image.mode == "F":
+        if not (0.0 <= low and high <= 1.0):  # NaN fails both comparisons
+            raise ValueError(f"float image with values from {low} to {high}: only [0, 1] has a known white level")
+        white = 1.0
+    elif low < 0 or high > 65535:
+        raise ValueError(f"{image.mode} integer image with values from {low} to {high}: beyond 16 bits the white "
+                         "level is unknown; save it as 8- or 16-bit")
+    else:
+        white = 65535.0
+    if high < white / 4:
+        raise ValueError(f"{image.mode} image whose brightest value is {high} of {white:g}: it would decode nearly "
+                         "black (fewer bits stored unscaled?); save it scaled to its full range or as 8-bit")
+    return white
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """EXIF rotation, 16-bit range, CMYK, and alpha on white paper, to a new RGB image."""
+    """EXIF rotation, high bit depths, CMYK, and alpha on white paper, to a new RGB image."""
     image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # convert("L") clips 16-bit values at 255; scale the real range instead.
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode in HIGH_DEPTH_MODES:
+        # convert("L") clips 16-bit values at 255 and floats at 1/255: scale the real range instead.
+        pixels = np.asarray(image, dtype=np.float32)
+        grey = np.clip(pixels * (255.0 / _white_level(image)), 0, 255).round().astype(np.uint8)
+        transparent = image.info.get("transparency")
+        if isinstance(transparent, int):  # grey PNG with tRNS: that one value is paper showing through
+            grey[pixels == transparent] = 255
+        return Image.fromarray(grey, "L").convert("RGB")
     if image.mode in ("P", "PA") or "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "La", "RGBa"):
@@ -41,22 +98,74 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_image(source: str | os.PathLike | bytes) -> Image.Image:
-    """Decode an image to RGB the same way everywhere; refuse decompression bombs before decoding."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-    with image:
-        # Warning filters are process-wide and scan_images decodes in threads: check the size here too.
-        if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise Image.DecompressionBombError(
-                f"{image.width}x{image.height} = {image.width * image.height / 1e6:.0f}M pixels, over the "
-                f"{MAX_IMAGE_PIXELS / 1e6:.0f}M-pixel limit")
+    """The whole picture at full size in RGB (thumbnails, figures); the model's input is load_pixels'."""
+    with _open(source) as image:
         image.load()
         return to_rgb(image)
 
 
+def decode_reduced(source: str | os.PathLike | bytes, image_size: int) -> Image.Image:
+    """Decode to RGB, upright, only as large as the letterbox needs: JPEGs are DCT-scaled by 1/2, 1/4
+    or 1/8 as far as both sides stay >= the letterbox's (other formats are decoded whole)."""
+    with _open(source) as image:
+        # JPEG and MPO (the multi-picture JPEG many phones write) scale; other formats ignore draft().
+        image.draft(None, letterbox_size(image.width, image.height, image_size))
+        image.load()
+        return to_rgb(image)
+
+
+def load_pixels(source: str | os.PathLike | bytes, image_size: int, patch_size: int) -> torch.Tensor:
+    """File to model input, the one way (training, evaluation, export parity, predict): see
+    PREPROCESSING_STEPS."""
+    return preprocess(decode_reduced(source, image_size), image_size, patch_size)
+
+
+class _MemoryBudget:
+    """Threads wait here until the decoded bytes they will hold fit under a shared limit."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held, self.ready = limit, 0, threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, amount: int):
+        amount = min(amount, self.limit)  # one image over the limit still runs, alone
+        with self.ready:
+            self.ready.wait_for(lambda: self.held + amount <= self.limit)
+            self.held += amount
+        try:
+            yield
+        finally:
+            with self.ready:
+                self.held -= amount
+                self.ready.notify_all()
+            if amount > 1 << 28 and _LIBC is not None:  # over 32 MP: rare, and trimming costs a few ms
+                _LIBC.malloc_trim(0)  # glibc keeps freed blocks in each thread's arena: give them back
+
+
+_check_memory = _MemoryBudget(CHECK_MEMORY)
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc: nothing to trim
+    _LIBC = None
+
+
+def check_decode(payload: bytes) -> None:
+    """Decode enough to be sure the image loads the way load_pixels will load it, or raise.
+
+    A JPEG is decoded at 1/8 scale: libjpeg still reads and entropy-decodes every coefficient, so a
+    truncated or corrupt stream fails as it does at full size. Other formats are decoded whole. Then
+    the same to_rgb as load_pixels: EXIF, bit depth and white level are checked on the real data.
+    """
+    with _open(payload) as image:
+        image.draft(None, (1, 1))
+        # Pillow stores at most 4 bytes per pixel, and the RGB copy another 4.
+        with _check_memory.hold(image.width * image.height * 8):
+            image.load()
+            to_rgb(image)
+
+
 def check_image(path: str | os.PathLike) -> tuple[str, str | None]:
-    """Read, hash and fully decode one image. Returns (sha256 of the file bytes, error or None)."""
+    """Read, hash and decode-check one image. Returns (sha256 of the file bytes, error or None)."""
     try:
         payload = Path(path).read_bytes()
     except FileNotFoundError:
@@ -67,7 +176,7 @@ def check_image(path: str | os.PathLike) -> tuple[str, str | None]:
     if not payload:
         return digest, "empty file (0 bytes)"
     try:
-        open_image(payload)
+        check_decode(payload)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
         return digest, f"refused as a decompression bomb: {err}"
     except UnidentifiedImageError:
@@ -75,6 +184,80 @@ def check_image(path: str | os.PathLike) -> tuple[str, str | None]:
     except Exception as err:  # Pillow raises many types for corrupt data
         return digest, f"not a readable image: {type(err).__name__}: {err}"
     return digest, None
+
+
+def _stat_key(path: str) -> str | None:
+    """What says a file is unchanged: size, mtime, ctime and inode (a copy with `cp -p` keeps the
+    mtime but not the ctime or inode), with the versions of the checker and of Pillow."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{CHECK_VERSION} Pillow-{PIL.__version__} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"
+
+
+class _CheckCache:
+    """check_image verdicts in DIR/image-checks.sqlite, keyed by path and _stat_key. Unusable: empty."""
+
+    def __init__(self, directory: str | os.PathLike | None):
+        self.db = None
+        if directory is None:
+            return
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(Path(directory) / "image-checks.sqlite", timeout=60)
+            with self.db:
+                self.db.execute("CREATE TABLE IF NOT EXISTS checks (path TEXT PRIMARY KEY, stat TEXT NOT NULL, "
+                                "sha256 TEXT NOT NULL, error TEXT)")
+            self.rows = {path: (stat, (digest, error)) for path, stat, digest, error
+                         in self.db.execute("SELECT path, stat, sha256, error FROM checks")}
+        except (OSError, sqlite3.Error):  # a damaged or unwritable cache only costs time: check everything
+            self.db = None
+
+    def get(self, path: str, stat: str | None) -> tuple[str, str | None] | None:
+        found = self.rows.get(path) if self.db and stat else None
+        return found[1] if found and found[0] == stat else None
+
+    def put(self, rows: list[tuple[str, str, str, str | None]]) -> None:
+        if self.db and rows:
+            with contextlib.suppress(sqlite3.Error), self.db:
+                self.db.executemany("INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?)", rows)
+
+
+def check_images(paths: list[str], *, cache_dir: str | os.PathLike | None = None, workers: int = 8,
+                 track=None) -> list[tuple[str, str | None]]:
+    """check_image of every path ("" is skipped), in threads (Pillow releases the GIL while decoding).
+
+    With cache_dir, a verdict is reused while the file's size, mtime, ctime and inode are unchanged,
+    so a second start costs a stat per file; new verdicts are saved every few hundred files, so an
+    interrupted scan keeps its progress.
+    """
+    cache = _CheckCache(cache_dir)
+    absolute = [os.path.abspath(p) if p else "" for p in paths]
+    stats = [_stat_key(p) if p else None for p in absolute]
+    results = [cache.get(p, stat) if p else ("", None) for p, stat in zip(absolute, stats)]
+    todo = [i for i, result in enumerate(results) if result is None]
+    pool = ThreadPoolExecutor(max_workers=workers)
+    progress = track(total=len(paths), initial=len(paths) - len(todo)) if track else None
+    batch = []
+    try:
+        for i, result in zip(todo, pool.map(lambda i: check_image(paths[i]), todo)):
+            results[i] = result
+            if stats[i] is not None:
+                batch.append((absolute[i], stats[i], *result))
+            if len(batch) >= 256:
+                cache.put(batch)
+                batch = []
+            if progress is not None:
+                progress.update(1)
+    finally:  # Ctrl-C: drop the queued checks, keep the verdicts made
+        pool.shutdown(cancel_futures=True)
+        cache.put(batch)
+        if cache.db:
+            cache.db.close()
+        if progress is not None:
+            progress.close()
+    return results
 
 
 def input_size(image_size: int, patch_size: int) -> int:
@@ -86,22 +269,51 @@ def input_size(image_size: int, patch_size: int) -> int:
     return math.ceil(image_size / patch_size) * patch_size
 
 
+def on_canvas(picture: Image.Image, side: int) -> torch.Tensor:
+    """An RGB picture normalised and centred on a side x side canvas of the ImageNet mean (0 after
+    normalisation): float32 (3, side, side)."""
+    scale = np.float32(1 / 255) / np.asarray(IMAGENET_STD, dtype=np.float32)
+    shift = np.asarray(IMAGENET_MEAN, dtype=np.float32) / np.asarray(IMAGENET_STD, dtype=np.float32)
+    out = np.zeros((3, side, side), dtype=np.float32)
+    top, left = (side - picture.height) // 2, (side - picture.width) // 2
+    pixels = np.asarray(picture, dtype=np.float32).transpose(2, 0, 1)
+    out[:, top:top + picture.height, left:left + picture.width] = pixels * scale[:, None, None] - shift[:, None, None]
+    return torch.from_numpy(out)
+
+
 def preprocess(image: Image.Image, image_size: int, patch_size: int) -> torch.Tensor:
     """Letterbox to image_size (whole work kept: composition is judged), pad to whole patches, normalise.
 
-    Returns float32 (3, side, side). Padding is the ImageNet mean, i.e. zero after normalisation.
-    Takes open_image's output; any other PIL image goes through the same conversion first.
+    Returns float32 (3, side, side). Takes open_image's output; any other PIL image goes through the
+    same conversion first. load_pixels is this after a reduced decode; on a PIL image already in
+    memory only the integer box reduction of PREPROCESSING_STEPS applies.
     """
     if image.mode != "RGB":
         image = to_rgb(image)
-    scale = image_size / max(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    resized = image.resize(size, Image.BICUBIC, reducing_gap=3.0)
-    side = input_size(image_size, patch_size)
-    pixels = np.asarray(resized, dtype=np.float32) / 255.0
-    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-    std = np.asarray(IMAGENET_STD, dtype=np.float32)
-    out = np.zeros((side, side, 3), dtype=np.float32)
-    top, left = (side - size[1]) // 2, (side - size[0]) // 2
-    out[top:top + size[1], left:left + size[0]] = (pixels - mean) / std
-    return torch.from_numpy(out.transpose(2, 0, 1).copy())
+    size = letterbox_size(image.width, image.height, image_size)
+    return on_canvas(image.resize(size, Image.BICUBIC, reducing_gap=1.0), input_size(image_size, patch_size))
+
+
+PREPROCESSING_STEPS = [
+    "decode to RGB: EXIF orientation applied; transparency composited on white; CMYK converted; 16-bit and "
+    "float images scaled by their white level (65535, or 1.0 for float)",
+    "letterbox size (w, h) = (max(1, round(W * s)), max(1, round(H * s))), s = image_size / max(W, H), "
+    "Python round (half to even)",
+    "JPEG (and MPO) only, reduced decode: libjpeg DCT scaling by 1/k, k the largest of 8, 4, 2, 1 with k <= "
+    "min(W // w, H // h) in the stored orientation (before EXIF rotation); size ceil(W / k) x ceil(H / k) "
+    "(Pillow Image.draft)",
+    "box reduction by integer factors fx = floor(W' / w), fy = floor(H' / h) of the decoded, upright size W' x H' "
+    "(Pillow Image.reduce), then bicubic resampling to w x h (Pillow BICUBIC, a = -0.5, support scaled "
+    "by the remaining factor): exactly Pillow's Image.resize((w, h), BICUBIC, reducing_gap=1.0)",
+    "paste at offset ((S - w) // 2, (S - h) // 2) on an S x S canvas, S = input_size (whole patches)",
+    "(pixel / 255 - mean) / std per channel in float32; the canvas outside the picture is 0", "CHW float32",
+]
+
+
+def preprocessing_description(image_size: int, patch_size: int) -> dict:
+    """What model.json states so that a consumer outside this repository reproduces the input."""
+    return {"version": PREPROCESSING_VERSION, "image_size": image_size, "patch_size": patch_size,
+            "input_size": input_size(image_size, patch_size), "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "steps": PREPROCESSING_STEPS,
+            "reproducibility": "Pillow reproduces the scores exactly; another resampler (OpenCV, torchvision) gives "
+                               "close scores, not identical ones"}

@@ -80,7 +80,7 @@ def load_table_for(cfg, accelerator: Accelerator) -> pd.DataFrame:
         accelerator.wait_for_everyone()
     table, notes = load_table(cfg.data_dir, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                               seed=cfg.seed, skip_bad_images=cfg.skip_bad_images,
-                              track=bar(accelerator, "checking images"))
+                              track=bar(accelerator, "checking images"), cache_dir=cfg.cache_dir)
     for message in notes:
         accelerator.print(f"warning: {message}")
     return table
