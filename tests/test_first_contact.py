@@ -104,7 +104,7 @@ def test_a_key_the_script_does_not_use_is_refused_in_one_line():
     ({"val_fraction": 0.5, "test_fraction": 0.4}, "must leave at least 0.2 to train on"),
     ({"test_fraction": 0.0}, "'test_fraction' must be from 0.1 to 0.8"),
     ({"dropout": 1.0}, "'dropout' must be >= 0 and < 1"),
-    ({"num_workers": -1}, "'num_workers' must be from 0 to 256"),
+    ({"num_workers": -2}, "'num_workers' must be from -1 (one per CPU core) to 256"),
     ({"margin": 0}, "'margin' must be > 0"),
     ({"hidden_dim": 0}, "'hidden_dim' must be >= 1"),
     ({"extract_batch_size": 0}, "'extract_batch_size' must be >= 1"),
