@@ -18,8 +18,9 @@ from test_bad_input import cmyk_jpeg, encoded, exif_rotated_jpeg, png_file, ramp
 
 import features
 import images
+from backbones import resolve_backbone
 from data import load_table
-from features import resolve_backbone, table_features
+from features import table_features
 from images import check_image, load_pixels, open_image, preprocess
 
 SPLIT = dict(val_fraction=0.1, test_fraction=0.1, seed=42)
