@@ -104,10 +104,18 @@ def script_errors():
     try:
         yield phase
     except KeyboardInterrupt:
+        close_bars()
         print(f"interrupted: {phase.kept}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
     except (DataError, RunFolderError, FileNotFoundError, ValueError) as err:
+        close_bars()
         raise SystemExit(f"error: {err}") from None
+
+
+def close_bars() -> None:
+    """Close the progress bars an exception left open: closed later, they would redraw below our line."""
+    for open_bar in list(tqdm._instances):
+        open_bar.close()
 
 
 @contextlib.contextmanager

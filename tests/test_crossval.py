@@ -148,7 +148,7 @@ def crossval_run(base: Path, data: Path, backbone: Path, grid: Path, name: str):
 
 @pytest.mark.slow
 def test_crossval_end_to_end_resumes_repeats_and_its_choice_trains(tmp_path, tiny_backbone):
-    from datasets import load_from_disk
+    from features import read_cache
 
     data = write_dataset(tmp_path / "data", artists=15, per_artist=6)
     grid = tmp_path / "grid.json"
@@ -166,7 +166,9 @@ def test_crossval_end_to_end_resumes_repeats_and_its_choice_trains(tmp_path, tin
     # REQ-N-001: the feature cache holds exactly the train+val images; no test image went through the backbone.
     table, _ = load_table(data, val_fraction=0.1, test_fraction=0.1, seed=42)
     (cache,) = (tmp_path / "cache").glob("features-*")
-    cached = set(load_from_disk(str(cache / "features"))["sha256"])
+    index, _, _, problem = read_cache(cache, json.loads((cache / "cache.json").read_text())["key"])
+    cached = set(index)
+    assert problem is None
     assert cached == set(table.sha256[table.split != "test"])
     assert not cached & set(table.sha256[table.split == "test"])
 
