@@ -120,20 +120,25 @@ def train_log(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def start(tmp_path_factory, tiny_backbone) -> dict:
-    """train.py at learning rate 0, evaluate.py --split val on it, and the oracle's scores of every split."""
+    """train.py at learning rate 0, and the oracle's scores of every split."""
     root = tmp_path_factory.mktemp("start")
     data = write_dataset(root / "data")
     args = start_args(root, data, tiny_backbone)
     record = recorded_train(args, root / "record.pt")
     run = root / "run"
-    evaluation = run_script("evaluate.py", *args, "--split", "val")
     head, rows, scores = seeded_head(), {}, {}
     for split in ("train", "val", "test"):
         rows[split], paths = split_rows(run, data, split)
         with torch.no_grad():
             scores[split] = head(cls_features(tiny_backbone, paths)).numpy()
-    return dict(root=root, data=data, args=args, run=run, record=record, rows=rows, scores=scores,
-                evaluation=evaluation)
+    return dict(root=root, data=data, args=args, run=run, record=record, rows=rows, scores=scores)
+
+
+@pytest.fixture(scope="module")
+def evaluated(start) -> dict:
+    """evaluate.py --split val on the run at its start."""
+    run_script("evaluate.py", *start["args"], "--split", "val")
+    return start
 
 
 def start_backbone(start: dict) -> Path:
@@ -187,37 +192,37 @@ def test_calibration_is_fitted_on_validation_scores_with_cuts_halfway_between_ti
         [(medians[upper] + medians[lower]) / 2 for upper, lower in ("SA", "AB", "BC")], abs=1e-5)
 
 
-def test_evaluate_reports_the_split_it_is_asked_for_from_that_split_s_images(start):
-    run, val = start["run"], start["rows"]["val"]
+def test_evaluate_reports_the_split_it_is_asked_for_from_that_split_s_images(evaluated):
+    run, val = evaluated["run"], evaluated["rows"]["val"]
     report = json.loads((run / "eval_val.json").read_text())
     csv = pd.read_csv(run / "scores_val.csv", dtype={"image_id": str, "tier": str, "artist": str},
                       keep_default_na=False)
     assert report["split"] == "val"
     assert list(csv.image_id) == list(val.image_id) and list(csv.tier) == list(val.tier)  # ids from splits.csv
-    np.testing.assert_allclose(csv.score, start["scores"]["val"], atol=1e-4)
+    np.testing.assert_allclose(csv.score, evaluated["scores"]["val"], atol=1e-4)
     tiers = csv.tier.to_numpy()
     accuracy = accuracy_by_pairs(csv.score.to_numpy(), tiers)
     assert report["pairwise_accuracy"] == accuracy == report["pairwise_accuracy_by_split"]["val"]
     assert (report["n_images"], report["n_artists"]) == (len(val), val.artist.nunique())
     assert report["n_pairs"] == len(cross_tier_pairs(tiers)[0])
     for split in ("train", "test"):
-        assert report["pairwise_accuracy_by_split"][split] == accuracy_by_pairs(start["scores"][split],
-                                                                                start["rows"][split].tier.to_numpy())
+        assert report["pairwise_accuracy_by_split"][split] == accuracy_by_pairs(evaluated["scores"][split],
+                                                                                evaluated["rows"][split].tier.to_numpy())
     figures = sorted(p.name for p in (run / "figures").iterdir())
     assert figures == ["extremes_val.png", "score_by_tier_val.png", "tier_pair_accuracy_val.png"]
 
 
-def test_evaluate_interval_resamples_artists_with_the_configured_seed(start):
-    report = json.loads((start["run"] / "eval_val.json").read_text())
-    csv = pd.read_csv(start["run"] / "scores_val.csv", dtype=str, keep_default_na=False)
+def test_evaluate_interval_resamples_artists_with_the_configured_seed(evaluated):
+    report = json.loads((evaluated["run"] / "eval_val.json").read_text())
+    csv = pd.read_csv(evaluated["run"] / "scores_val.csv", dtype=str, keep_default_na=False)
     expected = artist_bootstrap_ci(csv.score.astype(float).to_numpy(), csv.tier.to_numpy(), csv.artist.to_numpy(),
                                    resamples=200, seed=SEED)
     assert report["ci95"] == pytest.approx(list(expected), abs=1e-6)
     assert report["bootstrap"]["resamples"] == 200 and report["bootstrap"]["seed"] == SEED
 
 
-def test_req_u_003_n_004_evaluate_is_tracked_in_its_own_offline_wandb_run(start):
-    runs = sorted((start["run"] / "wandb").glob("offline-run-*"))
+def test_req_u_003_n_004_evaluate_is_tracked_in_its_own_offline_wandb_run(evaluated):
+    runs = sorted((evaluated["run"] / "wandb").glob("offline-run-*"))
     assert len(runs) == 2  # train.py's and evaluate.py's
     payloads = [b"".join(p.read_bytes() for p in run.glob("run-*.wandb")) for run in runs]
     evaluation = [p for p in payloads if b"evaluate" in p and b"val/pairwise_acc" in p and b"ci95" in p]
