@@ -224,7 +224,7 @@ def existing_args(tests: tuple[str, ...], copy: Path) -> list[str]:
 
 
 def run_plant(plant: Plant, copy: Path, timeout: float) -> tuple[str, str, float]:
-    """(KILLED | SURVIVED | UNTESTED | TIMEOUT, the failing test or a note, seconds)."""
+    """(KILLED | SURVIVED | UNTESTED | TIMEOUT | ERROR, the failing test or a note, seconds)."""
     args = existing_args(plant.tests, copy)
     if not args:
         return "UNTESTED", "none of its tests exists here", 0.0
@@ -244,7 +244,10 @@ def run_plant(plant: Plant, copy: Path, timeout: float) -> tuple[str, str, float
     if result.returncode == 0:
         return "SURVIVED", "", seconds
     failed = [line for line in result.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
-    return "KILLED", (failed[0][:150] if failed else f"pytest exit {result.returncode}"), seconds
+    if result.returncode in (1, 2) and failed:  # 2: a test module no longer imports, also a catch
+        return "KILLED", failed[0][:150], seconds
+    # 3-5: pytest itself failed (a test path vanished, no test collected): says nothing about the plant
+    return "ERROR", f"pytest exit {result.returncode}: {(result.stdout + result.stderr).strip()[-150:]}", seconds
 
 
 def main() -> None:
@@ -267,16 +270,21 @@ def main() -> None:
             print(f"{p.name:40s} {p.file:12s} {p.wrong}")
         return
     counts: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="artrank-plant-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="plant-copy-") as tmp:
         copy = Path(tmp)
         copy_tree(ROOT, copy)
         for p in plants:
+            if not (copy / p.file).is_file():
+                raise SystemExit(f"error: the copy in {copy} lost {p.file} (deleted from outside?); stopped "
+                                 f"before plant {p.name!r}")
             outcome, note, seconds = run_plant(p, copy, args.timeout)
             counts[outcome] = counts.get(outcome, 0) + 1
             print(f"{outcome:8s} {p.name:40s} {seconds:6.1f} s  {note or p.wrong}", flush=True)
     print(f"{len(plants)} plants: " + ", ".join(f"{n} {k.lower()}" for k, n in sorted(counts.items())))
     if counts.get("SURVIVED") or counts.get("UNTESTED"):
         print("survivors: a test that fails on them is missing")
+    if counts.get("ERROR") or counts.get("TIMEOUT"):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
