@@ -52,6 +52,20 @@ finally:
     torch.save(dict(made=made, steps=steps), {record!r})
 """
 
+# The validation accuracies are scripted (the first call per epoch), to see which checkpoints top-k keeps.
+SCRIPTED_VAL_ACCURACY = """
+import sys
+sys.argv = ["train.py", *{args!r}]
+sys.path.insert(0, {root!r})
+import train
+pairwise_accuracy, scripted = train.pairwise_accuracy, {accuracies!r}
+def scripted_accuracy(scores, tiers):
+    accuracy, pairs = pairwise_accuracy(scores, tiers)
+    return (scripted.pop(0) if scripted else accuracy), pairs
+train.pairwise_accuracy = scripted_accuracy
+train.main()
+"""
+
 # One test image's split is turned into `target` as the split is made: the guards must stop training.
 LEAKING_TRAIN = """
 import sys
@@ -122,7 +136,7 @@ def train_log(run: Path) -> list[dict]:
 def start(tmp_path_factory, tiny_backbone) -> dict:
     """train.py at learning rate 0, and the oracle's scores of every split."""
     root = tmp_path_factory.mktemp("start")
-    data = write_dataset(root / "data")
+    data = write_dataset(root / "data", artists=50, per_artist=2)  # about 5 artists per split: intervals vary
     args = start_args(root, data, tiny_backbone)
     record = recorded_train(args, root / "record.pt")
     run = root / "run"
@@ -218,6 +232,9 @@ def test_evaluate_interval_resamples_artists_with_the_configured_seed(evaluated)
     expected = artist_bootstrap_ci(csv.score.astype(float).to_numpy(), csv.tier.to_numpy(), csv.artist.to_numpy(),
                                    resamples=200, seed=SEED)
     assert report["ci95"] == pytest.approx(list(expected), abs=1e-6)
+    other_seed = artist_bootstrap_ci(csv.score.astype(float).to_numpy(), csv.tier.to_numpy(), csv.artist.to_numpy(),
+                                     resamples=200, seed=SEED + 1)
+    assert other_seed != expected  # so the seed is visible in the interval
     assert report["bootstrap"]["resamples"] == 200 and report["bootstrap"]["seed"] == SEED
 
 
@@ -303,3 +320,16 @@ def test_feature_cache_is_not_reused_after_new_backbone_weights_of_the_same_shap
         expected = spec_loss(seeded_head()(cls_features(backbone, paths)), tiers, MARGIN).item()
     ((before,), (after,)) = train_log(tmp_path / "before"), train_log(tmp_path / "after")
     assert after["val/loss"] == pytest.approx(expected, rel=1e-4) and before["val/loss"] != after["val/loss"]
+
+
+def test_req_o_005_top_k_keeps_the_best_checkpoints_and_the_best_is_the_first_of_equals(tmp_path, dataset,
+                                                                                      tiny_backbone):
+    accuracies = [0.9, 0.5, 0.9, 0.6, 0.8, 0.7]
+    args = tiny_args(tmp_path, dataset, tiny_backbone, epochs=6, top_k=3, patience=100)
+    code = SCRIPTED_VAL_ACCURACY.format(args=[str(a) for a in args], root=str(ROOT), accuracies=accuracies)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    assert [r["val/pairwise_acc"] for r in train_log(run)] == accuracies
+    assert sorted(p.name for p in (run / "checkpoints" / "top").iterdir()) == ["epoch0000", "epoch0002", "epoch0004"]
+    assert json.loads((run / "checkpoints" / "best" / "head.json").read_text())["epoch"] == 0

@@ -5,13 +5,15 @@ its own definition, and a config that must refuse a bool for a number."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import log_expit
+from sklearn.model_selection import StratifiedGroupKFold
 
 from config import parse_config
-from data import cross_tier_pairs
+from data import cross_tier_pairs, split_by_artist
 from metrics import artist_bootstrap_ci, fit_calibration, in_batch_pair_loss, pair_margin_loss, pairwise_accuracy
 
 TIERS = np.array(["S", "A", "B", "C"])
@@ -82,6 +84,20 @@ def test_the_95_percent_interval_covers_the_true_accuracy_about_95_percent_of_th
     assert 0.05 < np.mean(widths) < 0.2
 
 
+def test_interval_is_the_2_5_and_97_5_percentiles_of_the_accuracy_over_artist_resamples():
+    """My own bootstrap, pair by pair: the intervals agree up to the resampling noise."""
+    scores, tiers, artists = population(np.random.default_rng(11), 10)
+    ranks = np.array([RANK[t] for t in tiers])
+    names, draw, accuracies = np.unique(artists), np.random.default_rng(0), []
+    for _ in range(3000):
+        rows = np.concatenate([np.flatnonzero(artists == names[i]) for i in draw.integers(0, len(names), len(names))])
+        higher = ranks[rows][:, None] > ranks[rows][None, :]
+        if higher.any():
+            accuracies.append((scores[rows][:, None] > scores[rows][None, :])[higher].mean())
+    expected = np.quantile(accuracies, [0.025, 0.975])
+    assert artist_bootstrap_ci(scores, tiers, artists, resamples=3000, seed=1) == pytest.approx(expected, abs=0.01)
+
+
 def test_calibration_slope_is_the_maximum_likelihood_and_cuts_lie_halfway_between_tier_medians():
     rng = np.random.default_rng(5)
     tiers = rng.choice(TIERS, 120)
@@ -97,6 +113,18 @@ def test_calibration_slope_is_the_maximum_likelihood_and_cuts_lie_halfway_betwee
     assert [(c["above"], c["below"]) for c in calibration["tier_cuts"]] == [("S", "A"), ("A", "B"), ("B", "C")]
     for cut in calibration["tier_cuts"]:
         assert cut["threshold"] == pytest.approx((medians[cut["above"]] + medians[cut["below"]]) / 2)
+
+
+def test_test_and_val_splits_are_folds_0_and_1_of_sklearn_stratified_group_kfold_over_sorted_ids():
+    """The documented split, recomputed with scikit-learn: reproducible from the seed whatever the row order."""
+    rng = np.random.default_rng(3)
+    ids = [f"img{i:04d}" for i in range(400)]
+    df = pd.DataFrame({"image_id": ids, "tier": rng.choice(TIERS, 400), "artist": [f"artist{i % 40:02d}" for i in
+                                                                                    range(400)]})
+    split = split_by_artist(df.sample(frac=1, random_state=1), seed=42).reindex(df.index)
+    folds = list(StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=42).split(df, df.tier, df.artist))
+    assert set(df.image_id.iloc[folds[0][1]]) == set(df.image_id[split == "test"])
+    assert set(df.image_id.iloc[folds[1][1]]) == set(df.image_id[split == "val"])
 
 
 @pytest.mark.parametrize("key, value", [("epochs", True), ("batch_size", False), ("patience", True),

@@ -53,6 +53,7 @@ EVAL_CI = RUN + "evaluate_interval_resamples_artists_with_the_configured_seed"
 EVAL_WANDB = RUN + "req_u_003_n_004_evaluate_is_tracked_in_its_own_offline_wandb_run"
 EVAL_REFUSES = RUN + "evaluate_refuses_a_split_other_than_the_trained_one_and_writes_nothing"
 PREDICT = RUN + "predict_tier_hint_and_probability_come_from_the_run_s_calibration"
+TOP_K = RUN + "req_o_005_top_k_keeps_the_best_checkpoints_and_the_best_is_the_first_of_equals"
 ACCUMULATION = RUN + "req_o_001_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients"
 LEAK = RUN + "req_n_001_train_py_refuses_a_split_that_leaks_test_images"
 CACHE = RUN + "feature_cache_is_not_reused_after_new_backbone_weights_of_the_same_shape"
@@ -111,7 +112,8 @@ PLANTS = [
     Plant("accumulation-zeroed-every-micro-batch", "train.py", "            accelerator.backward(loss)\n",
           "            head.zero_grad()\n            accelerator.backward(loss)\n", (ACCUMULATION,) + TRAIN,
           "gradient accumulation steps every k batches with the last micro-batch's gradient only"),
-    Plant("top-k-keeps-newest", "train.py", "key=lambda t: (-t[0], t[1]))", "key=lambda t: -t[1])", TRAIN,
+    Plant("top-k-keeps-newest", "train.py", "key=lambda t: (-t[0], t[1]))", "key=lambda t: -t[1])",
+          (TOP_K,) + TRAIN,
           "top-k keeps the newest checkpoints instead of the best"),
     Plant("ensemble-one-member", "evaluate.py", "for m in members]} | models", "for m in members[:1]]} | models",
           EVALUATE, "the ensemble scores with one member"),
@@ -133,7 +135,8 @@ PLANTS = [
           ("tests/test_export_predict.py::test_bad_model_is_a_one_line_error",),
           "predict.py scores with a model.json whose preprocessing differs"),
     Plant("config-bool-for-int", "config.py", "isinstance(value, expected) and not isinstance(value, bool)",
-          "isinstance(value, expected)", ("tests/test_model_config.py", "tests/test_spec_values.py"),
+          "isinstance(value, expected)",
+          ("tests/test_wrong_results.py", "tests/test_model_config.py", "tests/test_spec_values.py"),
           "a bool is accepted for an int key (true = 1 epoch)"),
     # ---- generic small mutations of the core modules
     Plant("metrics-ties-right", "metrics.py", 'side="left")', 'side="right")', FAST_METRICS,
@@ -177,7 +180,8 @@ PLANTS = [
           (SEED,) + TRAIN,
           "AdamW without the configured weight decay"),
     Plant("train-best-on-equal", "train.py", "if val_acc > progress.best_val_acc:",
-          "if val_acc >= progress.best_val_acc:", TRAIN, "the best checkpoint is the latest of equally good epochs"),
+          "if val_acc >= progress.best_val_acc:", (TOP_K,) + TRAIN,
+          "the best checkpoint is the latest of equally good epochs"),
     Plant("train-final-metrics-of-last-epoch", "train.py", "scores = best(x.to(accelerator.device)).float().cpu()",
           "scores = head(x.to(accelerator.device)).float().cpu()", (VAL_LOSS,) + TRAIN,
           "final metrics and calibration from the last epoch, not the best"),
