@@ -24,7 +24,7 @@ from transformers import Dinov2Config, Dinov2Model
 from data import cross_tier_pairs, split_by_artist
 from images import open_image, preprocess
 from metrics import artist_bootstrap_ci
-from model import RankingHead
+from model import RankingHead, load_head
 
 pytestmark = pytest.mark.slow
 
@@ -333,3 +333,12 @@ def test_req_o_005_top_k_keeps_the_best_checkpoints_and_the_best_is_the_first_of
     assert [r["val/pairwise_acc"] for r in train_log(run)] == accuracies
     assert sorted(p.name for p in (run / "checkpoints" / "top").iterdir()) == ["epoch0000", "epoch0002", "epoch0004"]
     assert json.loads((run / "checkpoints" / "best" / "head.json").read_text())["epoch"] == 0
+    # The final figures and the calibration come from that best checkpoint, not from the last epoch's head.
+    head, _ = load_head(run / "checkpoints" / "best")
+    rows, paths = split_rows(run, dataset, "val")
+    with torch.no_grad():
+        scores = head(cls_features(tiny_backbone, paths)).numpy()
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["best_epoch"] == 0 and final["val/pairwise_acc"] == accuracy_by_pairs(scores, rows.tier.to_numpy())
+    medians = json.loads((run / "calibration.json").read_text())["tier_medians"]
+    assert medians == pytest.approx({t: float(np.median(scores[rows.tier == t])) for t in "SABC"}, abs=1e-5)

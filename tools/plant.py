@@ -183,7 +183,7 @@ PLANTS = [
           "if val_acc >= progress.best_val_acc:", (TOP_K,) + TRAIN,
           "the best checkpoint is the latest of equally good epochs"),
     Plant("train-final-metrics-of-last-epoch", "train.py", "scores = best(x.to(accelerator.device)).float().cpu()",
-          "scores = head(x.to(accelerator.device)).float().cpu()", (VAL_LOSS,) + TRAIN,
+          "scores = head(x.to(accelerator.device)).float().cpu()", (TOP_K,) + TRAIN,
           "final metrics and calibration from the last epoch, not the best"),
     Plant("train-calibration-on-train", "train.py", 'if name == "val":\n                calibration',
           'if name == "train":\n                calibration', (CALIBRATION,) + TRAIN,
