@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -221,6 +222,16 @@ def test_evaluate_end_to_end(tmp_path, dataset, tiny_backbone):
     assert ensemble["ensemble"] and len(ensemble["checkpoint"]) == 3
     assert ensemble["split"] == "val" and (run / "scores_val_ensemble.csv").is_file()
     assert ensemble["best_single"]["pairwise_accuracy"] == report["pairwise_accuracy_by_split"]["val"]
+    # The ensemble's score is the mean of its members' scores, each member run on its own.
+    members = [load_head(Path(member))[0] for member in ensemble["checkpoint"]]
+    ensemble_scores = pd.read_csv(run / "scores_val_ensemble.csv", keep_default_na=False)
+    with torch.no_grad():
+        pixels = torch.stack([preprocess(open_image(str(dataset / name)), 56, 14)
+                              for name in ensemble_scores.file_name])
+        member_scores = [ArtRanker(model.extractor, head, meta["feature"])(pixels).numpy() for head in members]
+    np.testing.assert_allclose(ensemble_scores.score, np.mean(member_scores, axis=0), atol=1e-4)
+    assert ensemble["pairwise_accuracy"] == pairwise_accuracy(ensemble_scores.score.to_numpy(),
+                                                              ensemble_scores.tier.to_numpy())[0]
     assert (run / "figures" / "tier_pair_accuracy_val_ensemble.png").is_file()
 
     refused = run_script("evaluate.py", *args, "--feature", "cls_mean", check=False)

@@ -231,6 +231,9 @@ def test_unreadable_image_is_one_line_and_the_others_are_still_scored(run, tmp_p
     (lambda out: edit_json(out / "model.json", format=99), "model.json format 99, this code reads format 1"),
     (lambda out: edit_json(out / "model.json", export_id="another"), "come from different exports"),
     (lambda out: (out / "model.onnx").write_bytes(b"truncated"), "cannot load"),
+    (lambda out: edit_preprocessing(out, version="center-crop-224"), "preprocessing center-crop-224"),
+    (lambda out: edit_preprocessing(out, mean=[0.5, 0.5, 0.5]), "mean [0.5, 0.5, 0.5]"),
+    (lambda out: edit_preprocessing(out, std=[1.0, 1.0, 1.0]), "std [1.0, 1.0, 1.0]"),
 ])
 def test_bad_model_is_a_one_line_error(run, tmp_path, damage, message):
     out = copy_run(run, tmp_path, with_export=True)
@@ -243,6 +246,12 @@ def test_bad_model_is_a_one_line_error(run, tmp_path, damage, message):
 
 def edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps(json.loads(path.read_text()) | changes))
+
+
+def edit_preprocessing(out: Path, **changes) -> None:
+    """model.json describing another preprocessing than predict.py does: scores would be silently wrong."""
+    meta = json.loads((out / "model.json").read_text())
+    edit_json(out / "model.json", preprocessing=meta["preprocessing"] | changes)
 
 
 def test_no_calibration_means_no_tier_hint_and_no_probability(run, tmp_path, capsys):

@@ -1,0 +1,295 @@
+"""Plant one wrong result at a time in a copy of the repository and see whether the tests notice.
+
+    python -m tools.plant                 # every plant; prints KILLED / SURVIVED per plant and the counts
+    python -m tools.plant --list          # the plants, without running anything
+    python -m tools.plant --only loss-margin-ignored top-k-keeps-newest
+
+Each plant replaces one exact snippet of one file by a wrong version and runs only the tests it names
+(pytest -x -q, under nice) in a temporary copy of the working tree; the working tree is never touched.
+KILLED: a named test failed. SURVIVED: every named test passed, so nothing catches that wrong result.
+A plant whose snippet is not found exactly once stops the script before anything runs, naming the plant:
+after a refactor, update the snippet (the wrong result it models has not gone away).
+Test paths that do not exist in the copy are dropped, so the same list runs against older commits.
+(mutmut or cosmic-ray would generate thousands of mutants, each against a suite of several minutes, on
+2 shared cores; a short list of wrong results a person would write costs minutes and names the behaviour.)
+"""
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Plant(NamedTuple):
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest arguments: test files or node ids, and options
+    wrong: str  # the wrong result it models
+
+
+# New tests first, then the existing ones that might catch the plant: -x stops at the first failure, and
+# the existing ones alone give the count before tests/test_run_results.py and friends were written.
+# "-m not slow" only where no end-to-end test is named.
+UNIT_METRICS = ("tests/test_wrong_results.py", "tests/test_spec_values.py", "tests/test_evaluate.py")
+UNIT_DATA = ("tests/test_wrong_results.py", "tests/test_data.py")
+FAST_METRICS, FAST_DATA = UNIT_METRICS + ("-m", "not slow"), UNIT_DATA + ("-m", "not slow")
+RUN = "tests/test_run_results.py::test_"
+SEED = RUN + "req_u_004_the_head_starts_from_the_configured_seed_and_adamw_has_the_configured_settings"
+SPLIT_SEED = RUN + "the_split_is_the_configured_seed_s"
+LOSS = RUN + "spec_4_4_3_training_loss_and_gradient_are_margin_ranking_loss_over_the_cross_tier_pairs"
+VAL_LOSS = RUN + "req_s_002_validation_loss_and_accuracy_are_the_spec_s_over_the_validation_pairs"
+CALIBRATION = RUN + "calibration_is_fitted_on_validation_scores_with_cuts_halfway_between_tier_medians"
+EVAL_SPLIT = RUN + "evaluate_reports_the_split_it_is_asked_for_from_that_split_s_images"
+EVAL_CI = RUN + "evaluate_interval_resamples_artists_with_the_configured_seed"
+EVAL_WANDB = RUN + "req_u_003_n_004_evaluate_is_tracked_in_its_own_offline_wandb_run"
+EVAL_REFUSES = RUN + "evaluate_refuses_a_split_other_than_the_trained_one_and_writes_nothing"
+PREDICT = RUN + "predict_tier_hint_and_probability_come_from_the_run_s_calibration"
+TOP_K = RUN + "req_o_005_top_k_keeps_the_best_checkpoints_and_the_best_is_the_first_of_equals"
+ACCUMULATION = RUN + "req_o_001_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients"
+LEAK = RUN + "req_n_001_train_py_refuses_a_split_that_leaks_test_images"
+CACHE = RUN + "feature_cache_is_not_reused_after_new_backbone_weights_of_the_same_shape"
+EVALUATE = ("tests/test_evaluate.py::test_evaluate_end_to_end",)
+TRAIN = ("tests/test_train.py::test_req_e_005_n_005_best_checkpoint_is_saved_from_a_validated_best_epoch",
+         "tests/test_train.py::test_req_o_001_gradient_accumulation_steps_the_optimizer_every_k_batches")
+
+PLANTS = [
+    # ---- the classes of issue 12
+    Plant("eval-report-of-another-split", "evaluate.py", "**split_report(scores[cfg.split], rows,",
+          '**split_report(scores["test"], frames[2],', (EVAL_SPLIT,) + EVALUATE,
+          "evaluate.py --split val reports the test split's figures under the name val"),
+    Plant("eval-scores-csv-of-another-split", "evaluate.py", "split_scores[name] = scores[cfg.split]",
+          'split_scores[name] = scores["test"]', (EVAL_SPLIT,) + EVALUATE,
+          "scores_val.csv holds the test split's scores"),
+    Plant("eval-figures-of-another-split", "evaluate.py", 'f"score_by_tier_{tag}.png"',
+          '"score_by_tier_test.png"', (EVAL_SPLIT,) + EVALUATE,
+          "the score-by-tier figure of --split val is written as test's"),
+    Plant("eval-split-check-not-called", "evaluate.py", 'check_same_split(table, out / "splits.csv")', "None",
+          (EVAL_REFUSES,) + EVALUATE, "evaluate.py scores a split other than the one the head was trained with"),
+    Plant("eval-gate-test-0.55", "evaluate.py", '"test": (">=", 0.60)', '"test": (">=", 0.55)',
+          ("tests/test_spec_values.py",) + EVALUATE, "the test gate is not the spec's 0.60"),
+    Plant("eval-gate-train-0.85", "evaluate.py", '"train": ("<=", 0.80)', '"train": ("<=", 0.85)',
+          ("tests/test_spec_values.py",) + EVALUATE, "the over-fitting gate is not the spec's 0.80"),
+    Plant("eval-gate-strict", "evaluate.py", "accuracy_by_split[split] >= bound if",
+          "accuracy_by_split[split] > bound if", ("tests/test_spec_values.py",) + EVALUATE,
+          "an accuracy exactly at the gate fails it"),
+    Plant("train-no-leak-guard-train", "train.py", "check_no_test_leak(train_rows, table)", "None", (LEAK,) + TRAIN,
+          "train.py trains without the REQ-N-001 guard on its training rows"),
+    Plant("train-no-leak-guard-val", "train.py", "check_no_test_leak(val_rows, table)", "None", (LEAK,) + TRAIN,
+          "train.py validates without the REQ-N-001 guard on its validation rows"),
+    Plant("loss-same-tier-pairs", "metrics.py", "higher = ranks[:, None] > ranks[None, :]",
+          "higher = ranks[:, None] >= ranks[None, :]", UNIT_METRICS + (LOSS,) + TRAIN,
+          "the training loss includes same-tier pairs"),
+    Plant("loss-margin-ignored", "metrics.py", "torch.ones_like(scores[better]), margin=margin)",
+          "torch.ones_like(scores[better]), margin=1.0)", UNIT_METRICS + (LOSS,) + TRAIN,
+          "the training loss ignores the configured margin"),
+    Plant("train-margin-ignored", "train.py", "in_batch_pair_loss(head(x).float(), r, margin)",
+          "in_batch_pair_loss(head(x).float(), r, 1.0)", (LOSS,) + TRAIN, "train.py ignores --margin"),
+    Plant("loss-better-worse-swapped", "metrics.py", "F.margin_ranking_loss(scores[better], scores[worse],",
+          "F.margin_ranking_loss(scores[worse], scores[better],", UNIT_METRICS + (LOSS,) + TRAIN,
+          "the training loss pushes the worse image up"),
+    Plant("tiers-a-b-inverted", "data.py", 'TIER_RANK = {"S": 3, "A": 2, "B": 1, "C": 0}',
+          'TIER_RANK = {"S": 3, "A": 1, "B": 2, "C": 0}', UNIT_DATA + (LOSS,) + TRAIN, "A ranks below B"),
+    Plant("cache-ignores-weights", "features.py",
+          'for path in sorted(directory.glob("*.json")) + sorted(directory.glob("*.safetensors")):',
+          'for path in sorted(directory.glob("*.json")):', (CACHE, "tests/test_features.py"),
+          "new backbone weights of the same shape reuse the old cached features"),
+    Plant("eval-not-tracked", "evaluate.py", 'start_tracking(accelerator, cfg, job_type="evaluate")', "None",
+          (EVAL_WANDB,) + EVALUATE, "evaluate.py runs without a wandb run (REQ-U-003, REQ-N-004)"),
+    Plant("train-seed-not-configured", "train.py", "set_seed(cfg.seed)  # again", "set_seed(42)  # again",
+          (SEED,) + TRAIN,
+          "the head starts from seed 42 whatever --seed says"),
+    Plant("eval-bootstrap-seed-not-configured", "evaluate.py", "resamples=cfg.bootstrap, seed=cfg.seed)",
+          "resamples=cfg.bootstrap, seed=0)", (EVAL_CI,) + EVALUATE, "the interval ignores --seed"),
+    Plant("accumulation-zeroed-every-micro-batch", "train.py", "            accelerator.backward(loss)\n",
+          "            head.zero_grad()\n            accelerator.backward(loss)\n", (ACCUMULATION,) + TRAIN,
+          "gradient accumulation steps every k batches with the last micro-batch's gradient only"),
+    Plant("top-k-keeps-newest", "train.py", "key=lambda t: (-t[0], t[1]))", "key=lambda t: -t[1])",
+          (TOP_K,) + TRAIN,
+          "top-k keeps the newest checkpoints instead of the best"),
+    Plant("ensemble-one-member", "evaluate.py", "for m in members]} | models", "for m in members[:1]]} | models",
+          EVALUATE, "the ensemble scores with one member"),
+    Plant("bootstrap-resamples-images", "metrics.py",
+          "names, artist_of = np.unique(np.asarray(artists), return_inverse=True)",
+          "names = artist_of = np.arange(len(np.asarray(artists)))", FAST_METRICS,
+          "the interval resamples images, not artists"),
+    Plant("eval-bootstrap-of-images", "evaluate.py", "tiers, artists = rows.tier.to_numpy(), rows.artist.to_numpy()",
+          "tiers, artists = rows.tier.to_numpy(), rows.image_id.to_numpy()", (EVAL_CI,) + EVALUATE,
+          "evaluate.py resamples images, not artists"),
+    Plant("bootstrap-50-percent", "metrics.py", "level: float = 0.95", "level: float = 0.5", FAST_METRICS,
+          "a 50% interval labelled 95%"),
+    Plant("tier-hint-ignores-calibration", "predict.py", 'if score >= cut["threshold"]', "if score >= 0.0",
+          (PREDICT,), "the tier hint ignores the calibration's cut points"),
+    Plant("compare-ignores-slope", "predict.py", '0.5 * calibration["slope"] * (score_a - score_b)',
+          "0.5 * (score_a - score_b)", (PREDICT,), "P(A better) ignores the fitted slope"),
+    Plant("predict-skips-preprocessing-check", "predict.py", "    if (prep[\"version\"], tuple(prep[\"mean\"])",
+          "    if False and (prep[\"version\"], tuple(prep[\"mean\"])",
+          ("tests/test_export_predict.py::test_bad_model_is_a_one_line_error",),
+          "predict.py scores with a model.json whose preprocessing differs"),
+    Plant("config-bool-for-int", "config.py", "isinstance(value, expected) and not isinstance(value, bool)",
+          "isinstance(value, expected)",
+          ("tests/test_wrong_results.py", "tests/test_model_config.py", "tests/test_spec_values.py"),
+          "a bool is accepted for an int key (true = 1 epoch)"),
+    # ---- generic small mutations of the core modules
+    Plant("metrics-ties-right", "metrics.py", 'side="left")', 'side="right")', FAST_METRICS,
+          "a tie across tiers counts as correct"),
+    Plant("metrics-total-plus", "metrics.py", "total = weights[:, upper].sum(axis=1) * weights[:, lower].sum(axis=1)",
+          "total = weights[:, upper].sum(axis=1) + weights[:, lower].sum(axis=1)", FAST_METRICS,
+          "pair count added instead of multiplied"),
+    Plant("metrics-unsorted-lower", "metrics.py", 'lower = lower[np.argsort(scores[lower], kind="stable")]',
+          "lower = lower", FAST_METRICS, "searchsorted on unsorted scores"),
+    Plant("val-loss-same-tier", "metrics.py", "higher = ranks[start:start + block, None] > ranks[None, :]",
+          "higher = ranks[start:start + block, None] >= ranks[None, :]", UNIT_METRICS + (VAL_LOSS,) + TRAIN,
+          "the validation loss includes same-tier pairs"),
+    Plant("val-loss-sign", "metrics.py", "torch.clamp(margin - gap, min=0)", "torch.clamp(margin + gap, min=0)",
+          UNIT_METRICS + (VAL_LOSS,) + TRAIN, "the validation loss rewards the wrong order"),
+    Plant("calibration-cut-not-midpoint", "metrics.py", '"threshold": (medians[upper] + medians[lower]) / 2',
+          '"threshold": medians[upper]', UNIT_METRICS + (CALIBRATION,), "tier cut points at a median, not halfway"),
+    Plant("calibration-slope-sign", "metrics.py", "y = np.concatenate([label > 0, label < 0])",
+          "y = np.concatenate([label < 0, label > 0])", UNIT_METRICS + (PREDICT,), "P(A better) inverted"),
+    Plant("bootstrap-quantiles-off", "metrics.py", "[(1 - level) / 2, (1 + level) / 2]", "[(1 - level), level]",
+          FAST_METRICS, "interval quantiles off by half"),
+    Plant("accuracy-off-by-one", "metrics.py", "return correct / pairs, pairs", "return correct / (pairs + 1), pairs",
+          FAST_METRICS, "accuracy divides by one pair too many"),
+    Plant("split-seed-fixed", "data.py", "shuffle=True, random_state=seed)", "shuffle=True, random_state=42)",
+          UNIT_DATA + (SPLIT_SEED,), "the split ignores the configured seed"),
+    Plant("split-depends-on-row-order", "data.py", "fold_of[order[held]] = fold", "fold_of[held] = fold", FAST_DATA,
+          "folds assigned to the wrong rows"),
+    Plant("split-last-best-choice", "data.py", "if cover > best_cover:", "if cover >= best_cover:", FAST_DATA,
+          "another test/val fold choice than documented"),
+    Plant("guard-ignores-artists", "data.py", 'shared = set(frame["artist"]) & set(test["artist"])', "shared = set()",
+          FAST_DATA, "a test artist may reach training"),
+    Plant("guard-ignores-copies", "data.py", 'copies = frame["sha256"].isin(set(test["sha256"])) & ~rows',
+          'copies = frame["sha256"].isin(set()) & ~rows', FAST_DATA, "a copy of a test image may reach training"),
+    Plant("pairs-both-orders", "data.py", "& (np.arange(i0, i1)[:, None] < np.arange(n)[None, :])",
+          "& (np.arange(i0, i1)[:, None] != np.arange(n)[None, :])", FAST_DATA, "every pair counted twice"),
+    Plant("pairs-label-flipped", "data.py", "label = np.where(ranks[a] > ranks[b], 1, -1)",
+          "label = np.where(ranks[a] < ranks[b], 1, -1)", UNIT_DATA + (LOSS,) + TRAIN, "pair labels inverted"),
+    Plant("train-loss-average-off-by-one", "train.py", "progress.epoch_loss_sum / max(1, progress.batches_done)",
+          "progress.epoch_loss_sum / max(1, progress.batches_done + 1)", (LOSS,) + TRAIN,
+          "logged train loss too small"),
+    Plant("train-weight-decay-dropped", "train.py", "weight_decay=cfg.weight_decay)", "weight_decay=0.0)",
+          (SEED,) + TRAIN,
+          "AdamW without the configured weight decay"),
+    Plant("train-best-on-equal", "train.py", "if val_acc > progress.best_val_acc:",
+          "if val_acc >= progress.best_val_acc:", (TOP_K,) + TRAIN,
+          "the best checkpoint is the latest of equally good epochs"),
+    Plant("train-final-metrics-of-last-epoch", "train.py", "scores = best(x.to(accelerator.device)).float().cpu()",
+          "scores = head(x.to(accelerator.device)).float().cpu()", (TOP_K,) + TRAIN,
+          "final metrics and calibration from the last epoch, not the best"),
+    Plant("train-calibration-on-train", "train.py", 'if name == "val":\n                calibration',
+          'if name == "train":\n                calibration', (CALIBRATION,) + TRAIN,
+          "the calibration is fitted on training images"),
+    Plant("eval-ensemble-last-member", "evaluate.py", "for head in heads]).mean(dim=0).numpy()",
+          "for head in heads])[-1].numpy()", UNIT_METRICS + EVALUATE, "the ensemble is its last member"),
+]
+
+
+def check_snippets(plants: list[Plant], root: Path) -> list[str]:
+    problems = []
+    for p in plants:
+        path = root / p.file
+        count = path.read_text().count(p.old) if path.is_file() else 0
+        if count != 1:
+            problems.append(f"plant {p.name!r}: snippet found {count} times in {p.file} (expected once): {p.old!r}")
+    return problems
+
+
+def copy_tree(root: Path, target: Path) -> None:
+    """The working tree as git sees it: tracked and untracked files, not ignored ones (.venv, runs, caches)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = root / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def existing_args(tests: tuple[str, ...], copy: Path) -> list[str]:
+    """The plant's pytest arguments less the tests that this copy does not have."""
+    kept = []
+    for arg in tests:
+        if arg.startswith("tests/"):
+            file, _, name = arg.partition("::")
+            if not (copy / file).is_file() or (name and not re.search(rf"def {re.escape(name)}\b",
+                                                                       (copy / file).read_text())):
+                continue
+        kept.append(arg)
+    return kept if any(a.startswith("tests/") for a in kept) else []
+
+
+def run_plant(plant: Plant, copy: Path, timeout: float) -> tuple[str, str, float]:
+    """(KILLED | SURVIVED | UNTESTED | TIMEOUT | ERROR, the failing test or a note, seconds)."""
+    args = existing_args(plant.tests, copy)
+    if not args:
+        return "UNTESTED", "none of its tests exists here", 0.0
+    path = copy / plant.file
+    original = path.read_text()
+    path.write_text(original.replace(plant.old, plant.new))
+    start = time.monotonic()
+    try:
+        result = subprocess.run(["nice", "-n", "10", sys.executable, "-m", "pytest", "-x", "-q", "-p",
+                                 "no:cacheprovider", "-o", "addopts=", "-rfE", *args], cwd=copy,
+                                capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "TIMEOUT", f"over {timeout:.0f} s", time.monotonic() - start
+    finally:
+        path.write_text(original)
+    seconds = time.monotonic() - start
+    if result.returncode == 0:
+        return "SURVIVED", "", seconds
+    failed = [line for line in result.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    if result.returncode in (1, 2) and failed:  # 2: a test module no longer imports, also a catch
+        return "KILLED", failed[0][:150], seconds
+    # 3-5: pytest itself failed (a test path vanished, no test collected): says nothing about the plant
+    return "ERROR", f"pytest exit {result.returncode}: {(result.stdout + result.stderr).strip()[-150:]}", seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run these plants only")
+    parser.add_argument("--list", action="store_true", help="print the plants and exit")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per plant (default: %(default)s)")
+    args = parser.parse_args()
+    plants = PLANTS
+    if args.only:
+        unknown = set(args.only) - {p.name for p in PLANTS}
+        if unknown:
+            raise SystemExit(f"error: unknown plant(s) {sorted(unknown)}; --list shows them")
+        plants = [p for p in PLANTS if p.name in args.only]
+    problems = check_snippets(plants, ROOT)
+    if problems:
+        raise SystemExit("error: " + "\nerror: ".join(problems))
+    if args.list:
+        for p in plants:
+            print(f"{p.name:40s} {p.file:12s} {p.wrong}")
+        return
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="plant-copy-") as tmp:
+        copy = Path(tmp)
+        copy_tree(ROOT, copy)
+        for p in plants:
+            if not (copy / p.file).is_file():
+                raise SystemExit(f"error: the copy in {copy} lost {p.file} (deleted from outside?); stopped "
+                                 f"before plant {p.name!r}")
+            outcome, note, seconds = run_plant(p, copy, args.timeout)
+            counts[outcome] = counts.get(outcome, 0) + 1
+            print(f"{outcome:8s} {p.name:40s} {seconds:6.1f} s  {note or p.wrong}", flush=True)
+    print(f"{len(plants)} plants: " + ", ".join(f"{n} {k.lower()}" for k, n in sorted(counts.items())))
+    if counts.get("SURVIVED") or counts.get("UNTESTED"):
+        print("survivors: a test that fails on them is missing")
+    if counts.get("ERROR") or counts.get("TIMEOUT"):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
