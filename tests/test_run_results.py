@@ -197,13 +197,16 @@ def test_req_s_002_validation_loss_and_accuracy_are_the_spec_s_over_the_validati
                                                                    start["rows"][split].tier.to_numpy())
 
 
-def test_calibration_is_fitted_on_validation_scores_with_cuts_halfway_between_tier_medians(start):
+def test_calibration_is_fitted_on_validation_scores(start):
+    from metrics import fit_tier_cuts
+
     calibration = json.loads((start["run"] / "calibration.json").read_text())
     tiers, scores = start["rows"]["val"].tier.to_numpy(), start["scores"]["val"]
     medians = {t: float(np.median(scores[tiers == t])) for t in "SABC"}
     assert calibration["tier_medians"] == pytest.approx(medians, abs=1e-5)
+    # the cut rule itself is checked against brute force in test_wrong_results.py; here: on these scores
     assert [c["threshold"] for c in calibration["tier_cuts"]] == pytest.approx(
-        [(medians[upper] + medians[lower]) / 2 for upper, lower in ("SA", "AB", "BC")], abs=1e-5)
+        [c["threshold"] for c in fit_tier_cuts(scores, tiers)[0]], abs=1e-5)
 
 
 def test_evaluate_reports_the_split_it_is_asked_for_from_that_split_s_images(evaluated):

@@ -98,10 +98,10 @@ def test_interval_is_the_2_5_and_97_5_percentiles_of_the_accuracy_over_artist_re
     assert artist_bootstrap_ci(scores, tiers, artists, resamples=3000, seed=1) == pytest.approx(expected, abs=0.01)
 
 
-def test_calibration_slope_is_the_maximum_likelihood_and_cuts_lie_halfway_between_tier_medians():
+def test_calibration_slope_is_the_maximum_likelihood_and_cuts_hint_the_most_images_their_own_tier():
     rng = np.random.default_rng(5)
-    tiers = rng.choice(TIERS, 120)
-    scores = np.array([RANK[t] for t in tiers]) + rng.normal(0, 1.2, 120)
+    tiers = rng.choice(TIERS, 40)
+    scores = np.array([RANK[t] for t in tiers]) + rng.normal(0, 1.2, 40)
     calibration = fit_calibration(scores, tiers)
     a, b, label = cross_tier_pairs(tiers)
     diff = scores[a] - scores[b]
@@ -109,10 +109,21 @@ def test_calibration_slope_is_the_maximum_likelihood_and_cuts_lie_halfway_betwee
     nll = lambda slope: -2 * log_expit(slope * diff * label).sum()  # noqa: E731
     best = minimize_scalar(nll, bounds=(-20, 20), method="bounded", options={"xatol": 1e-8}).x
     assert calibration["slope"] == pytest.approx(best, rel=1e-3) and calibration["slope"] > 0
-    medians = {t: np.median(scores[tiers == t]) for t in TIERS}
-    assert [(c["above"], c["below"]) for c in calibration["tier_cuts"]] == [("S", "A"), ("A", "B"), ("B", "C")]
-    for cut in calibration["tier_cuts"]:
-        assert cut["threshold"] == pytest.approx((medians[cut["above"]] + medians[cut["below"]]) / 2)
+    cuts = calibration["tier_cuts"]
+    assert [(c["above"], c["below"]) for c in cuts] == [("S", "A"), ("A", "B"), ("B", "C")]
+    thresholds = [c["threshold"] for c in cuts]
+    ordered = np.sort(scores)
+    midpoints = (ordered[1:] + ordered[:-1]) / 2
+    assert thresholds == sorted(thresholds, reverse=True) and all(np.isclose(midpoints, t).any() for t in thresholds)
+
+    def own_tier(cut_values) -> int:  # images whose band, S above the first cut down to C, is their tier
+        band = np.searchsorted(-np.asarray(cut_values), -scores, side="right")
+        return int((np.asarray(TIERS)[band] == tiers).sum())
+
+    # every ordered choice of three cut points between neighbouring scores, each band non-empty
+    best_count = max(own_tier(midpoints[[k, j, i]]) for i in range(len(midpoints)) for j in range(i + 1, len(midpoints))
+                     for k in range(j + 1, len(midpoints)))
+    assert own_tier(thresholds) == best_count
 
 
 def test_test_and_val_splits_are_folds_0_and_1_of_sklearn_stratified_group_kfold_over_sorted_ids():
