@@ -197,6 +197,9 @@ def training_function(cfg, phase) -> dict:
         table = load_table_for(cfg, accelerator)
         if record:
             check_same_data(out, table)
+        # REQ-N-001: guards, not conventions, before anything is written
+        check_no_test_leak(table[table.split == "train"], table)
+        check_no_test_leak(table[table.split == "val"], table)
         backbone = backbone_for(cfg, accelerator)
         if record and record["backbone_id"] != backbone.id:
             raise RunFolderError(f"cannot resume {out}: backbone weights {backbone.id} differ from the run's "
@@ -216,8 +219,6 @@ def training_function(cfg, phase) -> dict:
 def train_and_test(cfg, accelerator: Accelerator, table, backbone, state: Path | None, phase) -> dict:
     out, log = Path(cfg.output_dir), accelerator.print
     train_rows, val_rows = table[table.split == "train"], table[table.split == "val"]
-    check_no_test_leak(train_rows, table)  # REQ-N-001: guards, not conventions
-    check_no_test_leak(val_rows, table)
     phase.kept = f"the run's settings in {out}; extracted features in {cfg.cache_dir}"
     _, (train_x, val_x) = load_split_features(cfg, [train_rows, val_rows], accelerator, backbone=backbone)
     train_r = torch.from_numpy(tier_ranks(train_rows.tier))
