@@ -29,6 +29,7 @@ from model import RankingHead, load_head
 pytestmark = pytest.mark.slow
 
 SEED, MARGIN, WEIGHT_DECAY = 7, 2.5, 0.03  # not the defaults: the run must use what it is given
+STILL_LR = 1e-30  # lr * an Adam step of about 1 is far below the float32 spacing of any non-zero weight
 RANK = {"S": 3, "A": 2, "B": 1, "C": 0}
 
 RECORDING_TRAIN = """
@@ -91,8 +92,9 @@ def recorded_train(args: list[str], record: Path) -> dict:
 
 
 def start_args(root: Path, data: Path, backbone: Path, **overrides) -> list[str]:
-    """Learning rate 0 and no dropout: the head stays exactly where the seed put it."""
-    values = dict(epochs=1, lr=0.0, dropout=0.0, batch_size=1000, margin=MARGIN, seed=SEED,
+    """A learning rate too small to move a float32 weight (the config refuses 0) and no dropout: the head
+    stays where the seed put it."""
+    values = dict(epochs=1, lr=STILL_LR, dropout=0.0, batch_size=1000, margin=MARGIN, seed=SEED,
                   weight_decay=WEIGHT_DECAY, top_k=1, bootstrap=200) | overrides
     return tiny_args(root, data, backbone, **values)
 
@@ -164,7 +166,7 @@ def test_req_u_004_the_head_starts_from_the_configured_seed_and_adamw_has_the_co
     expected = list(seeded_head().parameters())
     assert len(made["start"]) == len(expected)
     assert all(torch.equal(p, q) for p, q in zip(made["start"], expected))
-    assert (made["lr"], made["weight_decay"]) == (0.0, WEIGHT_DECAY)
+    assert (made["lr"], made["weight_decay"]) == (STILL_LR, WEIGHT_DECAY)
 
 
 def test_the_split_is_the_configured_seed_s(start):
