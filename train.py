@@ -194,16 +194,17 @@ def training_function(cfg, phase) -> dict:
             finished = json.loads((out / "final_metrics.json").read_text())
             log(f"{out} holds a finished run ({finished['stop_reason']}); nothing to resume")
             return finished
+        # The backbone before the image scan: an unreachable hub or an unsupported model fails in seconds.
+        backbone = backbone_for(cfg, accelerator)
+        if record and record["backbone_id"] != backbone.id:
+            raise RunFolderError(f"cannot resume {out}: backbone weights {backbone.id} differ from the run's "
+                                 f"{record['backbone_id']} ({cfg.backbone})")
         table = load_table_for(cfg, accelerator)
         if record:
             check_same_data(out, table)
         # REQ-N-001: guards, not conventions, before anything is written
         check_no_test_leak(table[table.split == "train"], table)
         check_no_test_leak(table[table.split == "val"], table)
-        backbone = backbone_for(cfg, accelerator)
-        if record and record["backbone_id"] != backbone.id:
-            raise RunFolderError(f"cannot resume {out}: backbone weights {backbone.id} differ from the run's "
-                                 f"{record['backbone_id']} ({cfg.backbone})")
         if accelerator.is_main_process:
             if cfg.overwrite_output_dir and not resume:
                 removed = remove_run(out)
