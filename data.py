@@ -76,11 +76,17 @@ def _merge_artist_spellings(df: pd.DataFrame) -> list[str]:
             for k, names in spellings.items() if len(names) > 1]
 
 
-def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]], list[str]]:
-    """Every row of metadata.csv, the problems found in them as (row, message), and notes to show."""
-    csv_path = data_dir / "metadata.csv"
+def metadata_csv(data_dir: str | os.PathLike) -> Path:
+    """DATA_DIR/metadata.csv; raises DataError when it is missing (a cheap first check of --data_dir)."""
+    csv_path = Path(data_dir) / "metadata.csv"
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: not found (expected columns file_name,tier,artist[,image_id])")
+    return csv_path
+
+
+def _read_rows(data_dir: Path) -> tuple[Path, pd.DataFrame, list[tuple[int, str]], list[str]]:
+    """Every row of metadata.csv, the problems found in them as (row, message), and notes to show."""
+    csv_path = metadata_csv(data_dir)
     payload = csv_path.read_bytes()
     try:
         text = payload.decode("utf-8-sig")  # -sig: drops the byte-order mark Excel writes

@@ -40,6 +40,7 @@ from runfolder import (
 from tracking import start_tracking
 from workflow import (
     backbone_for,
+    check_data_dir,
     cpu_fallback_note,
     load_split_features,
     load_table_for,
@@ -194,7 +195,9 @@ def training_function(cfg, phase) -> dict:
             finished = json.loads((out / "final_metrics.json").read_text())
             log(f"{out} holds a finished run ({finished['stop_reason']}); nothing to resume")
             return finished
-        # The backbone before the image scan: an unreachable hub or an unsupported model fails in seconds.
+        # The data folder, then the backbone, then the image scan: a mistyped path, an unreachable hub or an
+        # unsupported model fails in seconds, not after every image was checked.
+        check_data_dir(cfg, accelerator)
         backbone = backbone_for(cfg, accelerator)
         if record and record["backbone_id"] != backbone.id:
             raise RunFolderError(f"cannot resume {out}: backbone weights {backbone.id} differ from the run's "

@@ -15,7 +15,7 @@ from accelerate import Accelerator, PartialState
 from tqdm.auto import tqdm
 
 from backbones import Backbone, DinoFeatureExtractor, resolve_backbone
-from data import TIER_RANK, DataError, load_table
+from data import TIER_RANK, DataError, load_table, metadata_csv
 from features import table_features
 from images import PREPROCESSING_VERSION, open_image
 from model import ArtRanker, load_head, select_features
@@ -68,8 +68,9 @@ def backbone_for(cfg, accelerator: Accelerator) -> Backbone:
     return resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
 
 
-def load_table_for(cfg, accelerator: Accelerator) -> pd.DataFrame:
-    """The checked, split image table; the demo data set is generated first when asked for and missing."""
+def check_data_dir(cfg, accelerator: Accelerator) -> None:
+    """DATA_DIR has a metadata.csv (checked before anything expensive); the demo data set is generated
+    first when asked for and missing."""
     if cfg.demo_data and not Path(cfg.data_dir).exists():
         if Path(cfg.data_dir).resolve() != DEMO_DATA_DIR:
             raise DataError(f"{cfg.data_dir}: not found (demo data is generated only into {DEMO_DATA_DIR})")
@@ -78,6 +79,12 @@ def load_table_for(cfg, accelerator: Accelerator) -> pd.DataFrame:
         if accelerator.is_main_process:
             generate_demo_dataset(cfg.data_dir, seed=cfg.seed)
         accelerator.wait_for_everyone()
+    metadata_csv(cfg.data_dir)
+
+
+def load_table_for(cfg, accelerator: Accelerator) -> pd.DataFrame:
+    """The checked, split image table (see check_data_dir for the demo data set)."""
+    check_data_dir(cfg, accelerator)
     table, notes = load_table(cfg.data_dir, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                               seed=cfg.seed, skip_bad_images=cfg.skip_bad_images,
                               track=bar(accelerator, "checking images"), cache_dir=cfg.cache_dir)
