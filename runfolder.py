@@ -229,6 +229,12 @@ def remove_run(output_dir: str | os.PathLike) -> list[str]:
     return removed
 
 
+def settings_changed(record: dict, config: dict) -> list[str]:
+    """The identity keys that differ from the run record's: make_pairs.py's record fixes only the split,
+    a started run's fixes every identity key."""
+    return differing_keys(record["config"], config, SPLIT_KEYS if record["stage"] == "pairs" else None)
+
+
 def check_fresh_start(output_dir: str | os.PathLike, config: dict, *, overwrite: bool) -> None:
     """A fresh run needs a folder that holds no other run (or --overwrite_output_dir, which deletes it)."""
     out = Path(output_dir)
@@ -238,9 +244,7 @@ def check_fresh_start(output_dir: str | os.PathLike, config: dict, *, overwrite:
         raise RunFolderError(f"{out} holds a trained run ({', '.join(trained)}); pass --overwrite_output_dir to "
                              "delete it and start afresh, or --resume to continue it")
     record = read_record(out)
-    # make_pairs.py's folder fixes only the split; a started run's fixes everything.
-    if record and (differs := differing_keys(record["config"], config,
-                                             SPLIT_KEYS if record["stage"] == "pairs" else None)):
+    if record and (differs := settings_changed(record, config)):
         raise RunFolderError(f"{out / RUN_RECORD} was made with other settings ({'; '.join(differs)}); pass "
                              "--overwrite_output_dir to start afresh, or use another --output_dir")
 
@@ -252,8 +256,7 @@ def check_resume(output_dir: str | os.PathLike, config: dict) -> dict | None:
     if record is None and trained_files(out):
         raise RunFolderError(f"cannot resume {out}: it has no {RUN_RECORD} (made by an older version?); start "
                              "afresh with --overwrite_output_dir")
-    if record and (differs := differing_keys(record["config"], config,
-                                             SPLIT_KEYS if record["stage"] == "pairs" else None)):
+    if record and (differs := settings_changed(record, config)):
         raise RunFolderError(f"cannot resume {out} with other settings ({'; '.join(differs)}); resume with the "
                              f"run's own ({out / 'config.json'}) or start afresh with --overwrite_output_dir")
     return record
