@@ -9,7 +9,6 @@ sharded across Accelerate processes; DataLoader workers decode while the model r
 
 import hashlib
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +23,7 @@ from accelerate.utils.memory import should_reduce_batch_size
 
 from backbones import Backbone, DinoFeatureExtractor
 from data import ImageDataset
-from images import PREPROCESSING_VERSION, input_size
+from images import PREPROCESSING_VERSION, default_workers, input_size
 from runfolder import atomic_write_bytes, atomic_write_text
 
 CHUNK_ROWS = 1024
@@ -126,13 +125,6 @@ class _ChunkWriter:
                         np.concatenate([m for _, _, m in self.parts]))
             self.written += len(hashes)
         self.parts, self.since = [], time.monotonic()
-
-
-def default_workers() -> int:
-    """DataLoader workers when num_workers is -1: the CPU cores this process may use, shared by the
-    processes on this machine."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def extract(extractor: DinoFeatureExtractor, paths: list[str], *, image_size: int, batch_size: int,

@@ -37,8 +37,8 @@ def photo(width: int, height: int, *, orientation: int = 1) -> bytes:
 
 def resized_from(monkeypatch, source: bytes, image_size: int) -> tuple[int, int]:
     """The size of the decoded picture that load_pixels hands to the letterbox resize."""
-    seen, resize = [], Image.Image.resize
-    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: seen.append(self.size) or resize(self, *a, **k))
+    seen, letterbox = [], images.letterbox
+    monkeypatch.setattr(images, "letterbox", lambda image, *a: seen.append(image.size) or letterbox(image, *a))
     load_pixels(source, image_size, 14)
     return seen[0]
 
@@ -83,13 +83,62 @@ def test_rotated_jpeg_scale_is_chosen_on_the_stored_picture(monkeypatch):
     assert resized_from(monkeypatch, photo(4032, 3024, orientation=6), 768) == (756, 1008)
 
 
-def test_png_is_decoded_whole_and_box_reduced_before_the_bicubic(monkeypatch):
+def test_png_is_decoded_whole(monkeypatch):
     source = encoded(Image.new("RGB", (800, 600), (10, 20, 30)))
     assert resized_from(monkeypatch, source, 56) == (800, 600)
-    reduced = []
-    monkeypatch.setattr(Image.Image, "reduce", lambda self, factor, box=None: reduced.append(factor) or self)
-    load_pixels(source, 56, 14)
-    assert reduced == [(14, 14)]  # floor(800 / 56), floor(600 / 42)
+
+
+# ---------------------------------------------------------------- the letterbox, the canvas, predict's batches
+
+def test_letterbox_follows_pillows_bicubic_within_two_levels():
+    """torch's 8-bit antialiased bicubic stands in for Pillow's BICUBIC; bilinear or no antialias would not."""
+    rng = np.random.default_rng(0)
+    smooth = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((400, 300), Image.BICUBIC)
+    noisy = np.clip(np.asarray(smooth, np.int16) + rng.integers(-40, 41, (300, 400, 3)), 0, 255).astype(np.uint8)
+    for image_size in (1000, 300, 100, 56):  # up, down by 4/3, by 4, by 7.1
+        picture = Image.fromarray(noisy)
+        ours = images.letterbox(picture, image_size).permute(1, 2, 0).numpy().astype(int)
+        size = images.letterbox_size(400, 300, image_size)
+        pillow = np.asarray(picture.resize(size, Image.BICUBIC)).astype(int)
+        assert ours.shape == pillow.shape and np.abs(ours - pillow).max() <= 2, image_size
+
+
+def test_canvas_is_the_normalised_picture_centred_on_zeros_whatever_was_in_out():
+    rng = np.random.default_rng(1)
+    mean, std = np.array(images.IMAGENET_MEAN)[:, None, None], np.array(images.IMAGENET_STD)[:, None, None]
+    for height, width in ((5, 9), (9, 5), (11, 11)):
+        picture = torch.from_numpy(rng.integers(0, 256, (3, height, width), dtype=np.uint8))
+        out = np.full((3, 11, 11), np.nan, np.float32)  # a reused batch row still holds the last picture
+        images.on_canvas(picture, 11, out=out)
+        top, left = (11 - height) // 2, (11 - width) // 2
+        inside = out[:, top:top + height, left:left + width]
+        assert np.abs(inside - (picture.numpy() / 255 - mean) / std).max() < 1e-6
+        inside[:] = 0
+        assert not out.any(), (height, width)
+
+
+def test_predict_batches_score_each_image_as_it_scores_alone(tmp_path):
+    """Pictures of other shapes land in one reused batch array, decoded ahead in threads: each score
+    is the one the image gets alone, in order, with an unreadable image in the middle."""
+    from artrank import Scorer, score_images
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i, size in enumerate([(90, 30), (30, 90), (60, 60), (90, 31), (17, 90), (70, 40), (40, 70)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(paths[-1])
+    (tmp_path / "bad.png").write_bytes(b"not a picture")
+    paths.insert(3, str(tmp_path / "bad.png"))
+    weights = rng.normal(size=3 * 56 * 56)
+    scorer = Scorer(score=lambda pixels: pixels.reshape(len(pixels), -1).astype(np.float64) @ weights,
+                    image_size=56, patch_size=14, calibration=None, description="linear in every value")
+    threads = torch.get_num_threads()
+    scores, errors = score_images(scorer, paths, batch_size=2, workers=3)
+    alone = [score_images(scorer, [p], batch_size=1, workers=1)[0][0] for p in paths]
+    assert scores[3] is alone[3] is None and all(s is not None for s in scores[:3] + scores[4:])
+    assert scores[:3] + scores[4:] == pytest.approx(alone[:3] + alone[4:], rel=1e-12)
+    assert len(errors) == 1 and "bad.png: not a readable image" in errors[0]
+    assert torch.get_num_threads() == threads  # the decoding threads' one-thread setting stays theirs
 
 
 # ---------------------------------------------------------------- images decoded wrong before: now right or refused

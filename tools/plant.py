@@ -60,6 +60,7 @@ CACHE = RUN + "feature_cache_is_not_reused_after_new_backbone_weights_of_the_sam
 EVALUATE = ("tests/test_evaluate.py::test_evaluate_end_to_end",)
 TRAIN = ("tests/test_train.py::test_req_e_005_n_005_best_checkpoint_is_saved_from_a_validated_best_epoch",
          "tests/test_train.py::test_req_o_001_gradient_accumulation_steps_the_optimizer_every_k_batches")
+PHOTOS = "tests/test_photos.py"
 
 PLANTS = [
     # ---- the classes of issue 12
@@ -194,6 +195,13 @@ PLANTS = [
           "the calibration is fitted on training images"),
     Plant("eval-ensemble-last-member", "evaluate.py", "for head in heads]).mean(dim=0).numpy()",
           "for head in heads])[-1].numpy()", UNIT_METRICS + EVALUATE, "the ensemble is its last member"),
+    Plant("canvas-keeps-stale-margins", "images.py",
+          "    out[:, top:top + height, :left] = out[:, top:top + height, left + width:] = 0\n", "", (PHOTOS,),
+          "a reused batch row keeps the last picture beside a narrower one"),
+    Plant("letterbox-bilinear", "images.py", 'mode="bicubic", antialias=True)[0]',
+          'mode="bilinear", antialias=True)[0]', (PHOTOS,), "the letterbox is not the bicubic model.json states"),
+    Plant("predict-scores-out-of-order", "artrank.py", "decoding.popleft().result()", "decoding.pop().result()",
+          (PHOTOS,), "predict's prefetch hands the scores to the wrong images"),
 ]
 
 
