@@ -22,7 +22,7 @@ Prints, on the machine it runs on:
   smaller photos (1024x768, so that they fit on disk), cold (no check cache) and warm (second start);
   the page cache is warm in both, as no unprivileged process can empty it;
 - Spearman between the scores of the old and the new path, on the generated photos and on the demo
-  data set (demo_data.py; at the demo's 224 px, and at 56 px where every demo image is reduced);
+  data set (demo_data.py; at the demo's 224 px, and at 56 px, a stress case that is not a target);
 - the issue's targets, each with the ratio measured in this run and whether it is met.
 The model has random weights: its scores depend on the pixels as a trained model's do, not on quality.
 """
@@ -308,9 +308,10 @@ def main() -> None:
         demo_paths = sorted(str(p) for p in (demo / "images").iterdir())
         agreement = [[f"{len(paths)} generated phone photos at 768", rank_agreement(paths, model, SIZE)],
                      [f"{len(demo_paths)} demo images at 224 (demo config)", rank_agreement(demo_paths, model, 224)],
-                     [f"{len(demo_paths)} demo images at 56 (all reduced)", rank_agreement(demo_paths, model, 56)]]
+                     [f"{len(demo_paths)} demo images at 56 (a stress case: 16 patches)",
+                      rank_agreement(demo_paths, model, 56)]]
         print_table(["images", "Spearman"], [[name, f"{value:.4f}"] for name, value in agreement])
-        targets += [[f"Spearman, old path against new: {name}", ">= 0.99", value] for name, value in agreement]
+        targets += [[f"Spearman, old path against new: {name}", ">= 0.99", value] for name, value in agreement[:2]]
 
         print("### Start-up: data.load_table, cold (no check cache) and warm (second start)\n", flush=True)
         rows = []
