@@ -335,7 +335,8 @@ PREPROCESSING_STEPS = [
     "mode='bicubic', antialias=True, align_corners=False) on uint8 (Keys a = -0.5, support widened by the factor "
     "when reducing; Pillow's Image.resize((w, h), BICUBIC) agrees to within 2 levels)",
     "paste at offset ((S - w) // 2, (S - h) // 2) on an S x S canvas, S = input_size (whole patches)",
-    "(pixel / 255 - mean) / std per channel in float32; the canvas outside the picture is 0", "CHW float32",
+    "per channel, in float32: pixel * a - b, a = float32(1 / 255) / float32(std), b = float32(mean) / float32(std) "
+    "(that is (pixel / 255 - mean) / std); the canvas outside the picture is 0", "CHW float32",
 ]
 
 
@@ -344,6 +345,6 @@ def preprocessing_description(image_size: int, patch_size: int) -> dict:
     return {"version": PREPROCESSING_VERSION, "image_size": image_size, "patch_size": patch_size,
             "input_size": input_size(image_size, patch_size), "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD), "steps": PREPROCESSING_STEPS,
-            "reproducibility": "torch's interpolate reproduces the input exactly on the machine that made it; "
-                               "torch on other CPU code (AVX2, NEON, none) and Pillow's BICUBIC agree to within "
-                               "a level or two on a few pixels, so the scores are close, not identical"}
+            "reproducibility": "torch's interpolate with the same CPU code (AVX2 on x86-64, NEON on ARM) "
+                               "reproduces the input exactly; other code and Pillow's BICUBIC agree to within "
+                               "2 levels on a few pixels, so the scores are close, not identical"}
