@@ -14,6 +14,8 @@ held-out fold. Writes into OUTPUT_DIR/crossval/:
   best.json                 the config with the best setting, for train.py (output_dir OUTPUT_DIR/selected)
   cells/                    one result per (setting, fold): a rerun skips finished cells
   wandb/                    one run per setting, grouped by sweep
+One crossval.py at a time per folder: it locks OUTPUT_DIR/crossval/.lock (a train.py of OUTPUT_DIR may run
+beside it) and a second one is refused naming the first.
 """
 
 import copy
@@ -36,7 +38,7 @@ from model import RankingHead
 from runfolder import atomic_write_text
 from tracking import choose_mode
 from train import Progress, train_epoch
-from workflow import load_split_features, load_table_for, make_accelerator, script_errors
+from workflow import load_split_features, load_table_for, locked_run_folder, make_accelerator, script_errors
 
 
 def add_arguments(parser) -> None:
@@ -166,27 +168,14 @@ def sweep(cfg: Config, settings: list[dict], *, folds: int, rows, table, feature
     return results
 
 
-def main() -> None:
-    cfg, args = parse_config(__doc__, add_arguments=add_arguments)
-    out = Path(cfg.output_dir) / "crossval"
-    print_config(cfg)
-    with script_errors() as phase:
-        settings = selection.expand_grid(selection.read_grid(args.grid), args.grid) if args.grid else [{}]
-        accelerator = make_accelerator(cfg)
-        rows, table, features, source = train_val_features(cfg, settings, accelerator)
-        save_config(cfg, out / "config.json")
-        phase.kept = f"every finished (setting, fold) in {out}; a rerun continues from there"
-        # A head's small matrices gain nothing from more threads (on a busy CPU they cost many times over),
-        # and one thread makes the table independent of the core count.
-        torch.set_num_threads(1)
-        results = sweep(cfg, settings, folds=args.folds, rows=rows, table=table, features=features,
-                        source=source, out=out)
-
+def report(cfg: Config, settings: list[dict], results: list[list[dict]], *, folds: int, images: int,
+           out: Path) -> None:
+    """results.csv/md, the figure and best.json, and what to run next."""
     summary = selection.summarize(settings, results)
     selection.write_results(summary, out)
     selection.accuracy_figure(summary, [[r["accuracy"] for r in row] for row in results],
                               out / "accuracy_by_setting.png",
-                              title=f"{args.folds}-fold cross-validation by artist, {len(rows)} train+val images")
+                              title=f"{folds}-fold cross-validation by artist, {images} train+val images")
     best = int(summary.index[summary["best"]][0])
     best_cfg = replace(cfg, **settings[best], output_dir=str(Path(cfg.output_dir) / "selected"), resume=False)
     atomic_write_text(out / "best.json", json.dumps(dataclasses.asdict(best_cfg), indent=2) + "\n")
@@ -195,6 +184,26 @@ def main() -> None:
           "standard error of it (differences that small are noise at this data size)")
     print(f"wrote {out}/results.csv, accuracy_by_setting.png and best.json; train the best setting with:\n"
           f"  python train.py --config {out / 'best.json'}")
+
+
+def main() -> None:
+    cfg, args = parse_config(__doc__, add_arguments=add_arguments)
+    out = Path(cfg.output_dir) / "crossval"
+    print_config(cfg)
+    with script_errors() as phase:
+        settings = selection.expand_grid(selection.read_grid(args.grid), args.grid) if args.grid else [{}]
+        accelerator = make_accelerator(cfg)
+        # OUTPUT_DIR/crossval alone: a train.py of OUTPUT_DIR may run beside it, a second crossval may not.
+        with locked_run_folder(replace(cfg, output_dir=str(out)), accelerator, "crossval.py"):
+            rows, table, features, source = train_val_features(cfg, settings, accelerator)
+            save_config(cfg, out / "config.json")
+            phase.kept = f"every finished (setting, fold) in {out}; a rerun continues from there"
+            # A head's small matrices gain nothing from more threads (on a busy CPU they cost many times over),
+            # and one thread makes the table independent of the core count.
+            torch.set_num_threads(1)
+            results = sweep(cfg, settings, folds=args.folds, rows=rows, table=table, features=features,
+                            source=source, out=out)
+            report(cfg, settings, results, folds=args.folds, images=len(rows), out=out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Model selection: artist folds, the grid, the pair losses, the test split kept out, resume, the selected config."""
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import selection
 from config import Config, parse_config
 from data import DataError, cross_tier_pairs, load_table
 from metrics import in_batch_pair_loss, pair_margin_loss, tier_ranks
+from runfolder import RunLock
 
 
 def artists_of_one_main_tier(seed: int = 0) -> pd.DataFrame:
@@ -172,7 +174,12 @@ def test_crossval_end_to_end_resumes_repeats_and_its_choice_trains(tmp_path, tin
     assert cached == set(table.sha256[table.split != "test"])
     assert not cached & set(table.sha256[table.split == "test"])
 
-    again, _ = crossval_run(tmp_path, data, tiny_backbone, grid, "first")  # finished cells are not rerun
+    beside = RunLock(tmp_path / "first", command="train.py")  # a train.py of the same OUTPUT_DIR does not block it
+    beside.acquire()
+    try:
+        again, _ = crossval_run(tmp_path, data, tiny_backbone, grid, "first")  # finished cells are not rerun
+    finally:
+        beside.release()
     assert "6 cell(s) already done" in again.stdout and "| fold " not in again.stdout
     columns = ["setting", "accuracy_mean", "accuracy_sd", "kendall_tau_mean", "kendall_tau_sd"]
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv")[columns], results[columns])
@@ -186,3 +193,20 @@ def test_crossval_end_to_end_resumes_repeats_and_its_choice_trains(tmp_path, tin
     trained = Path(best["output_dir"])
     assert json.loads((trained / "config.json").read_text())["loss"] == chosen.loss
     assert json.loads((trained / "final_metrics.json").read_text())["test/pairs"] > 0
+
+
+def test_a_second_crossval_of_the_same_folder_is_refused_naming_the_holder_and_writes_nothing(tmp_path,
+                                                                                               tiny_backbone):
+    data = write_dataset(tmp_path / "data", artists=15, per_artist=6)
+    lock = RunLock(tmp_path / "run" / "crossval", command="crossval.py --grid grid.json")
+    lock.acquire()
+    try:
+        result = run_script("crossval.py", *tiny_args(tmp_path, data, tiny_backbone), check=False)
+    finally:
+        lock.release()
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert last.startswith("error: ") and "in use by crossval.py --grid grid.json" in last
+    assert f"pid {os.getpid()}" in last
+    assert [p.name for p in (tmp_path / "run" / "crossval").iterdir()] == [".lock"]
+    assert not (tmp_path / "cache").exists()  # refused before any image was read
