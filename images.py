@@ -126,7 +126,7 @@ def load_picture(source: str | os.PathLike | bytes, image_size: int) -> torch.Te
 def load_pixels(source: str | os.PathLike | bytes, image_size: int, patch_size: int) -> torch.Tensor:
     """File to model input, the one way (training, evaluation, export parity, predict): see
     PREPROCESSING_STEPS."""
-    return torch.from_numpy(on_canvas(load_picture(source, image_size), input_size(image_size, patch_size)))
+    return preprocess(decode_reduced(source, image_size), image_size, patch_size)
 
 
 def default_workers() -> int:
