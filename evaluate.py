@@ -3,9 +3,9 @@
     python evaluate.py --config configs/demo.json [--split test] [--checkpoint DIR] [--ensemble true]
 
 Reads the checkpoint (OUTPUT_DIR/checkpoints/best unless --checkpoint; with --ensemble every one in
-OUTPUT_DIR/checkpoints/top/, REQ-O-005), DATA_DIR and backbone features from the feature cache
+OUTPUT_DIR/checkpoints/top/), DATA_DIR and backbone features from the feature cache
 (extracting only what is missing). Each image is scored once and every cross-tier pair is compared
-from the scores (docs/design.md 6): O(N) backbone passes, where the spec's evaluator makes two per pair.
+from the scores: O(N) backbone passes, where the spec's evaluator makes two per pair.
 Reports train/val/test pairwise accuracy against the spec's gates (4.5.2) and, for --split, Kendall
 tau-b, Spearman, accuracy per tier pair and a 95% interval from resampling artists.
 Writes into OUTPUT_DIR (names end in _ensemble with --ensemble): eval_<split>.json,
@@ -14,73 +14,62 @@ figures/tier_pair_accuracy_<split>.png, figures/extremes_<split>.png, and the wa
 """
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from accelerate import Accelerator
 
-from config import Config, parse_config, print_config
-from data import SPLITS
-from figures import extremes_sheet, score_by_tier, tier_pair_heatmap
-from metrics import artist_bootstrap_ci, pairwise_accuracy, per_tier_pair_accuracy, rank_correlations
-from model import RankingHead, load_head
-from modelcard import write_model_card
-from runfolder import atomic_write_text, check_reader, check_same_data
-from tracking import start_tracking, wandb_run
-from workflow import (
-    backbone_for,
-    load_split_features,
-    load_table_for,
-    locked_run_folder,
-    make_accelerator,
-    script_errors,
+from data import load_images, split_rows
+from model import RankingHead, head_identity, load_head, score_features
+from pipeline import cli
+from pipeline.backbones import config_backbone
+from pipeline.card import RANDOM_BACKBONE, write_model_card
+from pipeline.config import EVALUATE, Config, parse_config, print_config
+from pipeline.errors import ArtrankError
+from pipeline.features import split_features
+from pipeline.figures import extremes_sheet, score_by_tier, tier_pair_heatmap
+from pipeline.files import atomic_write_json, atomic_write_text
+from pipeline.metrics import (
+    GATES,
+    artist_bootstrap_ci,
+    gate_results,
+    pairwise_accuracy,
+    per_tier_pair_accuracy,
+    rank_correlations,
 )
-
-RANDOM_CAVEAT = "random backbone (demo): the numbers show the pipeline works, not how well DINOv2 ranks drawings"
-GATES = {"test": (">=", 0.60), "val": (">=", 0.62), "train": ("<=", 0.80)}  # spec 4.5.2; train: over-fitting
+from pipeline.runs import check_reader, check_same_data, chosen_checkpoint, locked_run_folder, top_checkpoints
+from pipeline.tables import SPLITS, frame, tiers_of
+from pipeline.tracking import start_tracking, wandb_run
 
 
 def checkpoint_dirs(cfg) -> tuple[Path, list[Path]]:
     """The single checkpoint, and the ensemble members when --ensemble (else none)."""
-    checkpoints = Path(cfg.output_dir) / "checkpoints"
-    single = Path(cfg.checkpoint) if cfg.checkpoint else checkpoints / "best"
+    single, top = chosen_checkpoint(cfg), top_checkpoints(cfg.output_dir)
     if not cfg.ensemble:
         return single, []
-    members = sorted(p for p in (checkpoints / "top").glob("epoch*") if p.is_dir() and p.name[5:].isdigit())
+    members = sorted(p for p in top.glob("epoch*") if p.is_dir() and p.name[5:].isdigit())
     if not members:
-        raise FileNotFoundError(f"{checkpoints / 'top'}: no saved checkpoints to ensemble (train with --top_k 2 "
-                                "or more)")
+        raise ArtrankError(f"{top}: no saved checkpoints to ensemble (train with --top_k 2 or more)")
     return single, members
 
 
-@torch.no_grad()
 def head_scores(heads: list[RankingHead], features: torch.Tensor) -> np.ndarray:
     """One score per image; an ensemble averages its members' scores."""
-    device = next(heads[0].parameters()).device
-    return torch.stack([head(features.to(device)).float().cpu() for head in heads]).mean(dim=0).numpy()
+    return torch.stack([score_features(head, features) for head in heads]).mean(dim=0).numpy()
 
 
-def split_report(scores: np.ndarray, rows: pd.DataFrame, *, resamples: int, seed: int) -> dict:
+def split_report(scores: np.ndarray, rows, *, resamples: int, seed: int) -> dict:
     """Every figure of merit of one split, from one score per image."""
-    tiers, artists = rows.tier.to_numpy(), rows.artist.to_numpy()
+    tiers, artists = tiers_of(rows), np.asarray(rows["artist"], dtype=object)
     accuracy, pairs = pairwise_accuracy(scores, tiers)
     tau, rho = rank_correlations(scores, tiers)
     per_pair = per_tier_pair_accuracy(scores, tiers)
-    return dict(pairwise_accuracy=accuracy, n_pairs=pairs, n_images=len(rows), n_artists=int(rows.artist.nunique()),
+    return dict(pairwise_accuracy=accuracy, n_pairs=pairs, n_images=len(rows), n_artists=len(set(artists)),
                 kendall_tau=tau, spearman=rho,
                 ci95=list(artist_bootstrap_ci(scores, tiers, artists, resamples=resamples, seed=seed)),
                 per_tier_pair={name: acc for name, (acc, _) in per_pair.items()},
                 per_tier_pair_n_pairs={name: n for name, (_, n) in per_pair.items()})
-
-
-def gates(accuracy_by_split: dict[str, float]) -> dict[str, dict]:
-    return {split: dict(target=f"{op} {bound:.2f}", value=accuracy_by_split[split],
-                        passed=accuracy_by_split[split] >= bound if op == ">=" else accuracy_by_split[split] <= bound)
-            for split, (op, bound) in GATES.items()}
 
 
 def finite_or_none(value):
@@ -119,31 +108,31 @@ def tracker_metrics(report: dict, prefix: str) -> dict[str, float]:
     return metrics | {f"{prefix}/{split}/tier_pair/{p}": a for p, a in report["per_tier_pair"].items()}
 
 
-def evaluate(cfg: Config, accelerator: Accelerator) -> tuple[dict[str, dict], np.ndarray, pd.DataFrame]:
+def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, object]:
     """Reports per model (the ensemble first when there is one, then the best single checkpoint), and the
     first model's scores of the rows of cfg.split."""
-    table = load_table_for(cfg, accelerator)
-    check_same_data(cfg.output_dir, table)  # REQ-N-001: "test" is the test split the head never saw
+    table = load_images(cfg, accelerator)
+    check_same_data(cfg.output_dir, table)  # "test" must be the test split the head never saw
     single, members = checkpoint_dirs(cfg)
     # Heads first, so a checkpoint of another backbone or size is refused before any extraction.
-    backbone = backbone_for(cfg, accelerator)
-    expect = {"backbone_id": backbone.id, "image_size": cfg.image_size, "feature": cfg.feature}
-    models = {"best single": [load_head(single, expect=expect)[0].to(accelerator.device)]}
+    backbone = config_backbone(cfg, accelerator)
+    identity = head_identity(cfg, backbone)
+    models = {"best single": [load_head(single, identity=identity)[0].to(accelerator.device)]}
     if members:
-        models = {f"ensemble of {len(members)}": [load_head(m, expect=expect)[0].to(accelerator.device)
+        models = {f"ensemble of {len(members)}": [load_head(m, identity=identity)[0].to(accelerator.device)
                                                   for m in members]} | models
-    frames = [table[table.split == s] for s in SPLITS]
-    _, features = load_split_features(cfg, frames, accelerator, backbone=backbone)
+    frames = [split_rows(table, s) for s in SPLITS]
+    _, features = split_features(cfg, frames, accelerator, backbone=backbone)
     rows = frames[SPLITS.index(cfg.split)]
     results, split_scores = {}, {}
     for name, heads in models.items():
         scores = {s: head_scores(heads, x) for s, x in zip(SPLITS, features)}
-        by_split = {s: pairwise_accuracy(scores[s], f.tier.to_numpy()) for s, f in zip(SPLITS, frames)}
+        by_split = {s: pairwise_accuracy(scores[s], tiers_of(f)) for s, f in zip(SPLITS, frames)}
         accuracy_by_split = {s: accuracy for s, (accuracy, _) in by_split.items()}
         results[name] = dict(
             split=cfg.split, **split_report(scores[cfg.split], rows, resamples=cfg.bootstrap, seed=cfg.seed),
             pairwise_accuracy_by_split=accuracy_by_split, n_pairs_by_split={s: n for s, (_, n) in by_split.items()},
-            gates=gates(accuracy_by_split), ties="count as wrong",
+            gates=gate_results(accuracy_by_split), ties="count as wrong",
             bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, unit="artist"))
         split_scores[name] = scores[cfg.split]
     report = next(iter(results.values()))
@@ -155,13 +144,13 @@ def evaluate(cfg: Config, accelerator: Accelerator) -> tuple[dict[str, dict], np
     return results, next(iter(split_scores.values())), rows
 
 
-def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows: pd.DataFrame) -> dict[str, Path]:
+def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows) -> dict[str, Path]:
     """The JSON, the scores CSV and the figures; returns what was written, by name."""
     out, tag = Path(cfg.output_dir), cfg.split + ("_ensemble" if report["ensemble"] else "")
-    atomic_write_text(out / f"scores_{tag}.csv", rows[["image_id", "file_name", "tier", "artist"]]
+    atomic_write_text(out / f"scores_{tag}.csv", frame(rows)[["image_id", "file_name", "tier", "artist"]]
                       .assign(score=scores.astype(np.float32)).to_csv(index=False))
-    tiers, model = rows.tier.to_numpy(), "ensemble" if report["ensemble"] else "best checkpoint"
-    caveat = "\n(demo: random backbone, a pipeline check, not a result)" if cfg.random_backbone else ""
+    tiers, model = tiers_of(rows), "ensemble" if report["ensemble"] else "best checkpoint"
+    caveat = f"\n({RANDOM_BACKBONE})" if cfg.random_backbone else ""
     ci = f"95% CI [{report['ci95'][0]:.1%}, {report['ci95'][1]:.1%}]"
     figures = {
         "score_by_tier": score_by_tier(scores, tiers, out / "figures" / f"score_by_tier_{tag}.png", title=(
@@ -171,27 +160,28 @@ def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows: pd.DataFr
             {p: (a, report["per_tier_pair_n_pairs"][p]) for p, a in report["per_tier_pair"].items()},
             out / "figures" / f"tier_pair_accuracy_{tag}.png",
             title=f"Accuracy per tier pair: {cfg.split} split, {model}{caveat}"),
-        "extremes": extremes_sheet(rows.path.to_numpy(), scores, tiers, out / "figures" / f"extremes_{tag}.png",
+        "extremes": extremes_sheet(list(rows["path"]), scores, tiers, out / "figures" / f"extremes_{tag}.png",
                                    title=f"Highest and lowest scored of {len(rows)} {cfg.split} images ({model}): "
                                          f"rank, tier, score{caveat}"),
     }
     report["figures"] = {k: str(v) for k, v in figures.items()}
-    atomic_write_text(out / f"eval_{tag}.json", json.dumps(finite_or_none(report), indent=2) + "\n")
+    atomic_write_json(out / f"eval_{tag}.json", finite_or_none(report))
     return {"json": out / f"eval_{tag}.json", "csv": out / f"scores_{tag}.csv", **figures}
 
 
-def main() -> None:
-    cfg, _ = parse_config(__doc__, keys=("run", "data", "backbone", "eval", "tracking"))
-    with script_errors(), locked_run_folder(cfg, accelerator := make_accelerator(cfg), "evaluate.py"):
-        check_reader(cfg.output_dir, dataclasses.asdict(cfg), what="evaluate it")
-        if accelerator.is_main_process:
-            print_config(cfg)
-        results, scores, rows = evaluate(cfg, accelerator)
-        report_and_write(cfg, accelerator, results, scores, rows)
+def main(argv: list[str] | None = None) -> None:
+    with cli.one_line_errors():
+        cfg, _ = parse_config(__doc__, argv, script=EVALUATE)
+        accelerator = cli.make_accelerator(cfg)
+        with locked_run_folder(cfg.output_dir, accelerator, "evaluate.py"):
+            check_reader(cfg.output_dir, dataclasses.asdict(cfg), what="evaluate it")
+            if accelerator.is_main_process:
+                print_config(cfg)
+            results, scores, rows = evaluate(cfg, accelerator)
+            report_and_write(cfg, accelerator, results, scores, rows)
 
 
-def report_and_write(cfg: Config, accelerator: Accelerator, results: dict[str, dict], scores: np.ndarray,
-                     rows: pd.DataFrame) -> None:
+def report_and_write(cfg: Config, accelerator, results: dict[str, dict], scores: np.ndarray, rows) -> None:
     report = next(iter(results.values()))
     start_tracking(accelerator, cfg, job_type="evaluate")
     accelerator.log(tracker_metrics(report, "eval_ensemble" if report["ensemble"] else "eval"))
@@ -204,7 +194,7 @@ def report_and_write(cfg: Config, accelerator: Accelerator, results: dict[str, d
                      ("json", "csv")})
         accelerator.print(console_report(results, cfg.split, Path(cfg.output_dir), list(written.values())))
         if cfg.random_backbone:
-            accelerator.print(f"note: {RANDOM_CAVEAT}")
+            accelerator.print(f"note: {RANDOM_BACKBONE}")
         accelerator.print(f"model card: {write_model_card(cfg.output_dir)}")
     accelerator.end_training()
 

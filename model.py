@@ -1,8 +1,10 @@
-"""The model: frozen DINO backbone (backbones.py), the spec's projector (4.2) and a score head.
+"""The model: a frozen DINO backbone, the spec's projector (4.2) and a score head; how the head is trained,
+and how it is saved and loaded.
 
-Training runs on cached backbone features (the backbone is frozen and there is no augmentation,
-so its output is a pure function of the image), so the trained part is `RankingHead` alone.
-`ArtRanker` puts backbone and head back together for ONNX export and prediction.
+The backbone is frozen and there is no augmentation, so the head trains on cached backbone features and the
+trained part is `RankingHead` alone; `ArtRanker` puts backbone and head back together for export and
+prediction. `HeadTraining` is the one training procedure (optimizer, schedule, epochs, stop rules, best
+epoch): train.py, crossval.py and the benchmarks all run it.
 """
 
 import json
@@ -11,22 +13,24 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
-from backbones import DinoFeatureExtractor
-from images import PREPROCESSING_VERSION
-from runfolder import atomic_dir, atomic_write_text
+from pipeline.backbones import Backbone, DinoFeatureExtractor, config_backbone
+from pipeline.errors import ArtrankError
+from pipeline.features import select_features
+from pipeline.files import atomic_dir, atomic_write_json
+from pipeline.images import PREPROCESSING_VERSION
+from pipeline.metrics import pairwise_accuracy
+from pipeline.runs import chosen_checkpoint
+from pipeline.tables import tier_ranks
 
 HEAD_FORMAT = 1  # bumped when head.json changes meaning; older heads are refused, not misread
 
 
-def select_features(cls_token: torch.Tensor, mean_patch: torch.Tensor, feature: str) -> torch.Tensor:
-    """The head's input: the spec's CLS token, or CLS + mean patch token (DINOv2's linear-probe input)."""
-    return cls_token if feature == "cls" else torch.cat([cls_token, mean_patch], dim=-1)
-
-
 class Projector(nn.Module):
-    """Spec 4.2: 1024 -> 512 -> 256 with LayerNorm, GELU and dropout (REQ-E-002)."""
+    """The spec's projector (4.2): 1024 -> 512 -> 256 with LayerNorm, GELU and dropout."""
 
     def __init__(self, input_dim: int = 1024, hidden_dim: int = 512, output_dim: int = 256, dropout: float = 0.1):
         super().__init__()
@@ -44,10 +48,10 @@ class Projector(nn.Module):
 
 
 class RankingHead(nn.Module):
-    """Projector + score (REQ-E-003): higher is better.
+    """Projector + score: higher is better.
 
-    "norm" is the spec's -||emb|| (4.3). After the final LayerNorm that norm is ~sqrt(256) before
-    the affine part, so it has little freedom (docs/design.md 5); "linear" reads a score off the embedding.
+    "norm" is the spec's -||emb|| (4.3). After the final LayerNorm that norm is about sqrt(256) before the
+    affine part, so it has little freedom; "linear" reads a score off the embedding.
     """
 
     def __init__(self, *, input_dim: int, hidden_dim: int = 512, proj_dim: int = 256, dropout: float = 0.1,
@@ -75,38 +79,241 @@ class ArtRanker(nn.Module):
         return self.head(select_features(*self.extractor(pixel_values), self.feature))
 
 
-def head_meta(cfg, *, backbone_id: str, input_dim: int, patch_size: int) -> dict:
+@torch.no_grad()
+def score_features(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """One score per row of cached features, in fp32 on the CPU."""
+    head.eval()
+    return head(features.to(next(head.parameters()).device)).float().cpu()
+
+
+# ---------------------------------------------------------------- the loss
+
+def pair_loss_terms(gap: torch.Tensor, margin: float, loss: str) -> torch.Tensor:
+    """The loss of each pair from its score gap (better minus worse image).
+
+    "margin": the spec's MarginRankingLoss (4.4.3), max(0, margin - gap): zero once a pair is `margin` apart.
+    "logistic": RankNet's log(1 + exp(-gap)), the negative log-likelihood of P(better) = sigmoid(gap); it
+    never stops pulling pairs apart and matches the logistic calibration of the scores. Ignores `margin`.
+    """
+    if loss == "margin":
+        return torch.clamp(margin - gap, min=0)
+    if loss == "logistic":
+        return F.softplus(-gap)
+    raise ValueError(f"unknown loss {loss!r}, expected 'margin' or 'logistic'")
+
+
+def in_batch_pair_loss(scores: torch.Tensor, ranks: torch.Tensor, margin: float, loss: str) -> torch.Tensor:
+    """The pair loss averaged over every cross-tier pair among the images of a batch.
+
+    Each image is scored once; a batch of 32 images yields up to 384 pairs instead of 32.
+    """
+    higher = ranks[:, None] > ranks[None, :]
+    if not higher.any():
+        return scores.sum() * 0.0  # keeps the graph: accumulate() and DDP expect a backward
+    better, worse = torch.nonzero(higher, as_tuple=True)
+    return pair_loss_terms(scores[better] - scores[worse], margin, loss).mean()
+
+
+@torch.no_grad()
+def all_pairs_loss(scores: torch.Tensor, ranks: torch.Tensor, margin: float, loss: str, block: int = 1024) -> float:
+    """The mean pair loss over all cross-tier pairs of a split: the validation loss early stopping watches.
+
+    Row blocks keep memory at block x N however many images there are.
+    """
+    scores, ranks = scores.float().flatten(), ranks.flatten()
+    loss_sum, pairs = 0.0, 0
+    for start in range(0, len(scores), block):
+        higher = ranks[start:start + block, None] > ranks[None, :]
+        gap = (scores[start:start + block, None] - scores[None, :])[higher]
+        loss_sum += pair_loss_terms(gap, margin, loss).sum().item()
+        pairs += int(higher.sum())
+    if pairs == 0:
+        raise ValueError("no cross-tier pairs: every image has the same tier")
+    return loss_sum / pairs
+
+
+# ---------------------------------------------------------------- the training procedure
+
+class Progress:
+    """Where training stands; saved with the Accelerate state so --resume continues exactly."""
+
+    def __init__(self):
+        self.epoch, self.batches_done, self.epoch_loss_sum = 0, 0, 0.0
+        self.best_val_loss, self.best_val_acc, self.stale_epochs = float("inf"), -1.0, 0
+        self.top: list[tuple[float, int]] = []  # (val accuracy, epoch) of the kept checkpoints
+        self.stop_reason: str | None = None  # set once training has ended: a resume then only finishes up
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+        self.top = [tuple(t) for t in self.top]
+
+    def keep_top_k(self, val_acc: float, top_k: int) -> tuple[bool, list[int]]:
+        """Whether this epoch joins the top_k by validation accuracy, kept for ensembles (an earlier epoch
+        wins a tie), and the epochs it pushes out."""
+        if top_k <= 0 or (len(self.top) >= top_k and val_acc <= min(self.top)[0]):
+            return False, []
+        self.top = sorted(self.top + [(val_acc, self.epoch)], key=lambda t: (-t[0], t[1]))
+        dropped = [epoch for _, epoch in self.top[top_k:]]
+        self.top = self.top[:top_k]
+        return True, dropped
+
+
+def stop_reason(progress: Progress, cfg, next_lr: float) -> str | None:
+    """Why training ends after the epoch just done, or None to go on."""
+    if progress.epoch >= cfg.epochs:
+        return f"reached {cfg.epochs} epochs"
+    if progress.stale_epochs >= cfg.patience:
+        return f"early stop: val loss not improved for {cfg.patience} epochs"
+    if next_lr < cfg.min_lr:
+        return f"learning rate {next_lr:.2e} below min_lr {cfg.min_lr:.0e}"
+    return None
+
+
+def train_epoch(accelerator, head, optimizer, train_x: torch.Tensor, train_r: torch.Tensor, progress: Progress, *,
+                batch_size: int, margin: float, loss: str, seed: int, interruption=None) -> bool:
+    """One pass over the training images, the loss over every cross-tier pair within each batch.
+
+    Starts at progress.batches_done (mid-epoch resume); returns False when `interruption` is set, after the
+    batch in hand. Every process takes the whole batch: training on cached features costs seconds, and
+    sharding a batch would change which pairs are compared, so N processes give one process's result.
+    """
+    head.train()
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed + progress.epoch))
+    for step, batch in enumerate(order.split(batch_size)):
+        if step < progress.batches_done:
+            continue
+        with accelerator.accumulate(head):
+            x, r = train_x[batch].to(accelerator.device), train_r[batch].to(accelerator.device)
+            with accelerator.autocast():
+                batch_loss = in_batch_pair_loss(head(x).float(), r, margin, loss)
+            accelerator.backward(batch_loss)
+            optimizer.step()
+            optimizer.zero_grad()
+        progress.epoch_loss_sum += batch_loss.item()
+        progress.batches_done = step + 1
+        if interruption:
+            return False
+    return True
+
+
+class HeadTraining:
+    """A RankingHead trained on cached features: AdamW, a cosine schedule over cfg.epochs, every epoch
+    validated, early stopping on the validation loss, a stop below min_lr; the best epoch is the first with
+    the highest validation accuracy."""
+
+    def __init__(self, cfg, accelerator, *, input_dim: int):
+        self.cfg, self.accelerator = cfg, accelerator
+        set_seed(cfg.seed)  # the head's initial weights and its dropout: the same seed, the same run
+        head = RankingHead(input_dim=input_dim, hidden_dim=cfg.hidden_dim, proj_dim=cfg.proj_dim, dropout=cfg.dropout,
+                           score_head=cfg.score_head)
+        optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+        # The scheduler is not prepared: prepared, it steps once per process per call.
+        self.head, self.optimizer = accelerator.prepare(head, optimizer)
+        self.progress = Progress()
+
+    def run(self, train_x: torch.Tensor, train_tiers, val_x: torch.Tensor, val_tiers, *, after_epoch=None,
+            after_step=None, interruption=None) -> bool:
+        """Train until a stop rule fires; returns False when `interruption` was set (after the batch in hand).
+
+        after_epoch(record, val_scores) follows each validated epoch; record holds the epoch, the train and
+        validation losses, the validation accuracy, "best" when it is the best epoch so far, and the rate the
+        epoch trained with. after_step() follows each epoch, and an interruption: where a run saves its state.
+        """
+        cfg, progress = self.cfg, self.progress
+        train_r, val_r = torch.from_numpy(tier_ranks(train_tiers)), torch.from_numpy(tier_ranks(val_tiers))
+        while progress.stop_reason is None:
+            if train_epoch(self.accelerator, self.head, self.optimizer, train_x, train_r, progress,
+                           batch_size=cfg.batch_size, margin=cfg.margin, loss=cfg.loss, seed=cfg.seed,
+                           interruption=interruption):
+                lr = self.scheduler.get_last_lr()[0]
+                self.scheduler.step()
+                val_scores = score_features(self.head, val_x)
+                val_loss = all_pairs_loss(val_scores, val_r, cfg.margin, cfg.loss)
+                val_acc, _ = pairwise_accuracy(val_scores.numpy(), val_tiers)
+                train_loss = progress.epoch_loss_sum / max(1, progress.batches_done)
+                record = {"epoch": progress.epoch, "train/loss": train_loss, "val/loss": val_loss,
+                          "val/pairwise_acc": val_acc}
+                if val_acc > progress.best_val_acc:  # strictly: of equally good epochs the first stays the best
+                    progress.best_val_acc, record["best"] = val_acc, True
+                record["lr"] = lr
+                if after_epoch is not None:
+                    after_epoch(record, val_scores)
+                if val_loss < progress.best_val_loss:
+                    progress.best_val_loss, progress.stale_epochs = val_loss, 0
+                else:
+                    progress.stale_epochs += 1
+                progress.epoch, progress.batches_done, progress.epoch_loss_sum = progress.epoch + 1, 0, 0.0
+                progress.stop_reason = stop_reason(progress, cfg, self.scheduler.get_last_lr()[0])
+            if after_step is not None:
+                after_step()
+            if interruption:
+                return False
+        return True
+
+    def unwrapped_head(self) -> RankingHead:
+        return self.accelerator.unwrap_model(self.head)
+
+
+# ---------------------------------------------------------------- saved heads
+
+def head_identity(cfg, backbone: Backbone) -> dict:
+    """What a head must have been trained on to be fed by this config and backbone."""
+    return dict(backbone_id=backbone.id, image_size=cfg.image_size, patch_size=backbone.patch_size,
+                preprocessing=PREPROCESSING_VERSION, feature=cfg.feature)
+
+
+def head_meta(cfg, backbone: Backbone, *, input_dim: int) -> dict:
     """What a head needs to be rebuilt and fed correctly, saved beside its weights."""
-    return dict(format=HEAD_FORMAT, backbone=cfg.backbone, backbone_id=backbone_id, image_size=cfg.image_size,
-                patch_size=patch_size, preprocessing=PREPROCESSING_VERSION, feature=cfg.feature,
-                input_dim=input_dim, hidden_dim=cfg.hidden_dim, proj_dim=cfg.proj_dim, dropout=cfg.dropout,
-                score_head=cfg.score_head)
+    return dict(format=HEAD_FORMAT, backbone=cfg.backbone, **head_identity(cfg, backbone), input_dim=input_dim,
+                hidden_dim=cfg.hidden_dim, proj_dim=cfg.proj_dim, dropout=cfg.dropout, score_head=cfg.score_head)
 
 
 def save_head(head: RankingHead, directory: str | os.PathLike, meta: dict) -> None:
     with atomic_dir(directory) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                   str(Path(tmp) / "head.safetensors"))
-        atomic_write_text(Path(tmp) / "head.json", json.dumps(meta, indent=2) + "\n")
+        atomic_write_json(Path(tmp) / "head.json", meta)
 
 
-def load_head(directory: str | os.PathLike, *, expect: dict | None = None) -> tuple[RankingHead, dict]:
-    """Load a saved head; refuse one made for another backbone, image size or preprocessing.
-
-    `expect` holds the values the caller will feed it with (keys of head.json).
-    """
+def load_head(directory: str | os.PathLike, *, identity: dict) -> tuple[RankingHead, dict]:
+    """A saved head, refused unless it was made for `identity` (head_identity of the caller's config and
+    backbone): another backbone, image size, preprocessing or feature would feed it other numbers."""
     directory = Path(directory)
     meta_path = directory / "head.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{directory}: no head.json; is this a checkpoint directory of train.py?")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != HEAD_FORMAT:
-        raise ValueError(f"{meta_path}: head format {meta.get('format')!r}, this code reads {HEAD_FORMAT}")
-    for key, value in (expect or {}).items():
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise ArtrankError(f"{directory}: no head.json; is this a checkpoint directory of train.py?") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArtrankError(f"{meta_path}: unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != HEAD_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ArtrankError(f"{meta_path}: head format {found!r}, this code reads {HEAD_FORMAT}")
+    for key, value in identity.items():
         if meta.get(key) != value:
-            raise ValueError(f"{meta_path}: checkpoint made with {key}={meta.get(key)!r}, "
-                             f"but this run uses {key}={value!r}; retrain or use the matching config")
+            raise ArtrankError(f"{meta_path}: checkpoint made with {key}={meta.get(key)!r}, but this run uses "
+                               f"{key}={value!r}; retrain or use the matching config")
     head = RankingHead(input_dim=meta["input_dim"], hidden_dim=meta["hidden_dim"], proj_dim=meta["proj_dim"],
                        dropout=meta["dropout"], score_head=meta["score_head"])
-    head.load_state_dict(load_file(str(directory / "head.safetensors")))
+    try:
+        head.load_state_dict(load_file(str(directory / "head.safetensors")))
+    except (OSError, RuntimeError) as err:  # missing, truncated, or weights of another shape
+        raise ArtrankError(f"{directory / 'head.safetensors'}: does not load ({type(err).__name__}: "
+                           f"{(str(err).splitlines() or [''])[0]})") from None
     return head.eval(), meta
+
+
+def load_ranker(cfg, accelerator) -> tuple[ArtRanker, dict, Path]:
+    """The run's ranker in PyTorch: the backbone of the config and the chosen checkpoint's head.
+
+    Returns (ranker, head.json, checkpoint folder).
+    """
+    checkpoint = chosen_checkpoint(cfg)
+    backbone = config_backbone(cfg, accelerator)
+    head, meta = load_head(checkpoint, identity=head_identity(cfg, backbone))
+    extractor = DinoFeatureExtractor.from_pretrained(str(backbone.path))
+    return ArtRanker(extractor, head, meta["feature"]).eval(), meta, checkpoint

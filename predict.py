@@ -24,20 +24,19 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from artrank import ArtrankError, Ranker, Scorer, onnx_scorer, score_images, torch_scorer
-from config import parse_config, print_config
-from export_onnx import FILE_NAMES
-from metrics import tier_hint
-from runfolder import atomic_write_text
+from artrank import Ranker, run_scorer
+from pipeline import cli
+from pipeline.calibration import tier_hint
+from pipeline.config import PREDICT, parse_config, print_config
+from pipeline.errors import ArtrankError
+from pipeline.files import atomic_write_text
+from pipeline.scoring import FILE_NAMES, Scorer, onnx_scorer, score_images
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def compare(scorer: Scorer, path_a: str, path_b: str) -> None:
-    try:
-        result = Ranker(scorer, batch_size=2).compare(path_a, path_b)
-    except ArtrankError as err:
-        raise SystemExit(f"error: {err}") from None
+    result = Ranker(scorer, batch_size=2).compare(path_a, path_b)
     for letter, path, score, hint in (("A", path_a, result.score_a, result.tier_hint_a),
                                       ("B", path_b, result.score_b, result.tier_hint_b)):
         print(f"{letter} {score:+.4f}{f'  tier hint {hint}' if hint else ''}  {path}")
@@ -57,11 +56,11 @@ def image_paths(images: list[str], directory: str | None) -> list[tuple[str, str
     if directory is not None:
         root = Path(directory)
         if not root.is_dir():
-            raise SystemExit(f"error: --dir {root}: not a directory")
+            raise ArtrankError(f"--dir {root}: not a directory")
         found += [(str(p), str(p.relative_to(root))) for p in sorted(root.rglob("*"))
                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith(".")]
         if len(found) == len(images):
-            raise SystemExit(f"error: --dir {root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise ArtrankError(f"--dir {root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return found
 
 
@@ -76,47 +75,47 @@ def add_arguments(parser) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, args = parse_config(__doc__, argv, add_arguments=add_arguments, keys=(
-        "run", "backbone", "random_backbone", "image_size", "checkpoint", "extract_batch_size", "mixed_precision"))
-    print_config(cfg, file=sys.stderr)  # stdout is the ranked table people read and pipe
-    if args.compare and (args.images or args.dir):
-        raise SystemExit("error: --compare takes exactly two images and no others")
-    if not (args.compare or args.images or args.dir):
-        raise SystemExit("error: nothing to score: give IMAGE..., --dir DIR or --compare A B")
-    if args.torch and args.model:
-        raise SystemExit("error: --model is an ONNX file; --torch runs the checkpoint of --config instead")
-    try:
-        model = args.model or Path(cfg.output_dir) / FILE_NAMES["fp32"]
-        scorer = torch_scorer(cfg) if args.torch else onnx_scorer(model)
-    except ArtrankError as err:
-        raise SystemExit(f"error: {err}") from None
-    print(f"model: {scorer.description}")
-    if args.compare:
-        compare(scorer, *args.compare)
-        return
+    with cli.one_line_errors():
+        cfg, args = parse_config(__doc__, argv, script=PREDICT, add_arguments=add_arguments)
+        print_config(cfg, file=sys.stderr)  # stdout is the ranked table people read and pipe
+        if args.compare and (args.images or args.dir):
+            raise ArtrankError("--compare takes exactly two images and no others")
+        if not (args.compare or args.images or args.dir):
+            raise ArtrankError("nothing to score: give IMAGE..., --dir DIR or --compare A B")
+        if args.torch and args.model:
+            raise ArtrankError("--model is an ONNX file; --torch runs the checkpoint of --config instead")
+        scorer = run_scorer(cfg) if args.torch else onnx_scorer(args.model or Path(cfg.output_dir) / FILE_NAMES["fp32"])
+        print(f"model: {scorer.description}")
+        if args.compare:
+            compare(scorer, *args.compare)
+            return
+        named = image_paths(args.images, args.dir)
+        errors = rank(scorer, named, batch_size=cfg.extract_batch_size, top=args.top, out=args.out)
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    if errors:
+        raise SystemExit(1)
 
-    named = image_paths(args.images, args.dir)
-    with tqdm(total=len(named), desc="scoring", leave=False, disable=len(named) < 2 * cfg.extract_batch_size) as bar:
-        scores, errors = score_images(scorer, [path for path, _ in named], batch_size=cfg.extract_batch_size,
-                                      track=bar.update)
+
+def rank(scorer: Scorer, named: list[tuple[str, str]], *, batch_size: int, top: int, out: str | None) -> list[str]:
+    """Print the images ranked by score (the `top` best and worst, or all), write --out; returns the images
+    that could not be scored."""
+    with tqdm(total=len(named), desc="scoring", leave=False, disable=len(named) < 2 * batch_size) as bar:
+        scores, errors = score_images(scorer, [path for path, _ in named], batch_size=batch_size, track=bar.update)
     table = pd.DataFrame([(name, score) for (_, name), score in zip(named, scores) if score is not None],
                          columns=["file_name", "score"]).sort_values("score", ascending=False, kind="stable")
     if scorer.calibration is not None and table.size:
         table["tier_hint"] = [tier_hint(s, scorer.calibration) for s in table.score]
     if table.size:
         ranked = table.assign(rank=range(1, len(table) + 1))[["rank", *table.columns]]
-        shown = ranked if args.top <= 0 or len(ranked) <= 2 * args.top else pd.concat([ranked.head(args.top),
-                                                                                        ranked.tail(args.top)])
+        shown = ranked if top <= 0 or len(ranked) <= 2 * top else pd.concat([ranked.head(top), ranked.tail(top)])
         print(shown.to_string(index=False, formatters={"score": "{:+.4f}".format}))
         if len(shown) < len(ranked):
-            print(f"(the {args.top} best and {args.top} worst of {len(ranked)}; --top 0 shows all)")
-    if args.out and table.size:
-        atomic_write_text(args.out, table.to_csv(index=False, float_format="%.6f"))
-        print(f"wrote {args.out} ({len(table)} images)")
-    for message in errors:
-        print(f"error: {message}", file=sys.stderr)
-    if errors:
-        raise SystemExit(1)
+            print(f"(the {top} best and {top} worst of {len(ranked)}; --top 0 shows all)")
+    if out and table.size:
+        atomic_write_text(out, table.to_csv(index=False, float_format="%.6f"))
+        print(f"wrote {out} ({len(table)} images)")
+    return errors
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import Dinov2Config, Dinov2Model
 
-from backbones import RANDOM_BACKBONES, DinoFeatureExtractor
+from pipeline.backbones import RANDOM_BACKBONES, DinoFeatureExtractor
 
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -47,7 +47,7 @@ def random_extractor(kind: str, *, seed: int = 0) -> DinoFeatureExtractor:
 
 
 def autocast(device: torch.device):
-    """fp16 autocast on CUDA, the way features.py extracts (REQ-U-002); fp32 on CPU."""
+    """fp16 autocast on CUDA, the way pipeline/features.py extracts; fp32 on CPU."""
     return torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
 
 

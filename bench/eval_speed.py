@@ -5,7 +5,7 @@
 
 One model (model.ArtRanker: a random-weight DINOv2 and a ranking head) and the same `--images`
 random images with random tiers, preprocessed in memory: loading is left out of both ways.
-The spec's evaluator (metrics.spec_pairwise_accuracy) runs the ranker on both images of every pair,
+The spec's evaluator (pipeline.metrics.spec_pairwise_accuracy) runs the ranker on both images of every pair,
 one image at a time as the spec writes it; with `--spec_pairs` K > 0 it runs on K pairs drawn at
 random and its time for all pairs is extrapolated (said so). Score-once runs every image through the
 ranker once, in batches, then computes the accuracy over all pairs (metrics.pairwise_accuracy) and,
@@ -29,10 +29,10 @@ from bench.common import (
     random_extractor,
     timed,
 )
-from data import TIERS, cross_tier_pairs
-from images import input_size
-from metrics import pairwise_accuracy, spec_pairwise_accuracy
 from model import ArtRanker, RankingHead
+from pipeline.images import input_size
+from pipeline.metrics import pairwise_accuracy, spec_pairwise_accuracy
+from pipeline.tables import TIERS, cross_tier_pairs
 
 
 def main() -> None:

@@ -7,7 +7,7 @@
 Parts, in fp16 on CUDA (fp32 on a CPU, where this is only a check that the script runs):
 - extract: DinoFeatureExtractor as features.py runs it (fp16 autocast, SDPA attention,
   inference_mode) on a batch already on the device, at each of `--batches`: time per batch, images/s,
-  achieved TFLOP/s against the architecture's FLOP count at this input size (docs/design.md 4 counts 2.6
+  achieved TFLOP/s against the architecture's FLOP count at this input size (docs/design.md counts 2.6
   TFLOPs at 756 px; our 770 px input has 3,026 tokens), peak GPU memory allocated at each batch.
 - eager, compile, onnx: batch-1 latency of the whole ranker (backbone + head, position embeddings
   baked as the export bakes them), from a preprocessed float32 image in host memory to its score in
@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import transformers
 
-from backbones import RANDOM_BACKBONES
 from bench.common import (
     add_model_arguments,
     autocast,
@@ -43,15 +42,16 @@ from bench.common import (
     random_extractor,
     timed,
 )
-from images import input_size
 from model import ArtRanker, RankingHead
-from runfolder import atomic_write_text
+from pipeline.backbones import RANDOM_BACKBONES
+from pipeline.files import atomic_write_text
+from pipeline.images import input_size
 
 PARTS = ("extract", "eager", "compile", "onnx")
 
 
 def flops_per_image(config, side: int) -> dict:
-    """Multiply-adds x 2 of one forward pass: patch embedding, linear layers and attention (docs/design.md 4)."""
+    """Multiply-adds x 2 of one forward pass: patch embedding, linear layers and attention."""
     grid = (side // config.patch_size) ** 2
     tokens, width, layers = grid + 1, config.hidden_size, config.num_hidden_layers
     patch = 2 * grid * 3 * config.patch_size ** 2 * width
@@ -118,10 +118,11 @@ def torch_latencies(ranker: ArtRanker, *, side: int, pixels: torch.Tensor, args,
 
 def onnx_part(ranker: ArtRanker, *, side: int, fp16: bool, pixels: torch.Tensor, reference: np.ndarray,
               repeats: int, device: torch.device) -> dict:
-    # Imported here: export_onnx pulls in features.py and with it datasets, which the other parts do without.
+    # Imported here: the other parts do without onnx and onnxruntime.
     import onnxruntime
 
-    from export_onnx import INPUT_NAME, export_ranker, onnx_session
+    from pipeline.export import export_ranker
+    from pipeline.scoring import INPUT_NAME, onnx_session
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -156,7 +157,7 @@ def main() -> None:
     device = pick_device(args.device)
     cuda = device.type == "cuda"
     if args.backbone == "large" and not cuda:
-        raise SystemExit("ViT-L/14 needs a GPU (about 25 s per image at 768 on a 2-core CPU, docs/design.md 4); "
+        raise SystemExit("ViT-L/14 needs a GPU (about 25 s per image at 768 on a 2-core CPU); "
                          "to check this script on a CPU: --backbone tiny --size 56 --device cpu --out /tmp/gpu.json")
     extractor = random_extractor(args.backbone).to(device)
     side = input_size(args.size, extractor.patch_size)

@@ -2,26 +2,36 @@
 
     python -m bench.heads --config configs/demo.json --seeds 42 43 44 45 46
 
-Trains every combination with train.py's own training function on the same data, once per seed (the
-seed also draws the artist split, so the spread covers different held-out artists), and prints mean
-and standard deviation of the val and test pairwise accuracy. Runs go to OUTPUT_DIR/heads/.
-Features come from the feature cache, so only the first run pays for extraction.
+Runs train.py for every combination on the same data, once per seed (the seed also draws the artist split,
+so the spread covers different held-out artists), and prints the mean and standard deviation of the val
+and test pairwise accuracy that each run wrote into its final_metrics.json. The runs go to
+OUTPUT_DIR/heads/ (a rerun replaces them); features come from the feature cache, so only the first run
+pays for extraction.
 """
 
 import argparse
 import itertools
+import json
+import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.config import ConfigError, load_config
 
-from config import ConfigError, load_config  # noqa: E402
-from train import training_function  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]
 COMBINATIONS = list(itertools.product(("cls", "cls_mean"), ("norm", "linear")))
+
+
+def train(config: str, run: Path, *overrides: str) -> dict:
+    """train.py with `overrides` into `run`; its final metrics."""
+    command = [sys.executable, str(ROOT / "train.py"), "--config", config, "--output_dir", str(run),
+               "--wandb_mode", "offline", "--overwrite_output_dir", *overrides]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"error: {' '.join(command)} exited {result.returncode}:\n{result.stderr[-3000:]}")
+    return json.loads((run / "final_metrics.json").read_text())
 
 
 def main() -> None:
@@ -34,14 +44,14 @@ def main() -> None:
         base = load_config(args.config)
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
-    if args.epochs:
-        base = replace(base, epochs=args.epochs)
     results = {}
     for (feature, head), seed in itertools.product(COMBINATIONS, args.seeds):
         run = Path(base.output_dir) / "heads" / f"{feature}-{head}-seed{seed}"
-        cfg = replace(base, feature=feature, score_head=head, seed=seed, output_dir=str(run), wandb_mode="offline")
-        metrics = training_function(cfg)
+        epochs = ["--epochs", str(args.epochs)] if args.epochs else []
+        metrics = train(args.config, run, "--feature", feature, "--score_head", head, "--seed", str(seed), *epochs)
         results.setdefault((feature, head), []).append((metrics["val/pairwise_acc"], metrics["test/pairwise_acc"]))
+        print(f"feature={feature} score_head={head} seed={seed}: val {metrics['val/pairwise_acc']:.3f}, test "
+              f"{metrics['test/pairwise_acc']:.3f}", flush=True)
 
     print(f"\n{base.backbone} at {base.image_size}px, data {base.data_dir}, seeds {args.seeds}")
     print(f"{'feature':<10} {'score head':<12} {'val acc':>16} {'test acc':>16}")

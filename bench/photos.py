@@ -11,14 +11,14 @@ Prints, on the machine it runs on:
 - per photo and per stage, on one core, medians: read+hash, check, decode, preprocess, model (a random
   tiny DINOv2 at 768, fp32 CPU), old path (full decode, Pillow's bicubic from full size) against the
   new (images.load_pixels: reduced decode, then torch's bicubic on 8 bits);
-- predict.py's cost per photo (artrank.score_images) against a full Pillow decode of the same file,
+- predict.py's cost per photo (pipeline.scoring.score_images) against a full Pillow decode of the same file,
   timed in fresh memory and with Pillow's block cache (its fastest, the reference of the ratios):
   file to model input (the model replaced by nothing: a CPU cannot stand in for the GPU's 12 ms) for
   one photo alone on one core and for a folder with predict's default threads; the least any decode
   of the file costs (libjpeg's entropy decoding, at 1/8 scale); file to score with the tiny model;
 - with --extraction: features.extract from the JPEG files with the default workers against the same
   model fed pixel tensors on the device (--backbone large = ViT-L/14, --device, fp16 on CUDA);
-- start-up (data.load_table, what every script runs first) on 2,000 phone photos and on 20,000
+- start-up (data.image_table, what every script runs first) on 2,000 phone photos and on 20,000
   smaller photos (1024x768, so that they fit on disk), cold (no check cache) and warm (second start);
   the page cache is warm in both, as no unprivileged process can empty it;
 - Spearman between the scores of the old and the new path, on the generated photos and on the demo
@@ -41,11 +41,10 @@ import torch
 from PIL import Image, ImageDraw
 from scipy.stats import spearmanr
 
-from artrank import Scorer, score_images
 from bench.common import add_model_arguments, machine, pick_device, print_table, random_extractor
-from data import load_table
-from demo_data import generate_demo_dataset
-from images import (
+from data import image_table
+from pipeline.demo_data import generate_demo_dataset
+from pipeline.images import (
     check_decode,
     decode_reduced,
     default_workers,
@@ -56,6 +55,7 @@ from images import (
     open_image,
     preprocess,
 )
+from pipeline.scoring import Scorer, score_images
 
 SIZE, PATCH = 768, 14
 SPLIT = dict(val_fraction=0.1, test_fraction=0.1, seed=42)
@@ -151,7 +151,7 @@ def stages(paths: list[str], model) -> list[list]:
 
 
 def predict_rows(paths: list[str], model) -> tuple[list[list], float]:
-    """predict.py's cost per photo (artrank.score_images) against a full Pillow decode of the same file.
+    """predict.py's cost per photo (pipeline.scoring.score_images) against a full Pillow decode of the same file.
 
     The full decode is timed twice: in fresh memory, as a new process gets it, and with Pillow's block
     cache on, so that its 48 MB of pixels land in memory already touched: its fastest. Ratios are
@@ -197,7 +197,7 @@ def extraction_rows(paths: list[str], args) -> tuple[list[list], float]:
     from accelerate import Accelerator
 
     from bench.gpu import measure_extraction
-    from features import extract
+    from pipeline.features import extract
 
     device = pick_device(args.device)
     extractor = random_extractor(args.backbone).to(device)
@@ -243,7 +243,7 @@ def start_up(root: Path, bases: list[bytes], count: int) -> list:
     timings = []
     for _ in ("cold", "warm"):
         start = time.perf_counter()
-        load_table(data, cache_dir=root / f"cache{count}", **SPLIT)
+        image_table(data, cache_dir=root / f"cache{count}", **SPLIT)
         timings.append(time.perf_counter() - start)
     return [f"{count:,}", f"{timings[0]:.1f} s", f"{timings[1]:.2f} s", timings[1] / timings[0]]
 
@@ -296,7 +296,7 @@ def main() -> None:
 
         rows, per_photo = predict_rows(paths, model)
         print("### predict.py, file to score, per 12 MP JPEG (after start-up)\n")
-        print_table(["artrank.score_images", "per photo", "/ fastest full Pillow decode"], rows)
+        print_table(["pipeline.scoring.score_images", "per photo", "/ fastest full Pillow decode"], rows)
         targets = [("decode + preprocess of a 12 MP JPEG, new / old, one core", "<=", 0.33,
                     decode_and_preprocess["12 MP phone JPEG"]),
                    ("predict.py file to model input per photo / fastest full Pillow decode", "<=", 0.50, per_photo)]
@@ -316,7 +316,7 @@ def main() -> None:
         print_table(["images", "Spearman"], [[name, f"{value:.4f}"] for name, value in agreement])
         targets += [(f"Spearman, old path against new: {name}", ">=", 0.99, value) for name, value in agreement[:2]]
 
-        print("### Start-up: data.load_table, cold (no check cache) and warm (second start)\n", flush=True)
+        print("### Start-up: data.image_table, cold (no check cache) and warm (second start)\n", flush=True)
         rows = []
         for count in args.startup:
             if count <= 5000:
@@ -331,7 +331,7 @@ def main() -> None:
         print_table(["files", "images", "first start", "second start", "second / first"],
                     [[*row[:-1], f"{row[-1]:.1%}"] for row in rows])
 
-    print("### Targets (issue 14), ratios measured in this run\n")
+    print("### Targets, ratios measured in this run\n")
     print_table(["target", "wanted", "measured", "met"], [
         [name, f"{bound} {limit:.2f}", f"{value:.3f}", "yes" if (value <= limit if bound == "<=" else value >= limit)
          else "NO"] for name, bound, limit, value in targets])

@@ -8,7 +8,7 @@ ViT-L's width (1024), made before anything is measured. For each size:
 - split_by_artist, as every script runs it;
 - pair generation as training uses it: one epoch's batches of 32 training images, with every
   cross-tier pair among each batch's images enumerated by data.cross_tier_pairs;
-- one training epoch: train.py's loop (bench.train_speed.train_on_features) on the features,
+- one training epoch: train.py's own procedure (bench.train_speed.train_on_features) on the features,
   validation included;
 - the full cross-tier pair table of the training images, what the spec's 4.4.2 builds for every
   epoch: materialised by data.cross_tier_pairs up to `--materialise_max` pairs; above that only its
@@ -25,8 +25,8 @@ import torch
 
 from bench.common import MEMORY_METHOD, duration, machine, measure, print_table, size
 from bench.train_speed import VIT_L_WIDTH, train_on_features
-from data import TIERS, cross_tier_pairs, split_by_artist
-from metrics import tier_ranks
+from data import split_by_artist
+from pipeline.tables import TIERS, cross_tier_pairs
 
 PAIR_BYTES = 8 + 8 + 1
 
@@ -65,8 +65,7 @@ def measure_size(n: int, args) -> dict:
                                                               seed=args.seed))
     epoch_args = argparse.Namespace(epochs=1, batch_size=args.batch_size, lr=1e-4, weight_decay=0.01, margin=1.0,
                                     seed=args.seed)
-    train_r, val_r = torch.from_numpy(tier_ranks(train_tiers)), torch.from_numpy(tier_ranks(val_tiers))
-    _, epoch_s, epoch_mem = measure(lambda: train_on_features(train_x, train_r, val_x, val_r, args=epoch_args,
+    _, epoch_s, epoch_mem = measure(lambda: train_on_features(train_x, train_tiers, val_x, val_tiers, args=epoch_args,
                                                               device=torch.device("cpu")))
     full = full_pair_count(train_tiers)
     if full <= args.materialise_max:

@@ -11,9 +11,10 @@ The spec's way: per batch of 32 pairs, the frozen backbone on both images (no_gr
 projector and -||emb|| score (RankingHead(score_head="norm")) and MarginRankingLoss. `--spec_batches`
 batches are timed and extrapolated to an epoch of all cross-tier pairs of the training images (what
 the spec's 4.4.2 builds) and to `--epochs` epochs: labelled extrapolated.
-Ours, measured in full: every image through the backbone once, then train.py's loop on the cached
-features (batches of 32 images, every cross-tier pair among them, AdamW, cosine schedule, validation
-every epoch), with our default linear score head. fp16 autocast on CUDA for both ways.
+Ours, measured in full: every image through the backbone once, then train.py's own procedure
+(model.HeadTraining: batches of 32 images, every cross-tier pair among them, AdamW, cosine schedule,
+validation every epoch) on the cached features for exactly --epochs epochs, with our default linear score
+head. fp16 autocast on CUDA for both ways.
 Reads nothing, writes nothing; prints a table whose last line is a one-line summary.
 """
 
@@ -24,7 +25,6 @@ import torch
 import torch.nn as nn
 from accelerate import Accelerator
 
-from backbones import RANDOM_BACKBONES, DinoFeatureExtractor
 from bench.common import (
     add_model_arguments,
     autocast,
@@ -35,11 +35,11 @@ from bench.common import (
     random_extractor,
     timed,
 )
-from data import TIERS, cross_tier_pairs
-from images import input_size
-from metrics import pair_margin_loss, pairwise_accuracy, tier_ranks
-from model import RankingHead
-from train import Progress, train_epoch
+from model import HeadTraining, RankingHead
+from pipeline.backbones import RANDOM_BACKBONES, DinoFeatureExtractor
+from pipeline.config import Config
+from pipeline.images import input_size
+from pipeline.tables import TIERS, cross_tier_pairs, tier_ranks
 
 VIT_L_WIDTH = RANDOM_BACKBONES["large"]["hidden_size"]
 
@@ -92,34 +92,15 @@ def extract_features(extractor: DinoFeatureExtractor, pool: torch.Tensor, count:
     return timed(run, device)
 
 
-def train_on_features(train_x: torch.Tensor, train_r: torch.Tensor, val_x: torch.Tensor, val_r: torch.Tensor, *,
+def train_on_features(train_x: torch.Tensor, train_tiers: np.ndarray, val_x: torch.Tensor, val_tiers: np.ndarray, *,
                       args, device: torch.device) -> float:
-    """train.py's own epoch (train_epoch) and validation on cached features, `args.epochs` epochs.
-
-    Returns wall seconds.
-    """
+    """train.py's own procedure (model.HeadTraining) on cached features for exactly `args.epochs` epochs: the
+    stop rules are set never to fire. Returns wall seconds."""
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="fp16" if device.type == "cuda" else "no")
-    torch.manual_seed(args.seed)
-    head = RankingHead(input_dim=train_x.shape[1])
-    optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    head, optimizer = accelerator.prepare(head, optimizer)
-    progress = Progress()
-    val_tiers = np.asarray(TIERS)[3 - val_r.numpy()]  # TIER_RANK: S=3 ... C=0
-
-    def run() -> None:
-        while progress.epoch < args.epochs:
-            train_epoch(accelerator, head, optimizer, train_x, train_r, progress, batch_size=args.batch_size,
-                        margin=args.margin, seed=args.seed, stop=[])
-            scheduler.step()
-            head.eval()
-            with torch.no_grad():
-                val_scores = head(val_x.to(device)).float().cpu()
-            pair_margin_loss(val_scores, val_r, args.margin)
-            pairwise_accuracy(val_scores.numpy(), val_tiers)
-            progress.epoch, progress.batches_done, progress.epoch_loss_sum = progress.epoch + 1, 0, 0.0
-
-    return timed(run, device)[1]
+    cfg = Config(epochs=args.epochs, patience=args.epochs + 1, min_lr=0.0, batch_size=args.batch_size, lr=args.lr,
+                 weight_decay=args.weight_decay, margin=args.margin, seed=args.seed)
+    training = HeadTraining(cfg, accelerator, input_dim=train_x.shape[1])
+    return timed(lambda: training.run(train_x, train_tiers, val_x, val_tiers), device)[1]
 
 
 def in_batch_pairs_per_epoch(ranks: torch.Tensor, batch_size: int, seed: int) -> int:
@@ -155,8 +136,9 @@ def main() -> None:
     spec_epoch = per_batch * -(-all_pairs // args.batch_size)
     features, extract_seconds = extract_features(extractor, pool, args.images, batch_size=args.batch_size,
                                                  device=device)
-    train_r, val_r = ranks[:n_train], ranks[n_train:n_train + n_val]
-    train_seconds = train_on_features(features[:n_train], train_r, features[n_train:n_train + n_val], val_r,
+    train_r = ranks[:n_train]
+    train_tiers, val_tiers = tiers[:n_train], tiers[n_train:n_train + n_val]
+    train_seconds = train_on_features(features[:n_train], train_tiers, features[n_train:n_train + n_val], val_tiers,
                                       args=args, device=device)
     ours_total = extract_seconds + train_seconds
     used_pairs = in_batch_pairs_per_epoch(train_r, args.batch_size, args.seed)
@@ -175,7 +157,8 @@ def main() -> None:
     ]
     if extractor.hidden_size != VIT_L_WIDTH:  # the head's cost at ViT-L's feature width, the real run's
         wide = torch.randn(n_train + n_val, VIT_L_WIDTH, generator=torch.Generator().manual_seed(args.seed))
-        wide_seconds = train_on_features(wide[:n_train], train_r, wide[n_train:], val_r, args=args, device=device)
+        wide_seconds = train_on_features(wide[:n_train], train_tiers, wide[n_train:], val_tiers, args=args,
+                                         device=device)
         rows.append([f"{args.epochs} epochs, head at ViT-L width ({VIT_L_WIDTH}-d features)", "not measured",
                      duration(wide_seconds)])
     print_table(["", "spec's way (4.4: backbone per pair)", "ours (feature cache, in-batch pairs)"], rows)

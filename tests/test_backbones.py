@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import ROOT, run_script, tiny_args, write_dataset
+from conftest import ROOT, read_head, run_script, tiny_args, write_dataset
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModel,
@@ -26,13 +26,13 @@ from transformers import (
     DINOv3ViTModel,
 )
 
-import backbones
-import export_onnx
-from backbones import BackboneError, DinoFeatureExtractor, resolve_backbone
-from config import parse_config
-from images import input_size, open_image, preprocess
-from model import load_head
-from workflow import quiet_libraries
+from pipeline import backbones
+from pipeline.backbones import BackboneError, DinoFeatureExtractor, resolve_backbone
+from pipeline.cli import quiet_libraries
+from pipeline.config import parse_config
+from pipeline.files import StatCache
+from pipeline.images import input_size, open_image, preprocess
+from pipeline.scoring import onnx_session
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)
 DINOV2 = dict(**TINY, mlp_ratio=2, image_size=56, patch_size=14)  # the hub checkpoints have patch 14
@@ -195,7 +195,7 @@ def test_each_backbone_config_is_the_baseline_with_its_own_backbone_at_the_768_l
 @pytest.fixture
 def hash_cache(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
-    return tmp_path / "user-cache" / "artrank" / "file_hashes.json"
+    return tmp_path / "user-cache" / "artrank" / "file-hashes.sqlite"
 
 
 def test_backbone_id_is_not_rehashed_at_start_but_new_weights_of_the_same_shape_change_it(tmp_path, hash_cache,
@@ -205,7 +205,7 @@ def test_backbone_id_is_not_rehashed_at_start_but_new_weights_of_the_same_shape_
     torch.manual_seed(0)
     FAMILIES["dinov2"][0]().save_pretrained(folder)
     first = resolve_backbone(str(folder), accelerator=accelerator).id
-    assert str((folder / "model.safetensors").resolve()) in json.loads(hash_cache.read_text())
+    assert str((folder / "model.safetensors").resolve()) in StatCache(hash_cache, version="sha256").rows
 
     real_sha256 = backbones._file_sha256
     read = []
@@ -271,11 +271,11 @@ def test_each_family_trains_exports_and_predicts_and_onnx_equals_automodel_token
     assert "Resize" not in ops and "Cos" not in ops  # position embeddings and RoPE angles are constants
 
     pixels = torch.stack([preprocess(open_image(p), 64, patch) for p in paths])
-    head, meta = load_head(out / "checkpoints" / "best")
+    head, meta = read_head(out / "checkpoints" / "best")
     cls_token, mean_patch = reference_features(saved / family, pixels, registers)
     with torch.no_grad():
         expected = head(torch.cat([cls_token, mean_patch], dim=-1)).numpy()
-    onnx_scores = export_onnx.onnx_session(out / "model.onnx").run(None, {"pixel_values": pixels.numpy()})[0]
+    onnx_scores = onnx_session(out / "model.onnx").run(None, {"pixel_values": pixels.numpy()})[0]
     np.testing.assert_allclose(onnx_scores, expected, atol=1e-5, rtol=1e-4)
     written = pd.read_csv(tmp_path / "scores.csv").set_index("file_name").score
     np.testing.assert_allclose([written[Path(p).name] if Path(p).name in written else written[p] for p in paths],

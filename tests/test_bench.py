@@ -5,12 +5,14 @@ spec's evaluator and score-once agreeing, the ONNX graph agreeing with PyTorch, 
 """
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import run_script
+from conftest import ROOT, run_script, tiny_args
 
-from data import TIERS, cross_tier_pairs
+from pipeline.tables import TIERS, cross_tier_pairs
 
 pytestmark = pytest.mark.slow
 
@@ -78,11 +80,33 @@ def test_gpu_bench_check_run_on_cpu_writes_json(tmp_path):
 def test_flop_count_of_vit_l_at_756_is_the_2_6_tflops_of_notes_4():
     from transformers import Dinov2Config
 
-    from backbones import RANDOM_BACKBONES
     from bench.gpu import flops_per_image
+    from pipeline.backbones import RANDOM_BACKBONES
 
     flops = flops_per_image(Dinov2Config(**RANDOM_BACKBONES["large"]), 756)
     assert flops["tokens"] == 2917
     assert flops["linear"] == pytest.approx(1.76e12, rel=0.01)
     assert flops["attention"] == pytest.approx(0.84e12, rel=0.01)
     assert flops["total"] == pytest.approx(2.6e12, rel=0.01)
+
+
+def test_heads_trains_every_head_and_feature_with_train_py_and_prints_the_table(tmp_path, tiny_backbone, dataset):
+    config = tiny_args(tmp_path, dataset, tiny_backbone, epochs=1)[1]
+    result = subprocess.run([sys.executable, "-m", "bench.heads", "--config", config, "--seeds", "42"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    runs = [line for line in lines if line.startswith("feature=")]
+    assert len(runs) == 4 and all(" seed=42: val " in line for line in runs)
+    for feature, head in (("cls", "norm"), ("cls", "linear"), ("cls_mean", "norm"), ("cls_mean", "linear")):
+        run = tmp_path / "run" / "heads" / f"{feature}-{head}-seed42"
+        metrics = json.loads((run / "final_metrics.json").read_text())
+        assert f"feature={feature} score_head={head} seed=42: val {metrics['val/pairwise_acc']:.3f}" in result.stdout
+    assert lines[-1].startswith("best by mean val accuracy: feature=")
+
+
+def test_photos_runs_at_its_smallest_and_prints_every_target(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bench.photos", "--photos", "2", "--scans", "1", "--startup", "200"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Spearman" in result.stdout and "| target |" in result.stdout

@@ -1,44 +1,16 @@
-"""Issue 2: the one preprocessing, the artist-grouped stratified split, the pairs of spec 4.4.2,
-the REQ-N-001 guard and make_pairs.py."""
+"""data.py: the rows' checks, every bad row listed at once; the artist-grouped stratified split; the test-leak
+guard (REQ-N-001)."""
 
-import itertools
+import unicodedata
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from conftest import run_script, tiny_args
-from PIL import Image
+from conftest import EXPECTED, SPLIT, image_frame, write_dataset
+from sklearn.model_selection import StratifiedGroupKFold
 
-from data import (
-    SPLITS,
-    TIER_RANK,
-    TIERS,
-    DataError,
-    ImageDataset,
-    check_no_test_leak,
-    cross_tier_pairs,
-    load_table,
-    split_by_artist,
-)
-from images import IMAGENET_MEAN, IMAGENET_STD, input_size, preprocess
-from runfolder import atomic_dir, atomic_write_text, recover_dir
-
-NORMALISED_WHITE = ((1 - np.array(IMAGENET_MEAN)) / IMAGENET_STD).astype(np.float32)
-
-
-def spec_pairs(ids: list[str], tiers: list[str]) -> list[tuple[str, str, int]]:
-    """The double loop of spec 4.4.2, with its tier_order."""
-    tier_order = {"S": 4, "A": 3, "B": 2, "C": 1}
-    pairs = []
-    for i, j in itertools.product(range(len(ids)), repeat=2):
-        if i >= j:
-            continue
-        if tier_order[tiers[i]] > tier_order[tiers[j]]:
-            pairs.append((ids[i], ids[j], 1))
-        elif tier_order[tiers[i]] < tier_order[tiers[j]]:
-            pairs.append((ids[i], ids[j], -1))
-    return pairs
+from data import DataError, check_no_test_leak, image_table, read_metadata, split_by_artist, split_rows
+from pipeline.tables import SPLITS, TIERS, frame, to_dataset
 
 
 def artist_table(*, artists: int, seed: int = 0, max_works: int = 12) -> pd.DataFrame:
@@ -52,51 +24,6 @@ def artist_table(*, artists: int, seed: int = 0, max_works: int = 12) -> pd.Data
             rows.append((f"artist{a:03d}/{k:02d}.png", tier, f"artist{a:03d}"))
     return pd.DataFrame(rows, columns=["image_id", "tier", "artist"])
 
-
-# ---------------------------------------------------------------- preprocessing
-
-def test_768_is_padded_to_whole_patches():
-    assert input_size(768, 14) == 770 and input_size(224, 14) == 224 and input_size(56, 14) == 56
-
-
-def test_req_u_005_preprocess_letterboxes_centred_and_keeps_the_aspect():
-    image = Image.new("RGB", (200, 100), (255, 255, 255))
-    tensor = preprocess(image, 768, 14)
-    assert tensor.shape == (3, 770, 770) and tensor.dtype == torch.float32
-    drawn = (tensor != 0).any(dim=0)
-    rows, cols = torch.nonzero(drawn, as_tuple=True)
-    assert (rows.min().item(), rows.max().item() + 1) == (193, 193 + 384)  # 2:1 kept: 768 x 384, centred
-    assert (cols.min().item(), cols.max().item() + 1) == (1, 1 + 768)
-    assert torch.allclose(tensor[:, 193:577, 1:769], torch.from_numpy(NORMALISED_WHITE)[:, None, None], atol=1e-5)
-    assert drawn.sum().item() == 768 * 384  # everything else is padding, exactly 0 after normalisation
-
-
-def test_req_s_004_small_images_are_letterboxed():
-    tensor = preprocess(Image.new("RGB", (1, 1), (255, 255, 255)), 768, 14)
-    assert tensor.shape == (3, 770, 770)
-    assert torch.allclose(tensor[:, 1:769, 1:769], torch.from_numpy(NORMALISED_WHITE)[:, None, None], atol=1e-5)
-    border = torch.ones(770, 770, dtype=torch.bool)
-    border[1:769, 1:769] = False
-    assert (tensor[:, border] == 0).all()
-
-
-def test_preprocess_treats_any_pil_image_like_open_image():
-    rgba = Image.new("RGBA", (30, 20), (0, 0, 0, 0))
-    white = Image.new("RGB", (30, 20), (255, 255, 255))
-    assert torch.equal(preprocess(rgba, 56, 14), preprocess(white, 56, 14))
-
-
-def test_image_dataset_gives_preprocessed_tensors_and_names_a_bad_file(tmp_path):
-    Image.new("RGB", (40, 20), (255, 255, 255)).save(tmp_path / "good.png")
-    (tmp_path / "bad.png").write_bytes(b"not an image")
-    dataset = ImageDataset([str(tmp_path / "good.png"), str(tmp_path / "bad.png")], image_size=56, patch_size=14)
-    assert len(dataset) == 2
-    assert torch.equal(dataset[0], preprocess(Image.open(tmp_path / "good.png").convert("RGB"), 56, 14))
-    with pytest.raises(DataError, match="bad.png"):
-        dataset[1]
-
-
-# ---------------------------------------------------------------- split (spec 4.4.1)
 
 def test_split_is_80_10_10_stratified_by_tier_and_grouped_by_artist():
     df = artist_table(artists=300)
@@ -145,53 +72,41 @@ def test_split_refuses_a_single_tier():
         split_by_artist(df)
 
 
-# ---------------------------------------------------------------- pairs (spec 4.4.2)
+def test_test_and_val_splits_are_folds_0_and_1_of_sklearn_stratified_group_kfold_over_sorted_ids():
+    """The documented split, recomputed with scikit-learn: reproducible from the seed whatever the row order."""
+    rng = np.random.default_rng(3)
+    ids = [f"img{i:04d}" for i in range(400)]
+    df = pd.DataFrame({"image_id": ids, "tier": rng.choice(TIERS, 400), "artist": [f"artist{i % 40:02d}" for i in
+                                                                                    range(400)]})
+    split = split_by_artist(df.sample(frac=1, random_state=1), seed=42).reindex(df.index)
+    folds = list(StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=42).split(df, df.tier, df.artist))
+    assert set(df.image_id.iloc[folds[0][1]]) == set(df.image_id[split == "test"])
+    assert set(df.image_id.iloc[folds[1][1]]) == set(df.image_id[split == "val"])
 
-def test_spec_4_4_2_pairs_match_the_spec_double_loop():
-    rng = np.random.default_rng(0)
-    tiers = list(rng.choice(list(TIERS), 90))
-    ids = [f"img{i}" for i in range(len(tiers))]
-    a, b, label = cross_tier_pairs(np.asarray(tiers))
-    ours = [(ids[i], ids[j], int(y)) for i, j, y in zip(a, b, label)]
-    assert ours == spec_pairs(ids, tiers)  # same pairs, same order, same labels; no same-tier pairs
-
-
-def test_pairs_are_complete_across_row_blocks():
-    tiers = np.random.default_rng(1).choice(list(TIERS), 2100)  # more than one 2048-row block
-    a, b, label = cross_tier_pairs(tiers)
-    counts = pd.Series(tiers).value_counts()
-    assert len(a) == (len(tiers) ** 2 - (counts ** 2).sum()) // 2
-    assert (a < b).all() and (np.diff(a * len(tiers) + b) > 0).all()  # no pair twice, in the spec's loop order
-    ranks = np.array([TIER_RANK[t] for t in tiers])
-    assert (label == np.sign(ranks[a] - ranks[b])).all() and (label != 0).all()
-
-
-def test_pairs_of_one_tier_are_empty():
-    a, b, label = cross_tier_pairs(np.array(["A"] * 5))
-    assert len(a) == len(b) == len(label) == 0
-
-
-# ---------------------------------------------------------------- REQ-N-001
 
 def test_req_n_001_test_images_never_reach_training(dataset):
-    table, _ = load_table(dataset, val_fraction=0.1, test_fraction=0.1, seed=42)
-    train, val, test = (table[table.split == name] for name in SPLITS)
-    check_no_test_leak(train, table)
-    check_no_test_leak(val, table)
+    table, _ = image_table(dataset, **SPLIT)
+    rows = frame(table)
+    train, test = rows[rows.split == "train"], rows[rows.split == "test"]
+    check_no_test_leak(split_rows(table, "train"), table)
+    check_no_test_leak(split_rows(table, "val"), table)
 
-    with pytest.raises(DataError, match=r"REQ-N-001.*1 test row\(s\)"):
-        check_no_test_leak(pd.concat([train, test.iloc[:1]]), table)
+    def guard(rows):
+        check_no_test_leak(to_dataset(rows), table)
+
+    with pytest.raises(DataError, match=r"test data would reach training or validation: .*1 test row\(s\)"):
+        guard(pd.concat([train, test.iloc[:1]]))
     relabelled = test.iloc[:1].assign(split="train")  # a test row however it is labelled
-    with pytest.raises(DataError, match=r"REQ-N-001.*1 test row\(s\)"):
-        check_no_test_leak(pd.concat([train, relabelled]), table)
+    with pytest.raises(DataError, match=r"test data would reach training or validation: .*1 test row\(s\)"):
+        guard(pd.concat([train, relabelled]))
     shared = train.iloc[:1].assign(artist=test.artist.iloc[0])
-    with pytest.raises(DataError, match=rf"REQ-N-001.*artist\(s\) also in test \['{test.artist.iloc[0]}'\]"):
-        check_no_test_leak(pd.concat([train.iloc[1:], shared]), table)
+    with pytest.raises(DataError, match=rf"validation: .*artist\(s\) also in test \['{test.artist.iloc[0]}'\]"):
+        guard(pd.concat([train.iloc[1:], shared]))
     copy = train.iloc[:1].assign(sha256=test.sha256.iloc[0])  # a test image's bytes under a train name
-    with pytest.raises(DataError, match=r"REQ-N-001.*identical to a test image"):
-        check_no_test_leak(pd.concat([train.iloc[1:], copy]), table)
-    with pytest.raises(DataError, match="lacks"):
-        check_no_test_leak(train.drop(columns="sha256"), table)
+    with pytest.raises(DataError, match=r"test data would reach training or validation: .*identical to a test image"):
+        guard(pd.concat([train.iloc[1:], copy]))
+    with pytest.raises(ValueError, match="lacks"):  # a caller's bug, not bad data
+        check_no_test_leak(split_rows(table, "train").remove_columns("sha256"), table)
 
 
 def test_identical_images_under_two_names_cannot_straddle_splits(dataset):
@@ -199,48 +114,89 @@ def test_identical_images_under_two_names_cannot_straddle_splits(dataset):
     with open(dataset / "metadata.csv", "a") as f:
         f.write("images/copy.png,S,artist11\n")
     with pytest.raises(DataError, match=r"row 98 \(images/copy.png\): same image content as row 2"):
-        load_table(dataset, val_fraction=0.1, test_fraction=0.1, seed=42)
+        image_frame(dataset, val_fraction=0.1, test_fraction=0.1, seed=42)
 
 
-# ---------------------------------------------------------------- crash-safe writes
-
-def test_atomic_dir_replaces_only_when_the_block_completes(tmp_path):
-    target = tmp_path / "pairs"
-    with atomic_dir(target) as tmp:
-        (tmp / "a").write_text("1")
-    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
-        (tmp / "a").write_text("2")
-        raise RuntimeError("crash")
-    assert (target / "a").read_text() == "1" and [p.name for p in tmp_path.iterdir()] == ["pairs"]
-    target.rename(tmp_path / "pairs.old")  # a crash between atomic_dir's two renames
-    assert (recover_dir(target) / "a").read_text() == "1"
+def test_artist_names_in_two_unicode_forms_are_one_artist(tmp_path):
+    (tmp_path / "metadata.csv").write_text(
+        f"file_name,tier,artist\na.png,S,{unicodedata.normalize('NFC', '김민지')}\n"
+        f"b.png,A,{unicodedata.normalize('NFD', '김민지')}\n", encoding="utf-8")
+    assert read_metadata(tmp_path).artist.nunique() == 1
 
 
-def test_atomic_write_leaves_no_temporary_file(tmp_path):
-    atomic_write_text(tmp_path / "x" / "splits.csv", "a\n")
-    assert [p.name for p in (tmp_path / "x").iterdir()] == ["splits.csv"]
+def test_every_bad_row_is_listed_at_once_with_file_and_row(bad_folder):
+    with pytest.raises(DataError) as info:
+        image_frame(bad_folder, **SPLIT)
+    header, *lines = str(info.value).splitlines()
+    assert header.startswith(f"{bad_folder / 'metadata.csv'}: 10 bad row(s)") and "--skip_bad_images" in header
+    for row, (name, reason) in EXPECTED.items():
+        assert any(line.strip().startswith(f"row {row} ({name}): ") and reason in line for line in lines), (row, lines)
+    rows = [int(line.split()[1]) for line in lines]
+    assert rows == sorted(rows) and set(rows) == set(EXPECTED)
 
 
-# ---------------------------------------------------------------- make_pairs.py
+def test_skip_bad_images_drops_exactly_the_bad_rows(bad_folder):
+    table, skipped = image_frame(bad_folder, skip_bad_images=True, **SPLIT)
+    assert len(table) == 96 and set(table.row) == set(range(2, 98))
+    assert {int(message.split()[2]) for message in skipped} == set(EXPECTED)  # "skipped row N (...)"
+    assert set(table.split) == {"train", "val", "test"}
 
-@pytest.mark.slow
-def test_make_pairs_writes_splits_pairs_and_a_summary(tmp_path, dataset):
-    from datasets import load_from_disk
 
-    result = run_script("make_pairs.py", *tiny_args(tmp_path, dataset, tmp_path / "unused"))
-    out = tmp_path / "run"
-    splits = pd.read_csv(out / "splits.csv", dtype=str)
-    assert list(splits.columns) == ["image_id", "file_name", "tier", "artist", "sha256", "split"]
-    table, _ = load_table(dataset, val_fraction=0.1, test_fraction=0.1, seed=42)
-    assert splits.equals(table[splits.columns].astype(str))  # the split train.py computes itself
+def test_metadata_problems_each_name_the_row(tmp_path):
+    (tmp_path / "metadata.csv").write_text(
+        "file_name,tier,artist,image_id\n"
+        "a.png,S,Kim,one\n"
+        "b.png,A,Lee,one\n"          # 3: duplicate image_id
+        "\n"
+        "c.png,E,Park,\n"            # 5: unknown tier, after a blank line
+        ",B,Choi,\n"                 # 6: empty file_name
+        "d.png,B,,\n")               # 7: missing artist
+    with pytest.raises(DataError) as info:
+        read_metadata(tmp_path)
+    lines = [line.strip() for line in str(info.value).splitlines()[1:]]
+    assert lines == ["row 3 (b.png): duplicate image_id 'one', first at row 2",
+                     "row 5 (c.png): unknown tier 'E', expected one of S, A, B, C",
+                     "row 6: empty file_name",
+                     "row 7 (d.png): missing artist"]
 
-    pairs = load_from_disk(str(out / "pairs")).to_pandas()
-    assert list(pairs.columns) == ["image_a", "image_b", "label", "split"]
-    for name in SPLITS:
-        rows = splits[splits.split == name]
-        expected = spec_pairs(list(rows.image_id), list(rows.tier))
-        got = pairs[pairs.split == name]
-        assert list(zip(got.image_a, got.image_b, got.label.astype(int))) == expected
-        count_line = next(line for line in result.stdout.splitlines() if line.startswith(name + " "))
-        assert count_line.split()[-3:] == [str(len(rows)), str(rows.artist.nunique()), str(len(expected))]
-    assert f"({len(pairs)} pairs)" in result.stdout
+
+def test_too_few_artists_to_split_is_refused(tmp_path):
+    data_dir = write_dataset(tmp_path / "data", artists=9, per_artist=8)
+    with pytest.raises(DataError, match="metadata.csv: need works by at least 10 artists .* found 9"):
+        image_frame(data_dir, **SPLIT)
+
+
+def test_tier_with_too_few_artists_is_refused(tmp_path):
+    data_dir = write_dataset(tmp_path / "data")
+    metadata = pd.read_csv(data_dir / "metadata.csv")
+    rare = (metadata.tier == "S") & ~metadata.artist.isin(["artist00", "artist01"])
+    metadata.loc[rare, "tier"] = "A"  # only two artists keep works in tier S
+    metadata.to_csv(data_dir / "metadata.csv", index=False)
+    with pytest.raises(DataError, match=r"tier\(s\) S too small to split by artist.*S: 4 works by 2 artist"):
+        image_frame(data_dir, **SPLIT)
+
+
+def test_one_artist_written_with_other_case_or_spacing_is_one_artist_and_the_merge_is_said(tmp_path):
+    data_dir = write_dataset(tmp_path / "data")
+    metadata = pd.read_csv(data_dir / "metadata.csv")
+    spellings = ["Lee Jun", "lee  jun", " LEE JUN", "Lee\u3000Jun"]  # the last with an ideographic space
+    metadata.loc[metadata.artist == "artist00", "artist"] = [spellings[i % 4] for i in range(8)]
+    metadata.to_csv(data_dir / "metadata.csv", index=False)
+    table, notes = image_frame(data_dir, **SPLIT)
+    assert set(table.loc[table.file_name.str.startswith("images/a00_"), "artist"]) == {"Lee Jun"}
+    assert table.groupby("artist").split.nunique().max() == 1
+    assert notes == ["artist names merged as one artist 'Lee Jun': 'Lee Jun', 'lee  jun', 'LEE JUN', "
+                     "'Lee\\u3000Jun'"]  # repr shows the unusual space
+
+
+def test_skipped_rows_are_listed_even_when_the_split_then_fails(tmp_path):
+    data_dir = write_dataset(tmp_path / "data", artists=10)
+    (data_dir / "images" / "a09_00.png").write_bytes(b"not an image")
+    metadata = pd.read_csv(data_dir / "metadata.csv")
+    metadata.loc[metadata.artist == "artist09", "file_name"] = "images/a09_00.png"  # listed 8 times
+    metadata.loc[metadata.artist == "artist09", "artist"] = "artist09"
+    metadata = metadata[(metadata.artist != "artist09") | (metadata.index == metadata.index[-1])]
+    metadata.to_csv(data_dir / "metadata.csv", index=False)
+    with pytest.raises(DataError, match=r"at least 10 artists.*found 9 \(after skipping 1 bad row\(s\): row \d+ "
+                                        r"\(images/a09_00.png\): not an image"):
+        image_frame(data_dir, skip_bad_images=True, **SPLIT)

@@ -12,8 +12,8 @@ import re
 import pytest
 from conftest import ROOT, run_script
 
-from demo_data import generate_demo_dataset
-from modelcard import machine_description, results_section
+from pipeline.card import machine_description, results_section
+from pipeline.demo_data import generate_demo_dataset
 
 pytestmark = pytest.mark.slow
 

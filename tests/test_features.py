@@ -1,21 +1,25 @@
-"""The feature cache: exact, reused, invalidated by any change, rebuilt when damaged; OOM backs off."""
+"""pipeline/features.py: the feature cache is exact, reused, invalidated by any change, rebuilt when damaged, kept
+through an interruption; out of memory halves the batch."""
 
 import json
 
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import SPLIT, image_frame
+from PIL import Image
 
-from backbones import DinoFeatureExtractor, resolve_backbone
-from data import load_table
-from features import extract, table_features
-from images import open_image, preprocess
+from pipeline import features
+from pipeline.backbones import DinoFeatureExtractor, resolve_backbone
+from pipeline.errors import ArtrankError
+from pipeline.features import ImageDataset, extract, select_features, table_features
+from pipeline.images import open_image, preprocess
 
 
 @pytest.fixture
 def setup(tmp_path, dataset, tiny_backbone):
     accelerator = Accelerator(cpu=True)
-    table, _ = load_table(dataset, val_fraction=0.1, test_fraction=0.1, seed=42)
+    table, _ = image_frame(dataset, val_fraction=0.1, test_fraction=0.1, seed=42)
     backbone = resolve_backbone(str(tiny_backbone), accelerator=accelerator)
     messages = []
 
@@ -50,7 +54,7 @@ def test_changed_image_is_recomputed_alone(setup):
     before, _ = features()
     image = open_image(table.path[0]).transpose(0)  # mirrored: same size, different content
     image.save(table.path[0])
-    table, _ = load_table(table.path[0].rsplit("/images/", 1)[0], val_fraction=0.1, test_fraction=0.1, seed=42)
+    table, _ = image_frame(table.path[0].rsplit("/images/", 1)[0], val_fraction=0.1, test_fraction=0.1, seed=42)
     messages.clear()
     after, _ = features(table)
     assert messages[-1].endswith(f"{len(table) - 1} of {len(table)} images cached, extracting 1")
@@ -108,3 +112,61 @@ def test_req_s_001_out_of_memory_halves_the_batch(setup, tiny_backbone):
     expected, _ = extract(extractor, paths, image_size=56, batch_size=16, num_workers=0,
                           accelerator=Accelerator(cpu=True))
     torch.testing.assert_close(torch.from_numpy(cls_token), torch.from_numpy(expected), atol=1e-5, rtol=1e-4)
+
+
+def test_image_dataset_gives_preprocessed_tensors_and_names_a_bad_file(tmp_path):
+    Image.new("RGB", (40, 20), (255, 255, 255)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    dataset = ImageDataset([str(tmp_path / "good.png"), str(tmp_path / "bad.png")], image_size=56, patch_size=14)
+    assert len(dataset) == 2
+    assert torch.equal(dataset[0], preprocess(Image.open(tmp_path / "good.png").convert("RGB"), 56, 14))
+    with pytest.raises(ArtrankError, match="bad.png"):
+        dataset[1]
+
+
+def test_cls_mean_feature_concatenates_cls_and_mean_patch():
+    cls_token, mean_patch = torch.randn(3, 8), torch.randn(3, 8)
+    assert torch.equal(select_features(cls_token, mean_patch, "cls"), cls_token)
+    assert torch.equal(select_features(cls_token, mean_patch, "cls_mean"), torch.cat([cls_token, mean_patch], 1))
+
+
+@pytest.fixture
+def extraction(tmp_path, dataset, tiny_backbone, monkeypatch):
+    monkeypatch.setattr(features, "CHUNK_ROWS", 16)
+    table, _ = image_frame(dataset, **SPLIT)
+    backbone = resolve_backbone(str(tiny_backbone), accelerator=Accelerator(cpu=True))
+    messages = []
+
+    def run(cache: str = "cache"):
+        return table_features(table, backbone=backbone, image_size=56, cache_dir=str(tmp_path / cache),
+                              batch_size=8, num_workers=0, accelerator=Accelerator(cpu=True), log=messages.append)
+    return run, messages
+
+
+def stop_at_batch(monkeypatch, count: int, error: BaseException) -> None:
+    forward, calls = features.DinoFeatureExtractor.forward, []
+
+    def failing(self, pixels):
+        calls.append(1)
+        if len(calls) == count:
+            raise error
+        return forward(self, pixels)
+    monkeypatch.setattr(features.DinoFeatureExtractor, "forward", failing)
+
+
+@pytest.mark.parametrize("error, kept", [(KeyboardInterrupt(), 24), (RuntimeError("killed"), 16)],
+                         ids=["ctrl-c-keeps-every-batch", "crash-loses-at-most-one-chunk"])
+def test_interrupted_extraction_keeps_its_chunks_and_a_rerun_continues(extraction, monkeypatch, error, kept):
+    run, messages = extraction
+    reference = run("reference")
+    with monkeypatch.context() as patch:
+        stop_at_batch(patch, 4, error)  # three batches of 8 done: one chunk of 16 written, 8 in memory
+        with pytest.raises(type(error)):
+            run()
+    if isinstance(error, KeyboardInterrupt):
+        assert messages[-1].startswith(f"feature extraction interrupted: kept the features of {kept} images")
+    messages.clear()
+    resumed = run()
+    assert messages == [f"feature cache: {kept} of 96 images cached, extracting {96 - kept}"]
+    for got, want in zip(resumed, reference):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -18,13 +18,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, run_script, tiny_args, write_dataset
+from conftest import ROOT, read_head, run_script, tiny_args, write_dataset
+from datasets import load_from_disk
 from transformers import Dinov2Config, Dinov2Model
 
-from data import cross_tier_pairs, split_by_artist
-from images import open_image, preprocess
-from metrics import artist_bootstrap_ci
-from model import RankingHead, load_head
+from data import split_by_artist
+from model import RankingHead
+from pipeline.images import open_image, preprocess
+from pipeline.metrics import artist_bootstrap_ci
+from pipeline.tables import MANIFEST_COLUMNS, cross_tier_pairs, frame, to_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -58,12 +60,12 @@ SCRIPTED_VAL_ACCURACY = """
 import sys
 sys.argv = ["train.py", *{args!r}]
 sys.path.insert(0, {root!r})
-import train
-pairwise_accuracy, scripted = train.pairwise_accuracy, {accuracies!r}
+import model, train
+pairwise_accuracy, scripted = model.pairwise_accuracy, {accuracies!r}
 def scripted_accuracy(scores, tiers):
     accuracy, pairs = pairwise_accuracy(scores, tiers)
     return (scripted.pop(0) if scripted else accuracy), pairs
-train.pairwise_accuracy = scripted_accuracy
+model.pairwise_accuracy = scripted_accuracy
 train.main()
 """
 
@@ -200,7 +202,7 @@ def test_req_s_002_validation_loss_and_accuracy_are_the_spec_s_over_the_validati
 
 
 def test_calibration_is_fitted_on_validation_scores(start):
-    from metrics import fit_tier_cuts
+    from pipeline.calibration import fit_tier_cuts
 
     calibration = json.loads((start["run"] / "calibration.json").read_text())
     tiers, scores = start["rows"]["val"].tier.to_numpy(), start["scores"]["val"]
@@ -254,14 +256,15 @@ def test_req_u_003_n_004_evaluate_is_tracked_in_its_own_offline_wandb_run(evalua
 def test_evaluate_refuses_a_split_other_than_the_trained_one_and_writes_nothing(start, tmp_path):
     out = Path(shutil.copytree(start["run"], tmp_path / "run", ignore=shutil.ignore_patterns("wandb", "eval_*",
                                                                                             "scores_*", "figures")))
-    splits = pd.read_csv(out / "splits.csv", dtype=str, keep_default_na=False)
-    moved = splits.index[splits.split == "test"][0]
-    splits.loc[moved, "split"] = "train"  # as if the head had trained on this image
-    splits.to_csv(out / "splits.csv", index=False)
+    recorded = frame(load_from_disk(str(out / "image_table")))
+    moved = recorded.index[recorded.split == "test"][0]
+    recorded.loc[moved, "split"] = "train"  # as if the head had trained on this image
+    shutil.rmtree(out / "image_table")
+    to_dataset(recorded, MANIFEST_COLUMNS).save_to_disk(str(out / "image_table"))
     result = run_script("evaluate.py", *start["args"], "--output_dir", out, check=False)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "splits.csv" in last and splits.image_id[moved] in last
+    assert last.startswith("error: ") and "image_table" in last and recorded.image_id[moved] in last
     assert not list(out.glob("eval_*")) and not list(out.glob("scores_*")) and not (out / "figures").exists()
 
 
@@ -309,7 +312,7 @@ def test_req_n_001_train_py_refuses_a_split_that_leaks_test_images(tmp_path, dat
     code = LEAKING_TRAIN.format(args=[str(a) for a in args], root=str(ROOT), target=target)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: REQ-N-001")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: test data would reach training or validation")
     assert not out.exists()  # refused before anything was written
 
 
@@ -340,7 +343,7 @@ def test_req_o_005_top_k_keeps_the_best_checkpoints_and_the_best_is_the_first_of
     assert sorted(p.name for p in (run / "checkpoints" / "top").iterdir()) == ["epoch0000", "epoch0002", "epoch0004"]
     assert json.loads((run / "checkpoints" / "best" / "head.json").read_text())["epoch"] == 0
     # The final figures and the calibration come from that best checkpoint, not from the last epoch's head.
-    head, _ = load_head(run / "checkpoints" / "best")
+    head, _ = read_head(run / "checkpoints" / "best")
     rows, paths = split_rows(run, dataset, "val")
     with torch.no_grad():
         scores = head(cls_features(tiny_backbone, paths)).numpy()

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from config import parse_config
-from evaluate import gates
 from model import Projector, RankingHead
+from pipeline.config import parse_config
+from pipeline.metrics import gate_results
 
 SPEC_TRAINING = dict(batch_size=32, lr=1e-4, weight_decay=0.01, epochs=100, patience=10, margin=1.0, seed=42)
 SPEC_HEAD = dict(hidden_dim=512, proj_dim=256, dropout=0.1)
@@ -57,7 +57,7 @@ def test_req_e_002_dropout_is_active_in_training_only():
     ({"test": 0.95, "val": 0.95, "train": 0.30}, {"test": True, "val": True, "train": True}),
 ])
 def test_spec_4_5_2_gates_are_test_0_60_val_0_62_train_at_most_0_80(accuracy, passed):
-    result = gates(accuracy)
+    result = gate_results(accuracy)
     assert {split: gate["passed"] for split, gate in result.items()} == passed
     assert {split: gate["value"] for split, gate in result.items()} == accuracy
     assert {split: gate["target"] for split, gate in result.items()} == {

@@ -1,20 +1,25 @@
-"""Training: frozen backbone, seeds, resume after a crash, stopping rules, processes, tracking."""
+"""train.py: frozen backbone, seeds, resume after a crash, stopping rules, processes, tracking."""
 
 import json
 import math
 import re
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from conftest import ROOT, run_script, tiny_args, write_dataset
 from safetensors.torch import load_file
 
-from backbones import DinoFeatureExtractor
+from pipeline.backbones import DinoFeatureExtractor
+from pipeline.errors import ArtrankError
+from pipeline.files import UMASK
 
 pytestmark = pytest.mark.slow
+
 
 # Runs train.py in a fresh interpreter and sends itself `sig` at the start of batch number `at`
 # (counted over the whole run), or when Accelerate's save_state is called for the `at`-th time.
@@ -22,7 +27,7 @@ CRASH = """
 import os, signal, sys
 sys.argv = ["train.py", *{args!r}]
 sys.path.insert(0, {root!r})
-import accelerate, train
+import accelerate, model, train
 calls = 0
 def strike():
     global calls
@@ -30,8 +35,8 @@ def strike():
     if calls == {at}:
         os.kill(os.getpid(), signal.{sig})
 if {where!r} == "batch":
-    loss = train.in_batch_pair_loss
-    train.in_batch_pair_loss = lambda *a, **k: (strike(), loss(*a, **k))[1]
+    loss = model.in_batch_pair_loss
+    model.in_batch_pair_loss = lambda *a, **k: (strike(), loss(*a, **k))[1]
 else:
     save = accelerate.Accelerator.save_state
     def save_then_strike(self, *a, **k):
@@ -42,12 +47,12 @@ else:
 train.main()
 """
 
+
 LAUNCH_TWO = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 def run_with_crash(args: list[str], *, at: int, sig: str, where: str = "batch") -> int:
-    import subprocess
 
     code = CRASH.format(args=args, root=str(ROOT), at=at, sig=sig, where=where)
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
@@ -212,9 +217,8 @@ def test_two_processes_train_and_evaluate_exactly_like_one(tmp_path, reference):
 
 
 def test_two_processes_extract_every_image_once(tmp_path, tiny_backbone):
-    from accelerate import Accelerator
 
-    from features import read_cache
+    from pipeline.features import read_cache
 
     data = write_dataset(tmp_path / "data", artists=11, per_artist=9)  # 99 images: shards of unequal size
     for processes, cache in ((1, "one"), (2, "two")):
@@ -234,8 +238,24 @@ def test_two_processes_extract_every_image_once(tmp_path, tiny_backbone):
 
 
 def test_checkpoint_from_another_image_size_is_refused(tmp_path, reference):
-    from model import load_head
 
     _, run = reference
-    with pytest.raises(ValueError, match="image_size=56.*image_size=768"):
-        load_head(run / "checkpoints" / "best", expect={"image_size": 768})
+    from model import load_head
+
+    with pytest.raises(ArtrankError, match="image_size=56.*image_size=768"):
+        load_head(run / "checkpoints" / "best", identity={"image_size": 768})
+
+
+@pytest.mark.slow
+def test_a_run_says_where_it_is_tracked_writes_its_card_and_readable_checkpoints(tmp_path, dataset, tiny_backbone):
+    result = run_script("train.py", *tiny_args(tmp_path, dataset, tiny_backbone, epochs=1))
+    lines = result.stdout.splitlines()
+    start = next(line for line in lines if line.startswith("wandb: "))
+    run_dir = Path(re.search(r"run written to (\S+);", start).group(1))
+    assert start == f"wandb: offline (asked for): run written to {run_dir}; upload with: wandb sync {run_dir}"
+    assert run_dir.parent == tmp_path / "run" / "wandb" and run_dir.is_dir()
+    assert lines[-1] == f"wandb: offline run in {run_dir}; upload it with: wandb sync {run_dir}"
+    assert (tmp_path / "run" / "README.md").read_text().startswith("---\nlibrary_name: artrank\n")
+    for folder in ("checkpoints", "state"):
+        for path in (tmp_path / "run" / folder).rglob("*.*"):
+            assert path.stat().st_mode & 0o777 == 0o666 & ~UMASK, path

@@ -3,7 +3,7 @@
 Decoding turns anything Pillow reads into RGB the same way (EXIF rotation, high bit depths, CMYK,
 transparency on white paper) and refuses decompression bombs and pictures whose white level it cannot
 know. `load_pixels` decodes only what the letterbox needs: a 12 MP phone JPEG is decoded at 1/4 scale
-by the codec itself, then resized once (docs/design.md 1-3).
+by the codec itself, then resized once. Image checks are remembered per file while it is unchanged.
 """
 
 import contextlib
@@ -12,7 +12,6 @@ import hashlib
 import io
 import math
 import os
-import sqlite3
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,8 @@ import numpy as np
 import PIL
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .files import StatCache
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -202,44 +203,6 @@ def check_image(path: str | os.PathLike) -> tuple[str, str | None]:
     return digest, None
 
 
-def _stat_key(path: str) -> str | None:
-    """What says a file is unchanged: size, mtime, ctime and inode (a copy with `cp -p` keeps the
-    mtime but not the ctime or inode), with the versions of the checker and of Pillow."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return f"{CHECK_VERSION} Pillow-{PIL.__version__} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"
-
-
-class _CheckCache:
-    """check_image verdicts in DIR/image-checks.sqlite, keyed by path and _stat_key. Unusable: empty."""
-
-    def __init__(self, directory: str | os.PathLike | None):
-        self.db = None
-        if directory is None:
-            return
-        try:
-            Path(directory).mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(Path(directory) / "image-checks.sqlite", timeout=60)
-            with self.db:
-                self.db.execute("CREATE TABLE IF NOT EXISTS checks (path TEXT PRIMARY KEY, stat TEXT NOT NULL, "
-                                "sha256 TEXT NOT NULL, error TEXT)")
-            self.rows = {path: (stat, (digest, error)) for path, stat, digest, error
-                         in self.db.execute("SELECT path, stat, sha256, error FROM checks")}
-        except (OSError, sqlite3.Error):  # a damaged or unwritable cache only costs time: check everything
-            self.db = None
-
-    def get(self, path: str, stat: str | None) -> tuple[str, str | None] | None:
-        found = self.rows.get(path) if self.db and stat else None
-        return found[1] if found and found[0] == stat else None
-
-    def put(self, rows: list[tuple[str, str, str, str | None]]) -> None:
-        if self.db and rows:
-            with contextlib.suppress(sqlite3.Error), self.db:
-                self.db.executemany("INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?)", rows)
-
-
 def check_images(paths: list[str], *, cache_dir: str | os.PathLike | None = None, workers: int = 8,
                  track=None) -> list[tuple[str, str | None]]:
     """check_image of every path ("" is skipped), in threads (Pillow releases the GIL while decoding).
@@ -248,10 +211,12 @@ def check_images(paths: list[str], *, cache_dir: str | os.PathLike | None = None
     so a second start costs a stat per file; new verdicts are saved every few hundred files, so an
     interrupted scan keeps its progress.
     """
-    cache = _CheckCache(cache_dir)
+    cache = StatCache(Path(cache_dir) / "image-checks.sqlite" if cache_dir is not None else None,
+                      version=f"{CHECK_VERSION} Pillow-{PIL.__version__}")
     absolute = [os.path.abspath(p) if p else "" for p in paths]
-    stats = [_stat_key(p) if p else None for p in absolute]
-    results = [cache.get(p, stat) if p else ("", None) for p, stat in zip(absolute, stats)]
+    stats = [cache.stamp(p) if p else None for p in absolute]
+    remembered = [cache.get(p, stat) if p else ["", None] for p, stat in zip(absolute, stats)]
+    results = [tuple(found) if found is not None else None for found in remembered]  # (sha256, error)
     todo = [i for i, result in enumerate(results) if result is None]
     pool = ThreadPoolExecutor(max_workers=workers)
     progress = track(total=len(paths), initial=len(paths) - len(todo)) if track else None
@@ -259,8 +224,7 @@ def check_images(paths: list[str], *, cache_dir: str | os.PathLike | None = None
     try:
         for i, result in zip(todo, pool.map(lambda i: check_image(paths[i]), todo)):
             results[i] = result
-            if stats[i] is not None:
-                batch.append((absolute[i], stats[i], *result))
+            batch.append((absolute[i], stats[i], list(result)))
             if len(batch) >= 256:
                 cache.put(batch)
                 batch = []
@@ -269,8 +233,7 @@ def check_images(paths: list[str], *, cache_dir: str | os.PathLike | None = None
     finally:  # Ctrl-C: drop the queued checks, keep the verdicts made
         pool.shutdown(cancel_futures=True)
         cache.put(batch)
-        if cache.db:
-            cache.db.close()
+        cache.close()
         if progress is not None:
             progress.close()
     return results

@@ -1,38 +1,148 @@
-"""Issue 14 and 11: real photos at real scale. The reduced decode gives the picture the full decode
-gives, chosen at the right scale; image checks are remembered until a file changes; the feature
-cache survives an interruption; images whose white level is unknown are refused, never turned black
-or white; many huge 1-bit canvases do not exhaust memory."""
+"""pipeline/images.py: every kind of image decoded right or refused with the reason; the one preprocessing; the
+reduced decode of large photos; image checks remembered until a file changes."""
 
 import io
 import os
 import struct
+import warnings
 import zlib
 
 import numpy as np
 import pytest
 import torch
-from accelerate import Accelerator
-from conftest import write_dataset
+from conftest import SPLIT, image_frame, write_dataset
 from PIL import Image
-from test_bad_input import cmyk_jpeg, encoded, exif_rotated_jpeg, png_file, ramp_16_bit_png, transparent_palette_png
+from samples import (
+    append_rows,
+    cmyk_jpeg,
+    encoded,
+    exif_rotated_jpeg,
+    one_pixel_png,
+    photo,
+    png_file,
+    ramp_16_bit_png,
+    ramp_16_bit_rgb_png,
+    tiff,
+    transparent_palette_png,
+    truncated_jpeg,
+)
 
-import features
-import images
-from backbones import resolve_backbone
-from data import load_table
-from features import table_features
-from images import check_image, load_pixels, open_image, preprocess
+from pipeline import images
+from pipeline.images import IMAGENET_MEAN, IMAGENET_STD, check_image, input_size, load_pixels, open_image, preprocess
+from pipeline.tables import TIERS
 
-SPLIT = dict(val_fraction=0.1, test_fraction=0.1, seed=42)
+NORMALISED_WHITE = ((1 - np.array(IMAGENET_MEAN)) / IMAGENET_STD).astype(np.float32)
 
 
-def photo(width: int, height: int, *, orientation: int = 1) -> bytes:
-    """A JPEG with a red block in its stored top-left quarter, on white, EXIF orientation as given."""
-    stored = Image.new("RGB", (width, height), "white")
-    stored.paste((255, 0, 0), (0, 0, width // 4, height // 4))
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return encoded(stored, "JPEG", quality=95, exif=exif)
+def test_768_is_padded_to_whole_patches():
+    assert input_size(768, 14) == 770 and input_size(224, 14) == 224 and input_size(56, 14) == 56
+
+
+def test_req_u_005_preprocess_letterboxes_centred_and_keeps_the_aspect():
+    image = Image.new("RGB", (200, 100), (255, 255, 255))
+    tensor = preprocess(image, 768, 14)
+    assert tensor.shape == (3, 770, 770) and tensor.dtype == torch.float32
+    drawn = (tensor != 0).any(dim=0)
+    rows, cols = torch.nonzero(drawn, as_tuple=True)
+    assert (rows.min().item(), rows.max().item() + 1) == (193, 193 + 384)  # 2:1 kept: 768 x 384, centred
+    assert (cols.min().item(), cols.max().item() + 1) == (1, 1 + 768)
+    assert torch.allclose(tensor[:, 193:577, 1:769], torch.from_numpy(NORMALISED_WHITE)[:, None, None], atol=1e-5)
+    assert drawn.sum().item() == 768 * 384  # everything else is padding, exactly 0 after normalisation
+
+
+def test_req_s_004_small_images_are_letterboxed():
+    tensor = preprocess(Image.new("RGB", (1, 1), (255, 255, 255)), 768, 14)
+    assert tensor.shape == (3, 770, 770)
+    assert torch.allclose(tensor[:, 1:769, 1:769], torch.from_numpy(NORMALISED_WHITE)[:, None, None], atol=1e-5)
+    border = torch.ones(770, 770, dtype=torch.bool)
+    border[1:769, 1:769] = False
+    assert (tensor[:, border] == 0).all()
+
+
+def test_preprocess_treats_any_pil_image_like_open_image():
+    rgba = Image.new("RGBA", (30, 20), (0, 0, 0, 0))
+    white = Image.new("RGB", (30, 20), (255, 255, 255))
+    assert torch.equal(preprocess(rgba, 56, 14), preprocess(white, 56, 14))
+
+
+def test_exif_rotated_photo_is_turned_upright():
+    image = open_image(exif_rotated_jpeg())
+    assert image.size == (20, 40)
+    pixels = np.asarray(image).astype(int)
+    assert (np.abs(pixels[2:8, 12:18] - [255, 0, 0]) < 30).all()  # now the top-right corner
+    assert (pixels[2:8, 2:8] > 225).all()
+
+
+def test_16_bit_png_keeps_its_range():
+    assert Image.open(io.BytesIO(ramp_16_bit_png())).mode.startswith("I;16")
+    pixels = np.asarray(open_image(ramp_16_bit_png())).astype(int)
+    ramp = np.round(np.linspace(0, 255, 64))
+    assert np.abs(pixels[0, :, 0] - ramp).max() <= 1  # a ramp, not saturated to white
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+
+    pixels = np.asarray(open_image(ramp_16_bit_rgb_png())).astype(int)[0]
+    assert np.abs(pixels - np.stack([ramp, ramp[::-1], np.full(64, 128)], axis=-1)).max() <= 1
+
+
+def test_cmyk_jpeg_becomes_the_same_rgb():
+    assert Image.open(io.BytesIO(cmyk_jpeg())).mode == "CMYK"
+    image = open_image(cmyk_jpeg())
+    assert image.mode == "RGB"
+    assert np.abs(np.asarray(image).astype(int) - [200, 30, 30]).max() <= 6
+
+
+def test_transparent_palette_pixels_become_white_paper():
+    pixels = np.asarray(open_image(transparent_palette_png()))
+    assert (pixels[:, :2] == 255).all()
+    assert (pixels[:, 2:] == [200, 20, 20]).all()
+
+
+def test_rgba_is_composited_on_white_paper():
+    image = Image.new("RGBA", (2, 1), (0, 0, 0, 0))
+    image.putpixel((1, 0), (0, 0, 0, 128))
+    pixels = np.asarray(open_image(encoded(image))).astype(int)
+    assert (pixels[0, 0] == 255).all() and (np.abs(pixels[0, 1] - 127) <= 1).all()
+
+
+def test_req_s_004_1x1_image_fills_the_whole_letterbox():
+    tensor = preprocess(open_image(one_pixel_png()), 56, 14)
+    expected = (np.array([10, 200, 30]) / 255 - IMAGENET_MEAN) / IMAGENET_STD
+    assert tensor.shape == (3, 56, 56)
+    assert np.allclose(tensor.numpy(), expected[:, None, None].astype(np.float32), atol=1e-5)
+
+
+def test_every_accepted_kind_passes_the_image_checks(tmp_path):
+    data_dir = write_dataset(tmp_path / "data")
+    kinds = {"rotated.jpg": exif_rotated_jpeg, "ramp16.png": ramp_16_bit_png, "rgb16.png": ramp_16_bit_rgb_png,
+             "cmyk.jpg": cmyk_jpeg, "palette.png": transparent_palette_png, "1x1.png": one_pixel_png}
+    for name, make in kinds.items():
+        (data_dir / "images" / name).write_bytes(make())
+    append_rows(data_dir, *(f"images/{name},{TIERS[i % 4]},artist{i:02d}" for i, name in enumerate(kinds)))
+    table, skipped = image_frame(data_dir, **SPLIT)
+    assert skipped == [] and len(table) == 96 + len(kinds)
+    assert set(table.file_name) >= {f"images/{name}" for name in kinds}
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (truncated_jpeg, "truncated"),
+    (lambda: b"", "empty file"),
+    (lambda: b"file_name,tier,artist\nthis is text, not a picture\n", "cannot identify its format"),
+    (lambda: png_file(20000, 20000), "decompression bomb"),
+    (lambda: png_file(10000, 10000), "decompression bomb"),  # between Pillow's warning and error limits
+], ids=["truncated-jpeg", "zero-byte", "text-named-png", "20000x20000", "10000x10000"])
+def test_unreadable_images_are_refused_with_the_reason(tmp_path, payload, reason):
+    path = tmp_path / "image.png"
+    path.write_bytes(payload())
+    _, error = check_image(path)
+    assert reason in error
+
+
+def test_decompression_bomb_is_refused_even_when_warnings_are_not_errors(monkeypatch):
+    # scan_images decodes in threads, and warning filters are process-wide: one thread's filter can be gone
+    monkeypatch.setattr(warnings, "simplefilter", lambda *args, **kwargs: None)
+    with pytest.warns(Image.DecompressionBombWarning), \
+            pytest.raises(Image.DecompressionBombError, match="10000x10000 = 100M pixels, over the 89M-pixel limit"):
+        open_image(png_file(10000, 10000))
 
 
 def resized_from(monkeypatch, source: bytes, image_size: int) -> tuple[int, int]:
@@ -42,8 +152,6 @@ def resized_from(monkeypatch, source: bytes, image_size: int) -> tuple[int, int]
     load_pixels(source, image_size, 14)
     return seen[0]
 
-
-# ---------------------------------------------------------------- reduced decoding
 
 @pytest.mark.parametrize("make", [exif_rotated_jpeg, cmyk_jpeg, ramp_16_bit_png, transparent_palette_png],
                          ids=["orientation", "cmyk", "16-bit", "palette"])
@@ -88,8 +196,6 @@ def test_png_is_decoded_whole(monkeypatch):
     assert resized_from(monkeypatch, source, 56) == (800, 600)
 
 
-# ---------------------------------------------------------------- the letterbox, the canvas, predict's batches
-
 def test_letterbox_follows_pillows_bicubic_within_two_levels():
     """torch's 8-bit antialiased bicubic stands in for Pillow's BICUBIC; bilinear or no antialias would not."""
     rng = np.random.default_rng(0)
@@ -115,36 +221,6 @@ def test_canvas_is_the_normalised_picture_centred_on_zeros_whatever_was_in_out()
         assert np.abs(inside - (picture.numpy() / 255 - mean) / std).max() < 1e-6
         inside[:] = 0
         assert not out.any(), (height, width)
-
-
-def test_predict_batches_score_each_image_as_it_scores_alone(tmp_path):
-    """Pictures of other shapes land in one reused batch array, decoded ahead in threads: each score
-    is the one the image gets alone, in order, with an unreadable image in the middle."""
-    from artrank import Scorer, score_images
-
-    rng = np.random.default_rng(2)
-    paths = []
-    for i, size in enumerate([(90, 30), (30, 90), (60, 60), (90, 31), (17, 90), (70, 40), (40, 70)]):
-        paths.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(paths[-1])
-    (tmp_path / "bad.png").write_bytes(b"not a picture")
-    paths.insert(3, str(tmp_path / "bad.png"))
-    weights = rng.normal(size=3 * 56 * 56)
-    scorer = Scorer(score=lambda pixels: pixels.reshape(len(pixels), -1).astype(np.float64) @ weights,
-                    image_size=56, patch_size=14, calibration=None, description="linear in every value")
-    threads = torch.get_num_threads()
-    scores, errors = score_images(scorer, paths, batch_size=2, workers=3)
-    alone = [score_images(scorer, [p], batch_size=1, workers=1)[0][0] for p in paths]
-    assert scores[3] is alone[3] is None and all(s is not None for s in scores[:3] + scores[4:])
-    assert scores[:3] + scores[4:] == pytest.approx(alone[:3] + alone[4:], rel=1e-12)
-    assert len(errors) == 1 and "bad.png: not a readable image" in errors[0]
-    assert torch.get_num_threads() == threads  # the decoding threads' one-thread setting stays theirs
-
-
-# ---------------------------------------------------------------- images decoded wrong before: now right or refused
-
-def tiff(pixels: np.ndarray, mode: str) -> bytes:
-    return encoded(Image.fromarray(pixels, mode), "TIFF")
 
 
 def test_float_image_in_0_1_decodes_to_its_greys():
@@ -209,8 +285,6 @@ def test_many_huge_1_bit_canvases_are_checked_within_a_memory_bound(tmp_path):
     assert peak < images.CHECK_MEMORY * 1.1
 
 
-# ---------------------------------------------------------------- image checks remembered until a file changes
-
 @pytest.fixture
 def counted_checks(monkeypatch):
     checked, check = [], images.check_image
@@ -220,10 +294,10 @@ def counted_checks(monkeypatch):
 
 def test_second_start_checks_nothing_and_a_changed_file_is_checked_again(tmp_path, counted_checks):
     data = write_dataset(tmp_path / "data")
-    first, _ = load_table(data, cache_dir=tmp_path / "cache", **SPLIT)
+    first, _ = image_frame(data, cache_dir=tmp_path / "cache", **SPLIT)
     assert len(counted_checks) == 96
     counted_checks.clear()
-    second, _ = load_table(data, cache_dir=tmp_path / "cache", **SPLIT)
+    second, _ = image_frame(data, cache_dir=tmp_path / "cache", **SPLIT)
     assert counted_checks == [] and second.equals(first)
 
     changed = data / "images" / "a03_02.png"
@@ -231,7 +305,7 @@ def test_second_start_checks_nothing_and_a_changed_file_is_checked_again(tmp_pat
     Image.open(changed).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "flipped.png")
     os.replace(tmp_path / "flipped.png", changed)
     os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p` would: same mtime
-    third, _ = load_table(data, cache_dir=tmp_path / "cache", **SPLIT)
+    third, _ = image_frame(data, cache_dir=tmp_path / "cache", **SPLIT)
     assert counted_checks == ["a03_02.png"]
     differs = third.sha256 != first.sha256
     assert list(third.file_name[differs]) == ["images/a03_02.png"]
@@ -242,51 +316,7 @@ def test_a_bad_file_stays_refused_from_the_cache(tmp_path, counted_checks):
     (data / "images" / "a00_00.png").write_bytes(b"not a picture")
     messages = []
     for _ in range(2):
-        _, skipped = load_table(data, cache_dir=tmp_path / "cache", skip_bad_images=True, **SPLIT)
+        _, skipped = image_frame(data, cache_dir=tmp_path / "cache", skip_bad_images=True, **SPLIT)
         messages.append(skipped)
     assert counted_checks.count("a00_00.png") == 1
     assert messages[0] == messages[1] and "cannot identify its format" in messages[1][0]
-
-
-# ---------------------------------------------------------------- the feature cache survives an interruption
-
-@pytest.fixture
-def extraction(tmp_path, dataset, tiny_backbone, monkeypatch):
-    monkeypatch.setattr(features, "CHUNK_ROWS", 16)
-    table, _ = load_table(dataset, **SPLIT)
-    backbone = resolve_backbone(str(tiny_backbone), accelerator=Accelerator(cpu=True))
-    messages = []
-
-    def run(cache: str = "cache"):
-        return table_features(table, backbone=backbone, image_size=56, cache_dir=str(tmp_path / cache),
-                              batch_size=8, num_workers=0, accelerator=Accelerator(cpu=True), log=messages.append)
-    return run, messages
-
-
-def stop_at_batch(monkeypatch, count: int, error: BaseException) -> None:
-    forward, calls = features.DinoFeatureExtractor.forward, []
-
-    def failing(self, pixels):
-        calls.append(1)
-        if len(calls) == count:
-            raise error
-        return forward(self, pixels)
-    monkeypatch.setattr(features.DinoFeatureExtractor, "forward", failing)
-
-
-@pytest.mark.parametrize("error, kept", [(KeyboardInterrupt(), 24), (RuntimeError("killed"), 16)],
-                         ids=["ctrl-c-keeps-every-batch", "crash-loses-at-most-one-chunk"])
-def test_interrupted_extraction_keeps_its_chunks_and_a_rerun_continues(extraction, monkeypatch, error, kept):
-    run, messages = extraction
-    reference = run("reference")
-    with monkeypatch.context() as patch:
-        stop_at_batch(patch, 4, error)  # three batches of 8 done: one chunk of 16 written, 8 in memory
-        with pytest.raises(type(error)):
-            run()
-    if isinstance(error, KeyboardInterrupt):
-        assert messages[-1].startswith(f"feature extraction interrupted: kept the features of {kept} images")
-    messages.clear()
-    resumed = run()
-    assert messages == [f"feature cache: {kept} of 96 images cached, extracting {96 - kept}"]
-    for got, want in zip(resumed, reference):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -1,5 +1,4 @@
-"""Runs you can trust: reruns, resumes with changes, changed data, two runs at once and interruptions
-either give the right result or are refused in one line, and nothing is written before the checks."""
+"""pipeline/runs.py: one run per folder, one command at a time; resumes and readers check what the run is made of."""
 
 import json
 import os
@@ -8,13 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import torch
 from conftest import ROOT, run_script, tiny_args, write_dataset
 from PIL import Image
 
-from runfolder import RunFolderError, RunLock
-
-pytestmark = pytest.mark.slow
+from pipeline.runs import RunFolderError, RunLock, check_same_data, write_record
+from pipeline.tables import to_dataset
 
 # Runs a script in a fresh interpreter that sends itself SIGINT each time `target` (module:attribute.path)
 # is called: Ctrl-C pressed while that step runs.
@@ -31,6 +31,8 @@ def strike(*a, **k):
 setattr(owner, name, strike)
 importlib.import_module({script_module!r}).main()
 """
+
+pytestmark = pytest.mark.slow
 
 
 def interrupt(script: str, args: list[str], *, target: str) -> subprocess.CompletedProcess:
@@ -150,7 +152,6 @@ def test_changed_image_content_is_named(run):
 
 
 def test_resume_with_other_backbone_weights_is_refused(run, tmp_path):
-    import torch
     from transformers import Dinov2Config, Dinov2Model
 
     base, args = run
@@ -242,3 +243,19 @@ def test_evaluate_or_export_without_a_trained_run_is_one_line(tmp_path, dataset,
         line = one_line_error(run_script(script, *args, check=False))
         assert line.startswith("error: no trained run in"), line
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluation_refuses_a_split_that_differs_from_training(tmp_path):
+    table = pd.DataFrame({"image_id": ["x", "y", "z"], "file_name": ["x", "y", "z"], "tier": ["S", "A", "B"],
+                          "artist": ["p", "q", "r"], "path": ["x", "y", "z"], "row": [2, 3, 4],
+                          "sha256": ["1", "2", "3"], "split": ["train", "val", "test"]})
+    write_record(tmp_path, config={}, table=to_dataset(table), stage="train")
+    check_same_data(tmp_path, to_dataset(table))
+    moved = table.assign(split=["train", "val", "train"])
+    with pytest.raises(RunFolderError, match=r"1 image\(s\) in another split \(e.g. 'z'\)"):
+        check_same_data(tmp_path, to_dataset(moved))
+    retiered = table.assign(tier=["S", "A", "C"], sha256=["1", "9", "3"])
+    with pytest.raises(RunFolderError, match=r"1 image\(s\) with other content \(e.g. 'y'\); 1 image\(s\) with "
+                                             r"another tier \(e.g. 'z'\)"):
+        check_same_data(tmp_path, to_dataset(retiered))
+    assert "x,x,S,p,1,train" in (tmp_path / "splits.csv").read_text()  # the same rows for people

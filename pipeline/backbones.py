@@ -23,8 +23,9 @@ from transformers import AutoModel, Dinov2Config, Dinov2Model, PreTrainedModel
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 from transformers.models.dinov2_with_registers.modeling_dinov2_with_registers import Dinov2WithRegistersEmbeddings
 
-from images import IMAGENET_MEAN, IMAGENET_STD
-from runfolder import atomic_dir, atomic_write_text
+from .errors import ArtrankError
+from .files import StatCache, atomic_dir, user_cache_dir
+from .images import IMAGENET_MEAN, IMAGENET_STD
 
 SUPPORTED = {  # config.json's model_type -> what the user knows it as
     "dinov2": "DINOv2 (facebook/dinov2-small, -base, -large, -giant)",
@@ -42,7 +43,7 @@ RANDOM_BACKBONES = {
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")
 
 
-class BackboneError(ValueError):
+class BackboneError(ArtrankError):
     """A backbone that cannot be used; the message names it, says why and what would work."""
 
 
@@ -61,6 +62,11 @@ def make_random_backbone(kind: str, path: str | os.PathLike, *, seed: int = 0) -
     model = Dinov2Model(Dinov2Config(**RANDOM_BACKBONES[kind]))
     with atomic_dir(path) as tmp:
         model.save_pretrained(tmp)
+
+
+def config_backbone(cfg, accelerator: Accelerator) -> Backbone:
+    """The backbone a config names (see resolve_backbone)."""
+    return resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
 
 
 def resolve_backbone(name: str, *, random_backbone: str = "", accelerator: Accelerator) -> Backbone:
@@ -142,28 +148,30 @@ def _weights_digest(directory: Path) -> str:
     """Hash of the config and weight files' contents, without reading 1.2 GB at every start.
 
     A hub snapshot's weight files are links to blobs named by their sha256; any other file's sha256 is
-    remembered with its size, mtime, ctime and inode (file_hashes.json in the user cache), so a file is
-    read again only when it was rewritten, which new weights of the same shape always are.
+    remembered while its size, mtime, ctime and inode are unchanged (file-hashes.sqlite in the user cache), so
+    a file is read again only when it was rewritten, which new weights of the same shape always are.
     """
     weights = sorted(directory.glob("*.safetensors"))
     if not weights:  # other formats would load unhashed: new weights would reuse old features
         raise BackboneError(f"backbone {directory}: no .safetensors weights; save it with save_pretrained")
-    known = _load_hashes()
-    digest = hashlib.sha256()
-    for path in sorted(directory.glob("*.json")) + weights:
-        target = path.resolve()
-        if target.parent.name == "blobs" and SHA256_NAME.fullmatch(target.name):
-            sha256 = target.name
-        else:
-            stat = target.stat()
-            stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
-            entry = known.get(str(target))
-            if entry is None or entry["stamp"] != stamp:
-                entry = known[str(target)] = dict(stamp=stamp, sha256=_file_sha256(target))
-            sha256 = entry["sha256"]
-        digest.update(path.name.encode())
-        digest.update(sha256.encode())
-    _save_hashes(known)
+    known = StatCache(user_cache_dir() / "file-hashes.sqlite", version="sha256")
+    digest, learnt = hashlib.sha256(), []
+    try:
+        for path in sorted(directory.glob("*.json")) + weights:
+            target = path.resolve()
+            if target.parent.name == "blobs" and SHA256_NAME.fullmatch(target.name):
+                sha256 = target.name
+            else:
+                stamp = known.stamp(str(target))
+                sha256 = known.get(str(target), stamp)
+                if sha256 is None:
+                    sha256 = _file_sha256(target)
+                    learnt.append((str(target), stamp, sha256))
+            digest.update(path.name.encode())
+            digest.update(sha256.encode())
+        known.put(learnt)
+    finally:
+        known.close()
     return digest.hexdigest()[:16]
 
 
@@ -175,31 +183,10 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _hashes_file() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "artrank" / "file_hashes.json"
-
-
-def _load_hashes() -> dict:
-    try:
-        return json.loads(_hashes_file().read_text())
-    except (OSError, ValueError):  # none yet, or damaged: every file is hashed again
-        return {}
-
-
-def _save_hashes(known: dict) -> None:
-    kept = {path: entry for path, entry in known.items() if Path(path).exists()}
-    if kept == _load_hashes():
-        return
-    try:
-        atomic_write_text(_hashes_file(), json.dumps(kept, indent=1) + "\n")
-    except OSError:  # a read-only home: the digest is still exact, only computed again next time
-        pass
-
-
 class DinoFeatureExtractor(nn.Module):
-    """The frozen backbone (REQ-U-001, REQ-N-002): eval mode for good, no parameter trains.
+    """The frozen backbone: eval mode for good, no parameter trains.
 
-    Returns the CLS token (REQ-E-001: 1024-d for ViT-L) and the mean of the patch tokens, the register
+    Returns the CLS token (1024-d for ViT-L) and the mean of the patch tokens, the register
     tokens left out: they hold no place in the image.
     """
 

@@ -12,26 +12,17 @@ import io
 import itertools
 import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from sklearn.model_selection import StratifiedGroupKFold
 
-from config import CHOICES, Config
-from figures import _save
-from runfolder import atomic_write_text
+from .config import FEATURES, HEAD, SEARCHABLE, SPLIT, TRAINING, ConfigError, check_value, identity
+from .figures import save_png
+from .files import atomic_write_json, atomic_write_text
+from .tables import artist_folds
 
-# Options of the head and its training: they change nothing upstream of the cached features.
-GRID_KEYS = ("feature", "score_head", "hidden_dim", "proj_dim", "dropout", "lr", "weight_decay", "margin", "loss",
-             "batch_size", "epochs", "patience", "min_lr")
-# Where a run writes and how it is tracked: no bearing on a cell's result.
-RUN_ONLY_KEYS = {"data_dir", "output_dir", "cache_dir", "backbone", "random_backbone", "demo_data", "skip_bad_images",
-                 "extract_batch_size", "num_workers", "top_k", "resume", "resume_from_checkpoint",
-                 "overwrite_output_dir", "wandb_project", "wandb_mode", "sample_pairs", "split", "checkpoint",
-                 "ensemble", "bootstrap"}
 CELL_FORMAT = 1  # bumped when a cell's procedure changes: older cells are recomputed, not reused
 
 
@@ -39,60 +30,48 @@ def read_grid(path: str | os.PathLike) -> dict:
     try:
         grid = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read grid {path}: {err}") from None
+        raise ConfigError(f"cannot read grid {path}: {err}") from None
     if not isinstance(grid, dict) or not grid:
-        raise ValueError(f"{path}: a grid is a JSON object of key: [values], e.g. {{\"lr\": [1e-4, 1e-3]}}")
+        raise ConfigError(f"{path}: a grid is a JSON object of key: [values], e.g. {{\"lr\": [1e-4, 1e-3]}}")
     return grid
 
 
 def expand_grid(grid: dict, source: str = "grid") -> list[dict]:
-    """Every combination of the grid's values, in the grid's order (the first key varies slowest)."""
-    defaults = Config()
+    """Every combination of the grid's values, in the grid's order (the first key varies slowest).
+
+    Only the searchable keys may be swept: what changes the features, such as the backbone or the image
+    size, is refused. Each value passes the same checks as a config file's.
+    """
     for key, values in grid.items():
-        if key not in GRID_KEYS:
-            raise ValueError(f"{source}: key {key!r} cannot be swept here (allowed: {', '.join(GRID_KEYS)})")
+        if key not in SEARCHABLE:
+            raise ConfigError(f"{source}: key {key!r} cannot be swept here (allowed: {', '.join(SEARCHABLE)})")
         if not isinstance(values, list) or not values or len(set(map(repr, values))) != len(values):
-            raise ValueError(f"{source}: key {key!r} needs a list of distinct values, got {values!r}")
-        expected = type(getattr(defaults, key))
-        for value in values:
-            # JSON has no int/float distinction for whole numbers, and a bool is an int in Python: be exact.
-            ok = not isinstance(value, bool) and (isinstance(value, expected)
-                                                  or expected is float and isinstance(value, int))
-            if not ok or value not in CHOICES.get(key, (value,)):
-                allowed = CHOICES.get(key, expected.__name__)
-                raise ValueError(f"{source}: key {key!r} takes {allowed}, got {value!r}")
-    keys = list(grid)
-    return [dict(zip(keys, (float(v) if type(getattr(defaults, k)) is float else v for k, v in zip(keys, combo))))
-            for combo in itertools.product(*grid.values())]
+            raise ConfigError(f"{source}: key {key!r} needs a list of distinct values, got {values!r}")
+    checked = {key: [check_value(key, value, source) for value in values] for key, values in grid.items()}
+    return [dict(zip(checked, combo)) for combo in itertools.product(*checked.values())]
 
 
 def setting_label(setting: dict) -> str:
     return " ".join(f"{key}={value}" for key, value in setting.items()) or "config as given"
 
 
-def artist_folds(rows: pd.DataFrame, *, folds: int, seed: int) -> np.ndarray:
-    """The fold (0 .. folds-1) of each row: grouped by artist, stratified by tier.
+def crossval_folds(rows: pd.DataFrame, *, folds: int, seed: int) -> np.ndarray:
+    """The fold (0 .. folds-1) of each row: grouped by artist, stratified by tier (tables.artist_folds).
 
-    scikit-learn numbers the artists in sorted order, so the folds depend on the table's content, not on
-    its row order. Raises ValueError when a fold would hold fewer than two tiers (no pair to score).
+    Raises ConfigError when a fold would hold fewer than two tiers (no pair to score).
     """
     if folds < 3:
-        raise ValueError(f"--folds must be at least 3 (one fold scored, one for early stopping, the rest "
-                         f"to train), got {folds}")
+        raise ConfigError(f"--folds must be at least 3 (one fold scored, one for early stopping, the rest "
+                          f"to train), got {folds}")
     artists = rows["artist"].nunique()
     if artists < folds:
-        raise ValueError(f"{folds} folds need works by at least {folds} artists, found {artists}")
-    fold_of = np.empty(len(rows), dtype=np.int64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class": the check below says it better
-        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        for fold, (_, held) in enumerate(splitter.split(rows, rows["tier"], rows["artist"])):
-            fold_of[held] = fold
+        raise ConfigError(f"{folds} folds need works by at least {folds} artists, found {artists}")
+    fold_of = artist_folds(rows, folds=folds, seed=seed)
     for fold in range(folds):
         tiers = sorted(set(rows["tier"].to_numpy()[fold_of == fold]))
         if len(tiers) < 2:
-            raise ValueError(f"fold {fold} holds tier(s) {tiers} only, so it has no cross-tier pair: "
-                             f"too few artists per tier for {folds} folds; use fewer folds")
+            raise ConfigError(f"fold {fold} holds tier(s) {tiers} only, so it has no cross-tier pair: "
+                              f"too few artists per tier for {folds} folds; use fewer folds")
     return fold_of
 
 
@@ -107,9 +86,10 @@ def data_fingerprint(rows: pd.DataFrame) -> str:
     return hashlib.sha256(columns.to_csv(index=False).encode()).hexdigest()[:16]
 
 
-def cell_key(cfg: Config, *, fold: int, folds: int, data: str, features: dict) -> str:
-    """The name of a cell's result: a hash of everything it depends on."""
-    setting = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_ONLY_KEYS}
+def cell_key(cfg, *, fold: int, folds: int, data: str, features: dict) -> str:
+    """The name of a cell's result: a hash of everything it depends on (the keys of the split, the features,
+    the head and its training; not the checkpoints kept or the runtime keys)."""
+    setting = identity(dataclasses.asdict(cfg), SPLIT, FEATURES, HEAD, TRAINING)
     payload = dict(format=CELL_FORMAT, setting=setting, fold=fold, folds=folds, data=data, features=features)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -129,7 +109,7 @@ def load_cell(directory: Path, key: str) -> dict | None:
 
 
 def save_cell(directory: Path, key: str, result: dict) -> None:
-    atomic_write_text(directory / f"{key}.json", json.dumps({"key": key, **result}, indent=2) + "\n")
+    atomic_write_json(directory / f"{key}.json", {"key": key, **result})
 
 
 def summarize(settings: list[dict], cells: list[list[dict]]) -> pd.DataFrame:
@@ -187,4 +167,4 @@ def accuracy_figure(table: pd.DataFrame, fold_accuracy: list[list[float]], path:
     ax.set_xlabel("pairwise accuracy on the held-out fold (dots: folds; bar: mean ± sd)")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title, fontsize=10)
-    return _save(figure, path)
+    return save_png(figure, path)

@@ -1,4 +1,7 @@
-"""Backbone features, computed once per image and cached (docs/design.md 7).
+"""Backbone features, computed once per image and cached.
+
+The backbone is frozen and there is no augmentation, so an image's features are a pure function of the
+backbone weights, the image size, the preprocessing and the image bytes: computed once, they are exact.
 
 The cache is a folder per (backbone weights, image size, preprocessing, precision) of Arrow chunks
 keyed by each image file's sha256: a changed image or setting recomputes, nothing stale is reused.
@@ -14,20 +17,37 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 from accelerate import Accelerator
 from accelerate.utils import release_memory
 from accelerate.utils.memory import should_reduce_batch_size
 
-from backbones import Backbone, DinoFeatureExtractor
-from data import ImageDataset
-from images import PREPROCESSING_VERSION, default_workers, input_size
-from runfolder import atomic_write_bytes, atomic_write_text
+from .backbones import Backbone, DinoFeatureExtractor, config_backbone
+from .errors import ArtrankError
+from .files import atomic_write_bytes, atomic_write_json
+from .images import PREPROCESSING_VERSION, default_workers, input_size, load_pixels
 
 CHUNK_ROWS = 1024
 CHUNK_SECONDS = 60.0  # on a CPU a chunk of ViT-L features takes minutes: also cut by time
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Paths in, model inputs out (images.load_pixels); decoded in DataLoader workers (Datasets' Image
+    column re-decodes on every access and is many times slower)."""
+
+    def __init__(self, paths: list[str], *, image_size: int, patch_size: int):
+        self.paths, self.image_size, self.patch_size = list(paths), image_size, patch_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        try:
+            return load_pixels(self.paths[index], self.image_size, self.patch_size)
+        except Exception as err:
+            # A file changed or vanished after the start's checks: name it.
+            raise ArtrankError(f"{self.paths[index]}: {type(err).__name__}: {err}") from err
 
 
 def cache_key(*, backbone: str, image_size: int, patch_size: int, precision: str) -> dict:
@@ -100,7 +120,7 @@ def read_cache(directory: Path, key: dict, *, repair: bool = False
     if repair and found != key:
         for stale in (directory / "features").glob("chunk-*.arrow"):
             stale.unlink()
-        atomic_write_text(directory / "cache.json", json.dumps({"key": key}, indent=2) + "\n")
+        atomic_write_json(directory / "cache.json", {"key": key})
     if not cls_parts:
         return {}, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), "; ".join(problems) or None
     index = {h: i for i, h in enumerate(hashes)}
@@ -130,11 +150,11 @@ class _ChunkWriter:
 def extract(extractor: DinoFeatureExtractor, paths: list[str], *, image_size: int, batch_size: int,
             num_workers: int, accelerator: Accelerator, track=None, log=None,
             on_batch=None) -> tuple[np.ndarray, np.ndarray]:
-    """CLS and mean patch tokens of this process's images, fp16 autocast on CUDA (REQ-U-002).
+    """CLS and mean patch tokens of this process's images, fp16 autocast on CUDA.
 
     Workers (num_workers, -1: default_workers()) decode the next batches while the model runs.
     on_batch(start, cls, mean) receives each batch as it is done. Out of memory halves the batch and
-    goes on from the first image not yet done (REQ-S-001).
+    goes on from the first image not yet done.
     """
     dataset = ImageDataset(paths, image_size=image_size, patch_size=extractor.patch_size)
     extractor = extractor.to(accelerator.device)
@@ -171,10 +191,11 @@ def extract(extractor: DinoFeatureExtractor, paths: list[str], *, image_size: in
             np.concatenate(mean_parts) if mean_parts else np.zeros((0, width), np.float32))
 
 
-def table_features(table: pd.DataFrame, *, backbone: Backbone, image_size: int, cache_dir: str,
+def table_features(table, *, backbone: Backbone, image_size: int, cache_dir: str,
                    batch_size: int, num_workers: int, accelerator: Accelerator,
                    track=None, log=print) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLS and mean patch features for every row of `table` (in its order), from the cache where valid.
+    """CLS and mean patch features for every row of `table` (a Dataset with sha256 and path, in its order),
+    from the cache where valid.
 
     Only images missing from the cache go through the backbone, split across processes, and are
     saved in chunks as they come. Ctrl-C keeps what was extracted, says so and re-raises.
@@ -188,9 +209,10 @@ def table_features(table: pd.DataFrame, *, backbone: Backbone, image_size: int, 
         index, cls_tokens, mean_patches, problem = read_cache(directory, key, repair=accelerator.is_main_process)
     if problem and accelerator.is_main_process:
         log(f"feature cache: {problem}")
-    missing = sorted(set(table["sha256"]) - set(index))
+    hashes = list(table["sha256"])
+    missing = sorted(set(hashes) - set(index))
     if missing:
-        path_of = dict(zip(table["sha256"], table["path"]))
+        path_of = dict(zip(hashes, table["path"]))
         log(f"feature cache: {len(table) - len(missing)} of {len(table)} images cached, extracting {len(missing)}")
         extractor = DinoFeatureExtractor.from_pretrained(str(backbone.path))
         with accelerator.split_between_processes(missing) as mine:
@@ -211,5 +233,28 @@ def table_features(table: pd.DataFrame, *, backbone: Backbone, image_size: int, 
         lost = set(missing) - set(index)
         if problem or lost:
             raise RuntimeError(f"feature cache {directory}: {problem or f'{len(lost)} extracted images not found'}")
-    rows = np.asarray([index[h] for h in table["sha256"]])
+    rows = np.asarray([index[h] for h in hashes], dtype=np.int64)
     return torch.from_numpy(cls_tokens[rows]), torch.from_numpy(mean_patches[rows])
+
+
+def select_features(cls_token: torch.Tensor, mean_patch: torch.Tensor, feature: str) -> torch.Tensor:
+    """The head's input: the spec's CLS token, or CLS + mean patch token (DINOv2's linear-probe input)."""
+    return cls_token if feature == "cls" else torch.cat([cls_token, mean_patch], dim=-1)
+
+
+def split_features(cfg, tables: list, accelerator: Accelerator, *,
+                   backbone: Backbone | None = None) -> tuple[Backbone, list[torch.Tensor]]:
+    """The head's input features for the rows of each table, from the feature cache (extracting what is
+    missing). Pass `backbone` when it is already resolved: resolving may ask the hub and hash new weights."""
+    from datasets import concatenate_datasets
+
+    from .cli import bar
+
+    backbone = backbone or config_backbone(cfg, accelerator)
+    together = concatenate_datasets([table.select_columns(["sha256", "path"]) for table in tables])
+    cls_token, mean_patch = table_features(together, backbone=backbone, image_size=cfg.image_size,
+                                           cache_dir=cfg.cache_dir, batch_size=cfg.extract_batch_size,
+                                           num_workers=cfg.num_workers, accelerator=accelerator,
+                                           track=bar(accelerator, "extracting features"), log=accelerator.print)
+    features = select_features(cls_token, mean_patch, cfg.feature)
+    return backbone, list(features.split([len(table) for table in tables]))

@@ -1,7 +1,7 @@
 """The run's model card: OUTPUT_DIR/README.md in the Hugging Face layout, written from the run folder's files.
 
 train.py and evaluate.py call `write_model_card(output_dir)` last, so the card always shows the latest
-figures of config.json, final_metrics.json, eval_*.json, calibration.json and splits.csv (what is
+figures of config.json, final_metrics.json, eval_*.json, calibration.json and the run's rows (what is
 missing is left out). The results section (`results_section`) holds no path, so the README's demo
 table can be checked against a fresh run.
 """
@@ -11,12 +11,13 @@ import os
 import platform
 from pathlib import Path
 
-import pandas as pd
+from .calibration import read_calibration
+from .files import atomic_write_text
+from .metrics import gate_results
+from .runs import RunFolderError, recorded_rows
+from .tables import SPLITS, TIERS
 
-from runfolder import atomic_write_text
-
-RANDOM_CAVEAT = ("**The backbone of this run is random** (`random_backbone` is set): its figures show that the "
-                 "pipeline works end to end, not how well DINOv2 ranks drawings.")
+RANDOM_BACKBONE = "the backbone is random: its figures show that the pipeline works, not how well DINOv2 ranks drawings"
 
 
 def _read_json(path: Path) -> dict | None:
@@ -43,25 +44,13 @@ def machine_description() -> str:
     return f"{device}; torch {torch.__version__}"
 
 
-def gate_rows(accuracy_by_split: dict[str, float]) -> list[tuple[str, float, str, bool]]:
-    """(split, accuracy, target, passed) for the spec's gates (test >= 0.60, val >= 0.62, train <= 0.80)."""
-    from evaluate import GATES
-
-    rows = []
-    for split, (op, bound) in GATES.items():
-        if split in accuracy_by_split:
-            value = accuracy_by_split[split]
-            rows.append((split, value, f"{op} {bound:.2f}", value >= bound if op == ">=" else value <= bound))
-    return rows
-
-
 def run_figures(out: Path) -> tuple[dict, dict | None, dict[str, float]]:
     """final_metrics.json, the evaluation report (test first) and the accuracy by split of the latest of them."""
     final = _read_json(out / "final_metrics.json") or {}
     names = ["eval_test.json", "eval_test_ensemble.json"] + sorted(p.name for p in out.glob("eval_*.json"))
     report = next((r for name in names if (r := _read_json(out / name))), None)
     accuracy = dict(report["pairwise_accuracy_by_split"]) if report else {
-        s: final[f"{s}/pairwise_acc"] for s in ("train", "val", "test") if f"{s}/pairwise_acc" in final}
+        s: final[f"{s}/pairwise_acc"] for s in SPLITS if f"{s}/pairwise_acc" in final}
     return final, report, accuracy
 
 
@@ -73,7 +62,8 @@ def results_section(output_dir: str | os.PathLike) -> str:
         lines.append(f"Training ran {final['epochs_run']} epochs ({final['stop_reason']}); the best validation "
                      f"epoch was {final['best_epoch']}.\n")
     lines += ["| split | pairwise accuracy | spec gate | |", "|---|---|---|---|"]
-    for split, value, target, passed in gate_rows(accuracy):
+    for split, gate in gate_results(accuracy).items():
+        value, target, passed = gate["value"], gate["target"], gate["passed"]
         detail = ""
         if report and split == report["split"]:
             detail = (f" ({report['n_images']} images, {report['n_artists']} artists, {report['n_pairs']:,} pairs), "
@@ -92,17 +82,17 @@ def results_section(output_dir: str | os.PathLike) -> str:
 
 
 def data_section(out: Path, cfg: dict) -> str:
-    splits = out / "splits.csv"
-    if not splits.is_file():
-        return f"Data: `{cfg.get('data_dir')}` (no splits.csv in the run folder).\n"
-    table = pd.read_csv(splits, dtype=str, keep_default_na=False)
+    try:
+        table = recorded_rows(out)
+    except RunFolderError:
+        return f"Data: `{cfg.get('data_dir')}` (the run folder records no rows).\n"
     counts = table.pivot_table(index="split", columns="tier", values="image_id", aggfunc="count", fill_value=0)
-    counts = counts[[t for t in ("S", "A", "B", "C") if t in counts.columns]]
+    counts = counts[[t for t in TIERS if t in counts.columns]]
     lines = [f"`{Path(cfg.get('data_dir', '')).name}`: {len(table)} drawings by {table.artist.nunique()} artists, "
              "teacher tiers S > A > B > C. Artists never cross splits (split by artist, stratified by tier, "
              f"seed {cfg.get('seed')}).", "", "| split | " + " | ".join(counts.columns) + " | images | artists |",
              "|---" * (len(counts.columns) + 3) + "|"]
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         if split in counts.index:
             row = counts.loc[split]
             artists = table[table.split == split].artist.nunique()
@@ -150,13 +140,13 @@ def model_card(output_dir: str | os.PathLike) -> str:
     out = Path(output_dir)
     cfg = _read_json(out / "config.json") or {}
     _, report, accuracy = run_figures(out)
-    calibration = _read_json(out / "calibration.json")
+    calibration = read_calibration(out)
     parts = ["---", metadata_yaml(out, cfg, accuracy, report).rstrip(), "---", "", f"# {out.name}", "",
              "Ranks drawings by quality as art-school teachers grade them (tiers S > A > B > C): a score per "
              "image, higher is better, learnt from pairs of works of different tiers on a frozen DINOv2 backbone.",
              ""]
     if cfg.get("random_backbone"):
-        parts += [RANDOM_CAVEAT, ""]
+        parts += [f"**Note:** {RANDOM_BACKBONE} (`random_backbone` is set).", ""]
     parts += ["## Data", "", data_section(out, cfg),
               "## Model", "",
               f"- backbone: `{cfg.get('backbone')}`{' (random weights)' if cfg.get('random_backbone') else ''}, "

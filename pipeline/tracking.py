@@ -1,4 +1,4 @@
-"""Experiment tracking through Accelerate's wandb tracker (REQ-U-003, REQ-N-004).
+"""Experiment tracking through Accelerate's wandb tracker.
 
 Every run is tracked. Online needs credentials and a reachable server; otherwise wandb runs offline
 into OUTPUT_DIR/wandb and the run says where it went and the `wandb sync` command that uploads it.
@@ -14,11 +14,14 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .errors import ArtrankError
+from .tables import TIER_RANK
+
 MODES = ("online", "offline")
 PROBE_SECONDS = 3.0
 
 
-class TrackingError(ValueError):
+class TrackingError(ArtrankError):
     """A tracking setting that would leave the run untracked or cannot be understood."""
 
 
@@ -42,10 +45,10 @@ def requested_mode(config_mode: str) -> str:
     """
     env_mode = os.environ.get("WANDB_MODE", "")
     if env_mode and env_mode not in MODES:
-        raise TrackingError(f"WANDB_MODE={env_mode}: every run is tracked (REQ-N-004), so only online or offline "
+        raise TrackingError(f"WANDB_MODE={env_mode}: every run is tracked, so only online or offline "
                             "is accepted; offline needs no account or network")
     if os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes"):
-        raise TrackingError(f"WANDB_DISABLED={os.environ['WANDB_DISABLED']}: every run is tracked (REQ-N-004); "
+        raise TrackingError(f"WANDB_DISABLED={os.environ['WANDB_DISABLED']}: every run is tracked; "
                             "unset it, or set WANDB_MODE=offline to track without an account or network")
     return config_mode or env_mode
 
@@ -114,3 +117,27 @@ def wandb_run(accelerator):
     if not accelerator.is_main_process:
         return None
     return accelerator.get_tracker("wandb", unwrap=True)
+
+
+def sample_pairs_table(accelerator, *, tiers, paths: list[str], scores, picks, step: int) -> None:
+    """A few validation pairs with their images and scores, in the tracker: what the model gets right."""
+    run = wandb_run(accelerator)
+    if run is None:
+        return
+    import wandb
+
+    from .images import open_image
+
+    table = wandb.Table(columns=["image_a", "image_b", "tier_a", "tier_b", "score_a", "score_b", "correct"])
+    for a, b in zip(picks[0::2], picks[1::2]):
+        if tiers[a] == tiers[b]:
+            continue
+        thumbs = []
+        for i in (a, b):
+            image = open_image(paths[i])
+            image.thumbnail((160, 160))
+            thumbs.append(wandb.Image(image))
+        a_better = TIER_RANK[tiers[a]] > TIER_RANK[tiers[b]]
+        correct = bool(scores[a] > scores[b]) if a_better else bool(scores[b] > scores[a])
+        table.add_data(*thumbs, tiers[a], tiers[b], float(scores[a]), float(scores[b]), correct)
+    run.log({"val/sample_pairs": table}, step=step)

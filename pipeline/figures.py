@@ -12,15 +12,14 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from PIL import ImageOps
 
-from data import TIERS
-from images import open_image
-from metrics import TIER_PAIRS
-from runfolder import atomic_write_bytes
+from .files import atomic_write_bytes
+from .images import open_image
+from .tables import TIER_PAIRS, TIERS
 
 TIER_COLORS = {"S": "#1a7f4b", "A": "#67a9cf", "B": "#f0a340", "C": "#c8413b"}
 
 
-def _save(figure: Figure, path: str | os.PathLike) -> Path:
+def save_png(figure: Figure, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
@@ -45,7 +44,7 @@ def score_by_tier(scores: np.ndarray, tiers: np.ndarray, path: str | os.PathLike
     ax.set_ylabel("model score (higher = better)")
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title, fontsize=10)
-    return _save(figure, path)
+    return save_png(figure, path)
 
 
 def tier_pair_heatmap(per_tier_pair: dict[str, tuple[float, int]], path: str | os.PathLike, *, title: str) -> Path:
@@ -74,7 +73,7 @@ def tier_pair_heatmap(per_tier_pair: dict[str, tuple[float, int]], path: str | o
         spine.set_visible(False)
     figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="higher tier scored higher")
     ax.set_title(title, fontsize=10)
-    return _save(figure, path)
+    return save_png(figure, path)
 
 
 def extremes_sheet(paths: np.ndarray, scores: np.ndarray, tiers: np.ndarray, path: str | os.PathLike, *,
@@ -102,4 +101,4 @@ def extremes_sheet(paths: np.ndarray, scores: np.ndarray, tiers: np.ndarray, pat
                 spine.set(color=TIER_COLORS[tiers[i]], linewidth=3)
         row[0].set_ylabel(label, fontsize=10)
     figure.suptitle(title, fontsize=10)
-    return _save(figure, path)
+    return save_png(figure, path)

@@ -1,0 +1,22 @@
+"""What artrank's scripts share, beneath them; nothing here imports a script, model.py, data.py or artrank.py.
+
+    errors       the one base class of the refusals a user can act on
+    config       the config keys: one declaration each; flags, --help, run identity and the grid follow
+    cli          one-line refusals, interruption, progress bars, the Accelerator
+    files        atomic writes; values remembered per file while it is unchanged
+    runs         the run folder: its lock, its record, the checks against it, its checkpoints
+    tables       tiers, splits, the image table's columns; cross-tier pairs; artist folds
+    sources      a metadata.csv folder or a Hugging Face dataset, read as rows
+    images       decoding and the one preprocessing; image checks
+    backbones    the frozen DINO backbones: found, loaded, keyed by their weights
+    features     backbone features, extracted once and cached
+    metrics      pairwise accuracy, intervals, correlations; the spec's gates
+    calibration  P(A better) and tier hints, fitted on validation
+    selection    cross-validation: grids, folds, stored cells, the summary
+    tracking     wandb, online or offline, never off
+    figures      evaluation figures
+    card         the run's model card
+    export       the ONNX export and its parity check
+    scoring      an export or a checkpoint as a scorer of image files
+    demo_data    the synthetic demo data set
+"""

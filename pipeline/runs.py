@@ -1,0 +1,262 @@
+"""The run folder: one run per folder, one command in it at a time, and what the run is made of.
+
+run.json records every key of the run's identity (pipeline/config.py: all roles but runtime), the backbone
+weights' id, the preprocessing version and a digest of its rows; splits.csv (for people) and image_table/
+(a Dataset) hold every row with its content hash and split. Each check below compares today's settings or
+data with that record and refuses, naming what differs.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .config import FEATURES, SPLIT, identity
+from .errors import ArtrankError
+from .files import atomic_dir, atomic_write_json, atomic_write_text
+from .tables import MANIFEST_COLUMNS, frame, to_dataset
+
+
+class RunFolderError(ArtrankError):
+    """The run folder cannot be used as asked; the message names the file or key and what to do."""
+
+
+LOCK_NAME = ".lock"
+RUN_RECORD = "run.json"
+SPLITS_CSV = "splits.csv"
+IMAGE_TABLE = "image_table"
+RECORD_FORMAT = 2  # 2: the rows are also kept as a Dataset (image_table/)
+# Files a run writes; --overwrite_output_dir deletes these and nothing else.
+RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, "pairs", "train_log.jsonl", "state", "checkpoints",
+             "calibration.json", "final_metrics.json", "eval_*.json", "scores_*.csv", "figures", "model.onnx*",
+             "model_fp16.onnx*", "model.json", "README.md", "wandb")
+# The files that show a head was trained here (a folder with only make_pairs.py's output holds none).
+TRAINED_FILES = ("state", "checkpoints", "train_log.jsonl", "final_metrics.json")
+
+
+# ---------------------------------------------------------------- one command per folder at a time
+
+class RunLock:
+    """An exclusive lock on OUTPUT_DIR that names its holder (pid, host, start, command).
+
+    flock is released by the kernel when the holder dies, so a crashed run's lock is taken over
+    cleanly; the file stays (unlinking a lock file races with a process about to lock it).
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, *, command: str):
+        self.dir, self.command, self.file, self.created = Path(output_dir), command, None, False
+
+    def acquire(self) -> None:
+        import fcntl
+        import socket
+        import time
+
+        self.created = not self.dir.exists()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.dir / LOCK_NAME, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise RunFolderError(f"{self.dir} is in use by {holder}; wait for it to end or use another "
+                                 "--output_dir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{self.command} (pid {os.getpid()} on {socket.gethostname()}, "
+                        f"since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        self.file.flush()
+
+    def release(self, *, failed: bool = False) -> None:
+        if self.file is None:
+            return
+        self.file.truncate(0)
+        self.file.close()  # closing drops the flock
+        self.file = None
+        if failed and self.created and [p.name for p in self.dir.iterdir()] == [LOCK_NAME]:
+            shutil.rmtree(self.dir, ignore_errors=True)  # a start that failed leaves no empty run folder
+
+
+@contextlib.contextmanager
+def locked_run_folder(folder: str | os.PathLike, accelerator, command: str):
+    """Hold `folder` for this command alone (the main process locks; every process learns the outcome)."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, refusal = RunLock(folder, command=command), None
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except RunFolderError as err:
+            refusal = str(err)
+    (refusal,) = broadcast_object_list([refusal])
+    if refusal:
+        raise RunFolderError(refusal)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        lock.release(failed=failed)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def best_checkpoint(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / "checkpoints" / "best"
+
+
+def top_checkpoints(output_dir: str | os.PathLike) -> Path:
+    """The folder of the top-k checkpoints, one epochNNNN/ each."""
+    return Path(output_dir) / "checkpoints" / "top"
+
+
+def chosen_checkpoint(cfg) -> Path:
+    """--checkpoint, else the run's best."""
+    return Path(cfg.checkpoint) if cfg.checkpoint else best_checkpoint(cfg.output_dir)
+
+
+# ---------------------------------------------------------------- the run's identity
+
+def manifest_digest(rows) -> str:
+    """sha256 over every row's id, name, tier, artist, content hash and split, in image_id order."""
+    listed = rows[list(MANIFEST_COLUMNS)].sort_values("image_id", kind="stable").to_csv(index=False)
+    return hashlib.sha256(listed.encode()).hexdigest()
+
+
+def write_record(output_dir: str | os.PathLike, *, config: dict, table, stage: str, backbone_id: str | None = None,
+                 preprocessing: str | None = None) -> None:
+    """run.json (what the results depend on), splits.csv and image_table/ (the rows, their hashes and split)."""
+    out, rows = Path(output_dir), frame(table)
+    atomic_write_text(out / SPLITS_CSV, rows[list(MANIFEST_COLUMNS)].to_csv(index=False))
+    with atomic_dir(out / IMAGE_TABLE) as tmp:
+        to_dataset(rows, MANIFEST_COLUMNS).save_to_disk(str(tmp))
+    data = dict(images=len(rows), artists=int(rows.artist.nunique()), manifest_sha256=manifest_digest(rows))
+    atomic_write_json(out / RUN_RECORD, dict(format=RECORD_FORMAT, stage=stage, config=identity(config),
+                                             backbone_id=backbone_id, preprocessing=preprocessing, data=data))
+
+
+def read_record(output_dir: str | os.PathLike) -> dict | None:
+    path = Path(output_dir) / RUN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunFolderError(f"{path}: unreadable ({err}); pass --overwrite_output_dir to start this run "
+                             "folder afresh") from None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        found = record.get("format") if isinstance(record, dict) else None
+        raise RunFolderError(f"{path}: run record format {found!r}, this code reads {RECORD_FORMAT}; pass "
+                             "--overwrite_output_dir to start afresh")
+    return record
+
+
+def recorded_rows(output_dir: str | os.PathLike):
+    """The run's rows as recorded (a DataFrame of MANIFEST_COLUMNS), from image_table/."""
+    from datasets import load_from_disk
+
+    path = Path(output_dir) / IMAGE_TABLE
+    try:
+        return frame(load_from_disk(str(path)))
+    except (FileNotFoundError, ValueError) as err:
+        raise RunFolderError(f"{path}: {type(err).__name__}: {err}; the run's split is unknown, so no split can be "
+                             "trusted") from None
+
+
+def trained_files(output_dir: str | os.PathLike) -> list[str]:
+    return [name for name in TRAINED_FILES if (Path(output_dir) / name).exists()]
+
+
+def differing_keys(recorded: dict, config: dict, *roles: str) -> list[str]:
+    """'key: recorded -> now' for each identity key (or each key of `roles`) whose value differs."""
+    now = identity(config, *roles)
+    keys = sorted(set(identity(recorded, *roles)) | set(now))
+    return [f"{k}: {recorded.get(k)!r} -> {now.get(k)!r}" for k in keys if recorded.get(k) != now.get(k)]
+
+
+def settings_changed(record: dict, config: dict) -> list[str]:
+    """The identity keys that differ from the run record's: make_pairs.py's record fixes only the split,
+    a started run's fixes every identity key."""
+    return differing_keys(record["config"], config, *((SPLIT,) if record["stage"] == "pairs" else ()))
+
+
+def remove_run(output_dir: str | os.PathLike) -> list[str]:
+    """Delete the files a run writes (RUN_FILES) from OUTPUT_DIR; anything else there stays."""
+    out, removed = Path(output_dir), []
+    for pattern in RUN_FILES:
+        for path in sorted(out.glob(pattern)):
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            removed.append(path.name)
+    return removed
+
+
+def check_fresh_start(output_dir: str | os.PathLike, config: dict, *, overwrite: bool) -> None:
+    """A fresh run needs a folder that holds no other run (or --overwrite_output_dir, which deletes it)."""
+    out = Path(output_dir)
+    if overwrite:
+        return
+    if trained := trained_files(out):
+        raise RunFolderError(f"{out} holds a trained run ({', '.join(trained)}); pass --overwrite_output_dir to "
+                             "delete it and start afresh, or --resume to continue it")
+    record = read_record(out)
+    if record and (differs := settings_changed(record, config)):
+        raise RunFolderError(f"{out / RUN_RECORD} was made with other settings ({'; '.join(differs)}); pass "
+                             "--overwrite_output_dir to start afresh, or use another --output_dir")
+
+
+def check_resume(output_dir: str | os.PathLike, config: dict) -> dict | None:
+    """A resume continues the same run: every identity key must match. Returns the run record."""
+    out = Path(output_dir)
+    record = read_record(out)
+    if record is None and trained_files(out):
+        raise RunFolderError(f"cannot resume {out}: it has no {RUN_RECORD} (made by an older version?); start "
+                             "afresh with --overwrite_output_dir")
+    if record and (differs := settings_changed(record, config)):
+        raise RunFolderError(f"cannot resume {out} with other settings ({'; '.join(differs)}); resume with the "
+                             f"run's own ({out / 'config.json'}) or start afresh with --overwrite_output_dir")
+    return record
+
+
+def check_reader(output_dir: str | os.PathLike, config: dict, *, what: str) -> dict:
+    """A script that reads a trained run needs its split and feature settings. Returns the run record."""
+    out = Path(output_dir)
+    record = read_record(out)
+    if record is None or record["stage"] != "train":
+        raise RunFolderError(f"no trained run in {out} (no {RUN_RECORD} from train.py): train first, e.g. "
+                             f"accelerate launch train.py --config CONFIG --output_dir {out}")
+    if differs := differing_keys(record["config"], config, SPLIT, FEATURES):
+        raise RunFolderError(f"{out} was trained with other settings ({'; '.join(differs)}); {what} with the "
+                             f"run's own ({out / 'config.json'})")
+    return record
+
+
+def manifest_changes(recorded, rows) -> list[str]:
+    """What differs between the run's recorded rows and today's (both DataFrames), by kind."""
+    old, new = recorded.set_index("image_id"), rows.set_index("image_id")
+    changes = []
+
+    def note(ids, what: str) -> None:
+        ids = sorted(ids)
+        if ids:
+            changes.append(f"{len(ids)} image(s) {what} (e.g. {ids[0]!r})")
+
+    note(set(new.index) - set(old.index), "added")
+    note(set(old.index) - set(new.index), "removed")
+    both = sorted(set(old.index) & set(new.index))
+    old, new = old.loc[both], new.loc[both]
+    for column, what in (("sha256", "with other content"), ("tier", "with another tier"),
+                         ("artist", "by another artist"), ("split", "in another split")):
+        note(old.index[old[column].to_numpy() != new[column].to_numpy()], what)
+    return changes
+
+
+def check_same_data(output_dir: str | os.PathLike, table) -> None:
+    """The rows, their content and their split must be the run's: a re-split could put trained images in
+    today's test split."""
+    if changes := manifest_changes(recorded_rows(output_dir), frame(table)):
+        raise RunFolderError(f"{Path(output_dir) / IMAGE_TABLE}: the data differ from this run's "
+                             f"({'; '.join(changes)}); a run keeps its data and split: use the run's data, or train "
+                             "a new run")

@@ -1,0 +1,165 @@
+"""Scoring drawings with a trained model: an export (model.onnx + model.json) or a PyTorch ranker becomes a
+Scorer, and `score_images` feeds it files or PIL images in batches while the next ones decode.
+
+model.json says everything a consumer needs (the preprocessing, the input and output, the calibration);
+a pair of files that do not belong together, or a model.json of another format or preprocessing, is
+refused rather than scored.
+"""
+
+import itertools
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import ArtrankError
+from .images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PREPROCESSING_VERSION,
+    default_workers,
+    input_size,
+    letterbox,
+    load_picture,
+    on_canvas,
+    to_rgb,
+)
+
+MODEL_FORMAT = 1  # of model.json; bumped when its meaning changes, so old readers refuse instead of misreading
+INPUT_NAME, OUTPUT_NAME = "pixel_values", "score"
+FILE_NAMES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx"}
+ImageLike = str | os.PathLike | Image.Image
+
+
+@dataclass
+class Scorer:
+    # preprocessed (batch, 3, S, S) float32 -> (batch,); the array is reused for the next batch
+    score: Callable[[np.ndarray], np.ndarray]
+    image_size: int
+    patch_size: int
+    calibration: dict | None
+    description: str
+
+
+def onnx_session(path: str | Path):
+    """An onnxruntime session on CUDA when a GPU is present, else on the CPU."""
+    import onnxruntime
+
+    providers = ["CPUExecutionProvider"]
+    gpu = torch.cuda.is_available() or Path("/dev/nvidiactl").exists()
+    if gpu and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        if hasattr(onnxruntime, "preload_dlls"):  # CUDA and cuDNN from the pip wheels PyTorch brought
+            onnxruntime.preload_dlls()
+        # TF32 would round fp32 matmuls to fp16's 10-bit mantissa: the fp32 model is the exact one.
+        providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
+    return onnxruntime.InferenceSession(str(path), providers=providers)
+
+
+def onnx_scorer(path: str | os.PathLike) -> Scorer:
+    """model.onnx (or model_fp16.onnx) and the model.json beside it; refuses a pair it cannot trust."""
+    path = Path(path)
+    path = path / FILE_NAMES["fp32"] if path.is_dir() else path
+    if not path.is_file():
+        raise ArtrankError(f"no ONNX model at {path}: run export_onnx.py with this config first, "
+                           "or pass --model PATH/model.onnx, or --torch")
+    meta_path = path.with_name("model.json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArtrankError(f"{meta_path}: cannot read the model description beside {path.name}: {err}") from None
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ArtrankError(f"{meta_path}: model.json format {found!r}, this code reads format {MODEL_FORMAT}; "
+                           "export again with this version's export_onnx.py")
+    prep = meta["preprocessing"]
+    if (prep["version"], tuple(prep["mean"]), tuple(prep["std"])) != (PREPROCESSING_VERSION, IMAGENET_MEAN,
+                                                                      IMAGENET_STD):
+        raise ArtrankError(f"{meta_path}: preprocessing {prep['version']} with mean {prep['mean']} and std "
+                           f"{prep['std']}, this code does {PREPROCESSING_VERSION} with ImageNet mean and std")
+    try:
+        session = onnx_session(path)
+    except Exception as err:  # onnxruntime raises its own types for a corrupt or truncated file
+        raise ArtrankError(f"{path}: cannot load: {str(err).splitlines()[0]}") from None
+    if session.get_modelmeta().custom_metadata_map.get("artrank.export_id") != meta["export_id"]:
+        raise ArtrankError(f"{path} and {meta_path} come from different exports; export again")
+    input_name, output_name = meta["input"]["name"], meta["output"]["name"]
+    return Scorer(score=lambda pixels: session.run([output_name], {input_name: pixels})[0],
+                  image_size=prep["image_size"], patch_size=prep["patch_size"], calibration=meta["calibration"],
+                  description=f"{path} (onnxruntime, {session.get_providers()[0]}; "
+                              f"checkpoint epoch {meta['checkpoint']['epoch']})")
+
+
+def torch_scorer(ranker: torch.nn.Module, *, device: torch.device, image_size: int, patch_size: int,
+                 calibration: dict | None, description: str) -> Scorer:
+    """A PyTorch ranker (pixels -> score) as a Scorer, fp32 on `device`."""
+    ranker = ranker.to(device).eval()
+
+    @torch.inference_mode()
+    def score(pixels: np.ndarray) -> np.ndarray:
+        return ranker(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
+
+    return Scorer(score=score, image_size=image_size, patch_size=patch_size, calibration=calibration,
+                  description=description)
+
+
+def picture_of(image: ImageLike, scorer: Scorer) -> torch.Tensor:
+    """The letterboxed picture of one image, uint8: a path is decoded the one way every script decodes it."""
+    if isinstance(image, Image.Image):
+        return letterbox(to_rgb(image), scorer.image_size)
+    return load_picture(image, scorer.image_size)
+
+
+def score_images(scorer: Scorer, images: Sequence[ImageLike], *, batch_size: int, workers: int | None = None,
+                 track=None) -> tuple[list[float | None], list[str]]:
+    """The score of each image (None where unreadable) and one message per unreadable image.
+
+    `workers` threads (default: one per CPU core this process may use) decode up to two batches ahead
+    while the model scores the current one; Pillow and torch release the GIL while they work. The
+    pictures are normalised straight into one reused batch array: a fresh 7 MB canvas per photo and a
+    copy into the batch cost more than the normalising.
+    `track` (e.g. a tqdm bar) is told how many images each batch held.
+    """
+    def load(image):
+        try:
+            return picture_of(image, scorer)
+        except Exception as err:  # Pillow raises many types for corrupt data
+            reason = str(err).splitlines()[0] if str(err) else ""
+            name = "PIL image" if isinstance(image, Image.Image) else str(image)
+            return f"{name}: not a readable image: {type(err).__name__}: {reason}"
+
+    side = input_size(scorer.image_size, scorer.patch_size)
+    batch = np.empty((min(batch_size, len(images)), 3, side, side), dtype=np.float32)
+    scores: list[float | None] = [None] * len(images)
+    errors = []
+    # One torch thread per decoding thread: nested OpenMP teams would spin on cores that other threads decode on.
+    pool = ThreadPoolExecutor(max_workers=workers or default_workers(), initializer=torch.set_num_threads,
+                              initargs=(1,))
+    upcoming, decoding = iter(images), deque()
+
+    def decode_next(count: int) -> None:
+        decoding.extend(pool.submit(load, image) for image in itertools.islice(upcoming, count))
+
+    try:
+        decode_next(2 * batch_size)
+        for start in range(0, len(images), batch_size):
+            loaded = [decoding.popleft().result() for _ in range(min(batch_size, len(images) - start))]
+            decode_next(batch_size)
+            good = [i for i, picture in enumerate(loaded) if not isinstance(picture, str)]
+            errors += [message for message in loaded if isinstance(message, str)]
+            for row, i in enumerate(good):
+                on_canvas(loaded[i], side, out=batch[row])
+            if good:
+                for i, s in zip(good, scorer.score(batch[:len(good)])):
+                    scores[start + i] = float(s)
+            if track is not None:
+                track(len(loaded))
+    finally:  # Ctrl-C or a model error: drop the decodes queued ahead
+        pool.shutdown(cancel_futures=True)
+    return scores, errors

@@ -1,0 +1,219 @@
+"""pipeline/config.py: one declaration per key, and the flags, --help, checks and roles that follow from it."""
+
+import json
+import re
+import sys
+
+import pytest
+from conftest import ROOT, run_script, write_config
+
+from pipeline.config import (
+    KEYS,
+    SCRIPTS,
+    SEARCHABLE,
+    Config,
+    ConfigError,
+    identity,
+    load_config,
+    parse_config,
+    script_keys,
+)
+
+
+@pytest.mark.parametrize("argv, expected", [(["--resume"], True), (["--resume", "false"], False),
+                                            (["--resume", "true"], True), (["--resume=no"], False), ([], False)])
+def test_boolean_flags_alone_mean_true_and_still_take_a_value(tmp_path, argv, expected):
+    cfg, _ = parse_config("", ["--config", write_config(tmp_path, {}), *argv])
+    assert cfg.resume is expected
+
+
+def test_hf_style_names_are_config_keys(tmp_path):
+    cfg, _ = parse_config("", ["--config", write_config(tmp_path, {}), "--overwrite_output_dir",
+                               "--resume_from_checkpoint", "runs/x/state/epoch0003-batch000000"])
+    assert cfg.overwrite_output_dir is True and cfg.resume_from_checkpoint == "runs/x/state/epoch0003-batch000000"
+
+
+def script_help(script: str, monkeypatch, capsys) -> str:
+    """`python SCRIPT --help`, in process: the script's own parse_config call builds it."""
+    module = __import__(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script, shown, hidden", [
+    ("make_pairs", ["--data_dir", "--val_fraction", "--seed"], ["--lr", "--bootstrap", "--backbone", "--epochs"]),
+    ("predict", ["--output_dir", "--torch", "--checkpoint"], ["--bootstrap", "--lr", "--epochs", "--val_fraction"]),
+    ("evaluate", ["--split {train,val,test}", "--feature {cls,cls_mean}", "--bootstrap"], ["--lr", "--epochs"]),
+    ("train", ["--lr", "--resume [true|false]", "--score_head {linear,norm}"], ["--bootstrap", "--split"]),
+    ("export_onnx", ["--fp16", "--checkpoint", "--image_size"], ["--lr", "--bootstrap", "--epochs"]),
+])
+def test_each_script_help_lists_only_its_keys_with_choices(script, shown, hidden, monkeypatch, capsys):
+    text = script_help(script, monkeypatch, capsys)
+    for flag in shown:
+        assert flag in text, flag
+    for flag in hidden:
+        assert not re.search(rf"{flag}\b", text), flag
+
+
+def test_help_shows_the_config_files_values_not_the_dataclass_defaults(monkeypatch, capsys):
+    text = " ".join(script_help("train", monkeypatch, capsys).split())
+    baseline = json.loads((ROOT / "configs/baseline.json").read_text())
+    assert Config.data_dir != baseline["data_dir"]  # the case the issue found
+    assert f'(default: "{baseline["data_dir"]}")' in text
+    assert "(default: configs/baseline.json)" in text
+
+
+@pytest.mark.slow
+def test_a_key_the_script_does_not_use_is_refused_in_one_line():
+    result = run_script("make_pairs.py", "--lr", "0.1", check=False)
+    assert result.returncode == 2 and "unrecognized arguments: --lr 0.1" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"batch_size": 1}, "'batch_size' must be >= 2"),
+    ({"epochs": 0}, "'epochs' must be >= 1"),
+    ({"lr": 0}, "'lr' must be > 0"),
+    ({"lr": float("nan")}, "'lr' must be a finite number"),
+    ({"val_fraction": 0.15}, "'val_fraction' must be a whole tenth"),
+    ({"val_fraction": 0.5, "test_fraction": 0.4}, "must leave at least 0.2 to train on"),
+    ({"test_fraction": 0.0}, "'test_fraction' must be from 0.1 to 0.8"),
+    ({"dropout": 1.0}, "'dropout' must be >= 0 and < 1"),
+    ({"num_workers": -2}, "'num_workers' must be from -1 (one per CPU core) to 256"),
+    ({"margin": 0}, "'margin' must be > 0"),
+    ({"hidden_dim": 0}, "'hidden_dim' must be >= 1"),
+    ({"extract_batch_size": 0}, "'extract_batch_size' must be >= 1"),
+    ({"seed": -1}, "'seed' must be from 0"),
+    ({"image_size": 10, "random_backbone": "tiny"}, "smaller than one patch of the backbone (14 px)"),
+    ({"epochs": True}, "'epochs' must be int, got True"),  # a bool is not an int
+    ({"output_dir": " "}, "'output_dir' must not be empty"),
+])
+def test_config_values_out_of_range_are_refused_naming_the_key(tmp_path, values, message):
+    path = write_config(tmp_path, values)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)
+    with pytest.raises(ConfigError, match=re.escape(message)):  # the scripts print it as one line (test_cli)
+        parse_config("", ["--config", path])
+
+
+def test_image_size_is_checked_against_a_local_backbones_patch_size(tmp_path, tiny_backbone):
+    with pytest.raises(ConfigError, match=re.escape("image_size' 13 is smaller than one patch")):
+        load_config(write_config(tmp_path, {"backbone": str(tiny_backbone), "image_size": 13}))
+    assert load_config(write_config(tmp_path, {"backbone": str(tiny_backbone), "image_size": 14})).image_size == 14
+
+
+@pytest.mark.parametrize("argv, message", [(["--batch_size", "1"], "'batch_size' must be >= 2"),
+                                           (["--dropout", "-0.1"], "'dropout' must be >= 0"),
+                                           (["--epochs", "true"], "int expected, got 'true'"),
+                                           (["--epochs", "1.5"], "int expected, got '1.5'")])
+def test_flag_values_out_of_range_are_refused_in_one_line(tmp_path, argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_config("", ["--config", write_config(tmp_path, {}), *argv])
+    err = capsys.readouterr().err
+    assert message in err and argv[0] in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("payload", ["[1, 2]", '"lr"', "3", "null"])
+def test_a_config_file_must_be_a_json_object(tmp_path, payload):
+    with pytest.raises(ConfigError, match="a config file is a JSON object"):
+        load_config(write_config(tmp_path, payload))
+
+
+def test_library_config_errors_are_value_errors_not_exits(tmp_path):
+    with pytest.raises(ValueError):
+        load_config(write_config(tmp_path, {"lr": -1}))
+    with pytest.raises(ValueError):
+        load_config(tmp_path / "missing.json")
+
+
+def test_overrides_beat_the_file_and_the_file_beats_the_defaults(tmp_path):
+    cfg, _ = parse_config("", ["--config", write_config(tmp_path, {"lr": 0.5, "epochs": 7}), "--lr", "0.25"])
+    assert (cfg.lr, cfg.epochs, cfg.batch_size) == (0.25, 7, Config.batch_size)
+
+
+@pytest.mark.parametrize("values, argv, message", [
+    ({"learning_rate": 0.1}, [], "unknown key 'learning_rate'"),
+    ({"epochs": "ten"}, [], "key 'epochs' must be int"),
+    ({"seed": None}, [], "key 'seed' must be int"),  # REQ-N-003: no run without a seed
+    ({"resume": 1}, [], "key 'resume' must be bool"),
+    ({"score_head": "mlp"}, [], "must be one of"),
+])
+def test_bad_config_files_are_refused_naming_the_key(tmp_path, values, argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config("", ["--config", write_config(tmp_path, values), *argv])
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "ten"], ["--no_such_key", "1"], ["--wandb_mode", "disabled"],
+                                  ["--resume", "maybe"]])
+def test_bad_overrides_are_refused(tmp_path, argv, capsys):
+    # REQ-N-004: wandb cannot be switched off, only online or offline.
+    with pytest.raises(SystemExit):
+        parse_config("", ["--config", write_config(tmp_path, {}), *argv])
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_baseline_config_holds_the_spec_values():
+    cfg, _ = parse_config("", ["--config", "configs/baseline.json"])
+    assert (cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.epochs, cfg.patience, cfg.margin, cfg.seed) == (
+        32, 1e-4, 0.01, 100, 10, 1.0, 42)
+    assert (cfg.image_size, cfg.mixed_precision, cfg.backbone) == (768, "fp16", "facebook/dinov2-large")  # REQ-U-002
+
+
+@pytest.mark.parametrize("key, value", [("epochs", True), ("batch_size", False), ("patience", True),
+                                        ("seed", True), ("lr", True), ("margin", False)])
+def test_a_bool_is_refused_for_a_number_key(tmp_path, key, value):
+    """JSON true is 1 to Python: `"epochs": true` would silently train one epoch."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({key: value}))
+    with pytest.raises(ConfigError, match=key):
+        parse_config("", ["--config", str(config)])
+
+
+@pytest.mark.parametrize("argv", [["--epochs", "true"], ["--seed", "false"], ["--batch_size", "1.5"]])
+def test_a_bool_or_fraction_is_refused_for_an_int_override(tmp_path, argv, capsys):
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    with pytest.raises(SystemExit):
+        parse_config("", ["--config", str(config), *argv])
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_loss_key_is_a_config_choice(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text("{}")
+    cfg, _ = parse_config("", ["--config", str(config), "--loss", "logistic"])
+    assert cfg.loss == "logistic" and Config().loss == "margin"
+    with pytest.raises(SystemExit):
+        parse_config("", ["--config", str(config), "--loss", "hinge"])
+
+
+# ---------------------------------------------------------------- one declaration per key, and what follows from it
+
+def test_every_key_declares_its_role_its_scripts_and_its_help():
+    roles = {"split", "features", "head", "training", "checkpoints", "runtime"}
+    for name, declared in KEYS.items():
+        assert declared.role in roles and declared.help, name
+        assert declared.scripts and set(declared.scripts) <= set(SCRIPTS), name
+    # only what changes nothing upstream of the cached features may be swept
+    assert all(KEYS[name].role in ("features", "head", "training") for name in SEARCHABLE)
+    assert not {"image_size", "mixed_precision", "seed", "backbone", "top_k"} & set(SEARCHABLE)
+
+
+def test_a_run_s_identity_is_every_key_but_the_runtime_ones():
+    config = vars(Config())
+    assert set(identity(config)) == {name for name, declared in KEYS.items() if declared.role != "runtime"}
+    assert "epochs" in identity(config)  # the cosine schedule's length: more epochs is another run
+    assert not {"output_dir", "data_dir", "num_workers", "wandb_mode", "resume"} & set(identity(config))
+    assert set(identity(config, "split")) == {"val_fraction", "test_fraction", "seed"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_each_script_takes_as_flags_exactly_the_keys_that_declare_it(script, monkeypatch, capsys):
+    text = script_help(script, monkeypatch, capsys)
+    flags = set(re.findall(r"^  --(\w+)", text, re.MULTILINE)) - {"config"}
+    own = {"help", "fp16", "parity_images", "latency_batch", "bench_seconds", "dir", "out", "compare", "model",
+           "torch", "top", "folds", "grid"}
+    assert flags - own == set(script_keys(script))

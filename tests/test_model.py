@@ -1,0 +1,164 @@
+"""model.py: the spec's projector, the score heads, the pair losses, the one training procedure."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from model import ArtRanker, HeadTraining, Progress, Projector, RankingHead, all_pairs_loss, in_batch_pair_loss
+from pipeline.backbones import DinoFeatureExtractor
+from pipeline.config import Config
+from pipeline.images import input_size
+from pipeline.tables import cross_tier_pairs, tier_ranks
+
+
+def test_req_e_002_projector_is_the_spec_stack():
+    projector = Projector()
+    kinds = [type(m).__name__ for m in projector.projection]
+    assert kinds == ["Linear", "LayerNorm", "GELU", "Dropout", "Linear", "LayerNorm"]
+    assert projector(torch.randn(5, 1024)).shape == (5, 256)
+    assert projector.projection[0].in_features == 1024 and projector.projection[0].out_features == 512
+    assert projector.projection[3].p == 0.1
+
+
+def test_req_e_003_norm_head_is_minus_embedding_norm_and_linear_head_reads_the_embedding():
+    torch.manual_seed(0)
+    features = torch.randn(4, 64)
+    norm = RankingHead(input_dim=64, hidden_dim=32, proj_dim=16, score_head="norm").eval()
+    assert torch.allclose(norm(features), -norm.projector(features).norm(dim=-1))
+    linear = RankingHead(input_dim=64, hidden_dim=32, proj_dim=16, score_head="linear").eval()
+    embedding = linear.projector(features)
+    assert torch.allclose(linear(features), embedding @ linear.linear.weight[0] + linear.linear.bias)
+
+
+def test_baked_position_embeddings_give_the_same_scores(tiny_backbone):
+    torch.manual_seed(0)
+    side = input_size(64, 14)  # 70: not the backbone's native 56, so interpolation really happens
+    head = RankingHead(input_dim=64, hidden_dim=32, proj_dim=16).eval()
+    ranker = ArtRanker(DinoFeatureExtractor.from_pretrained(str(tiny_backbone)), head, "cls_mean")
+    pixels = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        before = ranker(pixels)
+        ranker.extractor.bake_position_embeddings(side)
+        after = ranker(pixels)
+    torch.testing.assert_close(after, before)
+
+
+TIERS = np.array(["S", "A", "B", "C"])
+
+
+RANK = {"S": 3, "A": 2, "B": 1, "C": 0}  # the spec's order, written out
+
+
+def spec_loss(scores: torch.Tensor, tiers: np.ndarray, margin: float) -> torch.Tensor:
+    """nn.MarginRankingLoss (spec 4.4.3) over the pairs of spec 4.4.2 with their labels."""
+    a, b, label = cross_tier_pairs(tiers)
+    a, b = torch.from_numpy(a), torch.from_numpy(b)
+    return torch.nn.MarginRankingLoss(margin=margin)(scores[a], scores[b], torch.from_numpy(label).float())
+
+
+def ranks_of(tiers: np.ndarray) -> torch.Tensor:
+    return torch.tensor([RANK[t] for t in tiers])
+
+
+@pytest.mark.parametrize("margin", [0.5, 1.0, 2.5])
+def test_training_loss_is_margin_ranking_loss_over_cross_tier_pairs(margin):
+    rng = np.random.default_rng(int(margin * 10))
+    tiers = rng.choice(TIERS, 32)  # a batch of 32: many same-tier pairs, which must not count
+    scores = torch.tensor(rng.normal(size=32), requires_grad=True)
+    loss = in_batch_pair_loss(scores, ranks_of(tiers), margin, "margin")
+    expected = spec_loss(scores, tiers, margin)
+    torch.testing.assert_close(loss, expected)
+    (grad,) = torch.autograd.grad(loss, scores)
+    (expected_grad,) = torch.autograd.grad(expected, scores)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+def test_training_loss_is_zero_only_when_every_pair_is_ordered_by_the_margin():
+    tiers = np.array(["S", "A", "A", "B", "C"])
+    ordered = torch.tensor([3.0, 2.0, 2.0, 1.0, 0.0])  # the same-tier A pair ties: it must not count
+    assert in_batch_pair_loss(ordered, ranks_of(tiers), 1.0, "margin").item() == 0.0
+    assert in_batch_pair_loss(ordered, ranks_of(tiers), 1.5, "margin").item() > 0  # adjacent tiers within the margin
+    assert in_batch_pair_loss(-ordered, ranks_of(tiers), 1.0, "margin").item() > 1.0
+
+
+@pytest.mark.parametrize("block", [1024, 7])
+def test_validation_loss_is_margin_ranking_loss_over_cross_tier_pairs(block):
+    rng = np.random.default_rng(block)
+    tiers = rng.choice(TIERS, 50)
+    scores = torch.tensor(rng.normal(size=50))
+    loss = all_pairs_loss(scores, ranks_of(tiers), 2.0, "margin", block=block)
+    assert loss == pytest.approx(spec_loss(scores, tiers, 2.0).item(), rel=1e-6)  # scored in float32
+
+
+def test_logistic_loss_is_ranknet_over_every_cross_tier_pair():
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(40, generator=generator, dtype=torch.float64) * 3
+    tiers = np.array(list("SABC"))[torch.randint(0, 4, (40,), generator=generator).numpy()]
+    a, b, label = cross_tier_pairs(tiers)
+    better = torch.from_numpy(np.where(label > 0, a, b))
+    worse = torch.from_numpy(np.where(label > 0, b, a))
+    # RankNet: -log P(better above worse), P = sigmoid(score gap)
+    expected = -torch.log(torch.sigmoid(scores[better] - scores[worse])).mean()
+    ranks = torch.from_numpy(tier_ranks(tiers))
+    assert torch.allclose(in_batch_pair_loss(scores, ranks, 1.0, "logistic"), expected)
+    assert all_pairs_loss(scores, ranks, 1.0, "logistic", block=7) == pytest.approx(float(expected))
+    margin = F.margin_ranking_loss(scores[better], scores[worse], torch.ones(len(better), dtype=torch.float64),
+                                   margin=0.5)
+    assert torch.allclose(in_batch_pair_loss(scores, ranks, 0.5, "margin"), margin)
+    assert all_pairs_loss(scores, ranks, 0.5, "margin", block=7) == pytest.approx(float(margin))
+
+
+# ---------------------------------------------------------------- the one training procedure
+
+def recorded_training(cfg: Config, seed: int = 0) -> tuple[HeadTraining, list[dict]]:
+    """HeadTraining on features that carry the tier in noise, with every validated epoch's record."""
+    rng = np.random.default_rng(seed)
+    tiers = rng.choice(TIERS, 120)
+    noisy = ranks_of(tiers).numpy()[:, None] + rng.normal(0, 2.0, (120, 8))
+    features = torch.from_numpy(noisy.astype(np.float32))
+    training, records = HeadTraining(cfg, Accelerator(cpu=True), input_dim=8), []
+    training.run(features[:80], tiers[:80], features[80:], tiers[80:], after_epoch=lambda r, _: records.append(r))
+    return training, records
+
+
+def test_training_stops_after_patience_epochs_without_a_better_val_loss_and_the_best_is_the_first_highest():
+    cfg = Config(epochs=40, patience=3, min_lr=0.0, batch_size=16, lr=0.05, hidden_dim=8, proj_dim=4, dropout=0.0)
+    training, records = recorded_training(cfg)
+    best_loss, stale, stop_epoch = math.inf, 0, None
+    for record in records:  # REQ-S-002, by hand from the recorded losses
+        best_loss, stale = (record["val/loss"], 0) if record["val/loss"] < best_loss else (best_loss, stale + 1)
+        if stale >= cfg.patience and stop_epoch is None:
+            stop_epoch = record["epoch"]
+    assert stop_epoch is not None and len(records) == stop_epoch + 1 < cfg.epochs  # it did stop early, there
+    assert training.progress.stop_reason == "early stop: val loss not improved for 3 epochs"
+    accuracies = [r["val/pairwise_acc"] for r in records]
+    firsts = [e for e, a in enumerate(accuracies) if a > max(accuracies[:e], default=-1)]
+    assert [r["epoch"] for r in records if r.get("best")] == firsts  # each new best, the first of equals
+    for record in records:  # REQ-O-002: the cosine schedule over cfg.epochs
+        assert record["lr"] == pytest.approx(cfg.lr * (1 + math.cos(math.pi * record["epoch"] / cfg.epochs)) / 2)
+
+
+def test_training_stops_when_the_next_learning_rate_falls_below_min_lr():
+    lr_after = [1e-2 * (1 + math.cos(math.pi * e / 10)) / 2 for e in range(11)]
+    cfg = Config(epochs=10, patience=100, min_lr=(lr_after[6] + lr_after[7]) / 2, batch_size=16, lr=1e-2,
+                 hidden_dim=8, proj_dim=4)
+    training, records = recorded_training(cfg)
+    assert len(records) == 7  # after epoch 6 the next rate, lr_after[7], is below min_lr (REQ-S-003)
+    assert training.progress.stop_reason.startswith(f"learning rate {lr_after[7]:.2e} below min_lr")
+    long, records = recorded_training(Config(epochs=5, patience=100, min_lr=0.0, batch_size=16, hidden_dim=8,
+                                             proj_dim=4))
+    assert len(records) == 5 and long.progress.stop_reason == "reached 5 epochs"
+
+
+def test_top_k_keeps_the_best_and_an_earlier_epoch_wins_a_tie():
+    progress = Progress()
+    kept = []
+    for epoch, accuracy in enumerate([0.5, 0.7, 0.6, 0.7, 0.4, 0.8]):
+        progress.epoch = epoch
+        kept.append(progress.keep_top_k(accuracy, 2))
+    assert kept == [(True, []), (True, []), (True, [0]), (True, [2]), (False, []), (True, [3])]
+    assert progress.top == [(0.8, 5), (0.7, 1)]

@@ -1,0 +1,103 @@
+"""predict.py: a trained model used the way a person uses it: rank images, compare two, one line per problem."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import copy_run, edit_json, run_script, val_images
+
+import predict
+from pipeline.calibration import p_first_better
+
+pytestmark = pytest.mark.slow
+
+
+def test_predict_ranks_the_same_on_onnx_and_on_pytorch(exported, tmp_path):
+    tables = {}
+    for name, flags in (("onnx", []), ("torch", ["--torch"])):
+        predict.main([*exported["args"], "--dir", str(exported["data"] / "images"), "--out",
+                      str(tmp_path / f"{name}.csv"), *flags])
+        tables[name] = pd.read_csv(tmp_path / f"{name}.csv")
+    onnx_table, torch_table = tables["onnx"], tables["torch"]
+    assert len(onnx_table) == 96 and list(onnx_table.columns) == ["file_name", "score", "tier_hint"]
+    assert list(onnx_table.file_name) == list(torch_table.file_name)
+    np.testing.assert_allclose(onnx_table.score, torch_table.score, atol=1e-5)
+    assert onnx_table.score.is_monotonic_decreasing
+    assert set(onnx_table.tier_hint) <= set("SABC")
+
+
+def test_predict_on_fp16_model_file_uses_the_same_model_json(exported, tmp_path, capsys):
+    image = val_images(exported)[0]
+    predict.main([*exported["args"], "--model", str(exported["out"] / "model_fp16.onnx"), image])
+    assert "model_fp16.onnx (onnxruntime" in capsys.readouterr().out
+
+
+def p_of(output: str) -> float:
+    return float(re.search(r"P\(A better than B\) = ([\d.]+)", output).group(1))
+
+
+def test_compare_says_which_is_better_and_is_symmetric(exported, capsys):
+    first, second = val_images(exported)[:2]
+    forward = run_script("predict.py", *exported["args"], "--compare", first, second).stdout
+    predict.main([*exported["args"], "--compare", second, first])
+    backward = capsys.readouterr().out
+    assert p_of(forward) + p_of(backward) == pytest.approx(1.0, abs=2e-4)
+    assert ("A is better" in forward) == ("B is better" in backward) == (p_of(forward) > 0.5)
+    assert "logistic regression without intercept" in forward
+    calibration = json.loads((exported["out"] / "calibration.json").read_text())
+    for a, b in ((0.3, -0.1), (0.01, 0.0), (-0.52, -0.5), (-40.0, 40.0)):
+        forward_p, backward_p = p_first_better(a, b, calibration), p_first_better(b, a, calibration)
+        assert forward_p + backward_p == pytest.approx(1.0, abs=1e-12) and (forward_p > 0.5) == (a > b)
+    assert p_first_better(0.2, 0.2, calibration) == 0.5
+
+
+def test_unreadable_image_is_one_line_and_the_others_are_still_scored(exported, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    good = val_images(exported)[:2]
+    result = run_script("predict.py", *exported["args"], good[0], str(bad), good[1], "--out", tmp_path / "scores.csv",
+                        check=False)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if not line.startswith((" ", "{", "}"))]  # less config
+    assert errors == [f"error: {bad}: not a readable image: UnidentifiedImageError: cannot identify image file "
+                      f"'{bad}'"]
+    assert sorted(pd.read_csv(tmp_path / "scores.csv").file_name) == sorted(good)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda out: (out / "model.onnx").unlink(), "no ONNX model at"),
+    (lambda out: (out / "model.json").unlink(), "cannot read the model description"),
+    (lambda out: edit_json(out / "model.json", format=99), "model.json format 99, this code reads format 1"),
+    (lambda out: edit_json(out / "model.json", export_id="another"), "come from different exports"),
+    (lambda out: (out / "model.onnx").write_bytes(b"truncated"), "cannot load"),
+    (lambda out: edit_preprocessing(out, version="center-crop-224"), "preprocessing center-crop-224"),
+    (lambda out: edit_preprocessing(out, mean=[0.5, 0.5, 0.5]), "mean [0.5, 0.5, 0.5]"),
+    (lambda out: edit_preprocessing(out, std=[1.0, 1.0, 1.0]), "std [1.0, 1.0, 1.0]"),
+])
+def test_bad_model_is_a_one_line_error(exported, tmp_path, damage, message):
+    out = copy_run(exported, tmp_path, with_export=True)
+    damage(out)
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([*exported["args"], "--output_dir", str(out), val_images(exported)[0]])
+    assert str(exit_info.value).startswith("error: ") and message in str(exit_info.value)
+    assert "\n" not in str(exit_info.value)
+
+
+def edit_preprocessing(out: Path, **changes) -> None:
+    """model.json describing another preprocessing than predict.py does: scores would be silently wrong."""
+    meta = json.loads((out / "model.json").read_text())
+    edit_json(out / "model.json", preprocessing=meta["preprocessing"] | changes)
+
+
+def test_no_calibration_means_no_tier_hint_and_no_probability(exported, tmp_path, capsys):
+    out = copy_run(exported, tmp_path, with_export=True)
+    edit_json(out / "model.json", calibration=None)
+    first, second = val_images(exported)[:2]
+    predict.main([*exported["args"], "--output_dir", str(out), first, second, "--out", str(tmp_path / "s.csv")])
+    assert list(pd.read_csv(tmp_path / "s.csv").columns) == ["file_name", "score"]
+    predict.main([*exported["args"], "--output_dir", str(out), "--compare", first, second])
+    output = capsys.readouterr().out
+    assert "P(A better) unavailable" in output and "P(A better than B)" not in output
