@@ -28,15 +28,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data import check_no_test_leak, load_images, split_rows
-from model import HeadTraining, score_features
+from data import check_no_test_leak, load_images, split_rows, tiers_of
+from model import HeadTraining, features_of, load_backbone, score_features
 from pipeline import cli, selection
 from pipeline.config import CROSSVAL, Config, parse_config, print_config, save_config
-from pipeline.features import split_features
 from pipeline.files import atomic_write_json
 from pipeline.metrics import pairwise_accuracy, rank_correlations
 from pipeline.runs import locked_run_folder
-from pipeline.tables import frame, tiers_of
+from pipeline.tables import frame
 from pipeline.tracking import choose_mode
 
 
@@ -99,10 +98,9 @@ def train_val_features(cfg: Config, settings: list[dict], accelerator) -> tuple:
     table = load_images(cfg, accelerator)
     rows = split_rows(table, "train", "val")  # the test split goes no further
     check_no_test_leak(rows, table)
-    features, backbone = {}, None
-    for feature in dict.fromkeys(replace(cfg, **s).feature for s in settings):
-        backbone, (features[feature],) = split_features(replace(cfg, feature=feature), [rows], accelerator,
-                                                        backbone=backbone)
+    backbone = load_backbone(cfg, accelerator)
+    features = {feature: features_of(replace(cfg, feature=feature), [rows], accelerator, backbone=backbone)[0]
+                for feature in dict.fromkeys(replace(cfg, **s).feature for s in settings)}
     source = dict(backbone=backbone.id, image_size=cfg.image_size, device=accelerator.device.type,
                   mixed_precision=accelerator.mixed_precision, data=selection.data_fingerprint(frame(rows)))
     return rows, table, features, source

@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.cli import bar
 from pipeline.images import check_images
 from pipeline.sources import DataError, Rows, check_source, read_rows
-from pipeline.tables import SPLITS, TIER_RANK, TIERS, artist_folds, cross_tier_pairs, frame, tiers_of, to_dataset
+from pipeline.tables import SPLITS, TIER_RANK, TIERS, artist_folds, cross_tier_pairs, frame, to_dataset
 
 # The only folder the demo's data set is generated into: a mistyped --data_dir is an error, not a new data set.
 DEMO_DATA_DIR = Path(__file__).resolve().parent / "data" / "demo"
@@ -222,6 +222,11 @@ def load_images(cfg, accelerator):
     for message in notes:
         accelerator.print(f"warning: {message}")
     return table
+
+
+def tiers_of(rows) -> np.ndarray:
+    """The tier letters of the image table's rows, in order."""
+    return np.asarray(rows.features["tier"].names, dtype=object)[np.asarray(rows["tier"], dtype=np.int64)]
 
 
 def split_rows(table, *names: str):

@@ -20,14 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import load_images, split_rows
-from model import RankingHead, head_identity, load_head, score_features
+from data import SPLITS, load_images, split_rows, tiers_of
+from model import RankingHead, features_of, head_identity, load_backbone, load_head, score_features
 from pipeline import cli
-from pipeline.backbones import config_backbone
 from pipeline.card import RANDOM_BACKBONE, write_model_card
 from pipeline.config import EVALUATE, Config, parse_config, print_config
 from pipeline.errors import ArtrankError
-from pipeline.features import split_features
 from pipeline.figures import extremes_sheet, score_by_tier, tier_pair_heatmap
 from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.metrics import (
@@ -39,7 +37,7 @@ from pipeline.metrics import (
     rank_correlations,
 )
 from pipeline.runs import check_reader, check_same_data, chosen_checkpoint, locked_run_folder, top_checkpoints
-from pipeline.tables import SPLITS, frame, tiers_of
+from pipeline.tables import frame
 from pipeline.tracking import start_tracking, wandb_run
 
 
@@ -115,14 +113,14 @@ def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, obj
     check_same_data(cfg.output_dir, table)  # "test" must be the test split the head never saw
     single, members = checkpoint_dirs(cfg)
     # Heads first, so a checkpoint of another backbone or size is refused before any extraction.
-    backbone = config_backbone(cfg, accelerator)
+    backbone = load_backbone(cfg, accelerator)
     identity = head_identity(cfg, backbone)
     models = {"best single": [load_head(single, identity=identity)[0].to(accelerator.device)]}
     if members:
         models = {f"ensemble of {len(members)}": [load_head(m, identity=identity)[0].to(accelerator.device)
                                                   for m in members]} | models
     frames = [split_rows(table, s) for s in SPLITS]
-    _, features = split_features(cfg, frames, accelerator, backbone=backbone)
+    features = features_of(cfg, frames, accelerator, backbone=backbone)
     rows = frames[SPLITS.index(cfg.split)]
     results, split_scores = {}, {}
     for name, heads in models.items():

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
-from pipeline.backbones import Backbone, DinoFeatureExtractor, config_backbone
+from pipeline.backbones import Backbone, DinoFeatureExtractor, resolve_backbone
+from pipeline.cli import bar
 from pipeline.errors import ArtrankError
-from pipeline.features import select_features
+from pipeline.features import table_features
 from pipeline.files import atomic_dir, atomic_write_json
 from pipeline.images import PREPROCESSING_VERSION
 from pipeline.metrics import pairwise_accuracy
@@ -27,6 +28,28 @@ from pipeline.runs import chosen_checkpoint
 from pipeline.tables import tier_ranks
 
 HEAD_FORMAT = 1  # bumped when head.json changes meaning; older heads are refused, not misread
+
+
+def load_backbone(cfg, accelerator) -> Backbone:
+    """The config's frozen backbone, found and keyed by its weights (BackboneError when it cannot be used)."""
+    return resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
+
+
+def select_features(cls_token: torch.Tensor, mean_patch: torch.Tensor, feature: str) -> torch.Tensor:
+    """The head's input: the spec's CLS token, or CLS + mean patch token (DINOv2's linear-probe input)."""
+    return cls_token if feature == "cls" else torch.cat([cls_token, mean_patch], dim=-1)
+
+
+def features_of(cfg, tables: list, accelerator, *, backbone: Backbone) -> list[torch.Tensor]:
+    """The head's input for the rows of each table, from the feature cache (what is missing is extracted)."""
+    from datasets import concatenate_datasets
+
+    together = concatenate_datasets([table.select_columns(["sha256", "path"]) for table in tables])
+    cls_token, mean_patch = table_features(together, backbone=backbone, image_size=cfg.image_size,
+                                           cache_dir=cfg.cache_dir, batch_size=cfg.extract_batch_size,
+                                           num_workers=cfg.num_workers, accelerator=accelerator,
+                                           track=bar(accelerator, "extracting features"), log=accelerator.print)
+    return list(select_features(cls_token, mean_patch, cfg.feature).split([len(table) for table in tables]))
 
 
 class Projector(nn.Module):
@@ -313,7 +336,7 @@ def load_ranker(cfg, accelerator) -> tuple[ArtRanker, dict, Path]:
     Returns (ranker, head.json, checkpoint folder).
     """
     checkpoint = chosen_checkpoint(cfg)
-    backbone = config_backbone(cfg, accelerator)
+    backbone = load_backbone(cfg, accelerator)
     head, meta = load_head(checkpoint, identity=head_identity(cfg, backbone))
     extractor = DinoFeatureExtractor.from_pretrained(str(backbone.path))
     return ArtRanker(extractor, head, meta["feature"]).eval(), meta, checkpoint

@@ -12,36 +12,28 @@ README.md and the wandb run.
 """
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 from accelerate.utils import set_seed
 
-from data import check_data_dir, check_no_test_leak, load_images, split_rows
-from model import HeadTraining, head_identity, head_meta, load_head, save_head, score_features
-from pipeline import cli
-from pipeline.backbones import config_backbone
+from data import SPLITS, check_data_dir, check_no_test_leak, load_images, split_rows, tiers_of
+from model import (
+    HeadTraining,
+    features_of,
+    head_identity,
+    head_meta,
+    load_backbone,
+    load_head,
+    save_head,
+    score_features,
+)
+from pipeline import cli, runs
 from pipeline.calibration import fit_calibration, write_calibration
 from pipeline.card import write_model_card
 from pipeline.config import TRAIN, parse_config, print_config, save_config
-from pipeline.features import split_features
-from pipeline.files import atomic_write_json, atomic_write_text, plain_modes
-from pipeline.images import PREPROCESSING_VERSION
 from pipeline.metrics import pairwise_accuracy
-from pipeline.runs import (
-    RunFolderError,
-    best_checkpoint,
-    check_fresh_start,
-    check_resume,
-    check_same_data,
-    locked_run_folder,
-    remove_run,
-    top_checkpoints,
-    write_record,
-)
-from pipeline.tables import SPLITS, tiers_of
 from pipeline.tracking import sample_pairs_table, start_tracking
 
 
@@ -59,35 +51,34 @@ def train(cfg, phase) -> None:
     set_seed(cfg.seed)
     resume = cfg.resume or bool(cfg.resume_from_checkpoint)
     if resume and cfg.overwrite_output_dir:
-        raise RunFolderError("--resume continues the run in output_dir, --overwrite_output_dir deletes it: pass one")
-    with locked_run_folder(out, accelerator, "train.py"):
+        raise runs.RunFolderError("--resume continues the run in output_dir, --overwrite_output_dir deletes it: "
+                                  "pass one")
+    with runs.locked_run_folder(out, accelerator, "train.py"):
         # The settings, the data folder, the backbone, then the image scan: a mistyped path, an unreachable hub
         # or an unsupported model fails in seconds, not after every image was checked.
-        record = check_resume(out, config) if resume else check_fresh_start(out, config,
-                                                                             overwrite=cfg.overwrite_output_dir)
-        state = saved_state(cfg, out) if resume else None
-        if record and (out / "final_metrics.json").is_file():
-            finished = json.loads((out / "final_metrics.json").read_text())
+        record = runs.check_resume(out, config) if resume else runs.check_fresh_start(
+            out, config, overwrite=cfg.overwrite_output_dir)
+        state = runs.saved_state(out, cfg.resume_from_checkpoint) if resume else None
+        if record and (finished := runs.read_final_metrics(out)):
             log(f"{out} holds a finished run ({finished['stop_reason']}); nothing to resume")
             return
         check_data_dir(cfg, accelerator)
-        backbone = config_backbone(cfg, accelerator)
+        backbone = load_backbone(cfg, accelerator)
         if record and record["backbone_id"] != backbone.id:
-            raise RunFolderError(f"cannot resume {out}: backbone weights {backbone.id} differ from the run's "
-                                 f"{record['backbone_id']} ({cfg.backbone})")
+            raise runs.RunFolderError(f"cannot resume {out}: backbone weights {backbone.id} differ from the run's "
+                                      f"{record['backbone_id']} ({cfg.backbone})")
         table = load_images(cfg, accelerator)
         if record:
-            check_same_data(out, table)
+            runs.check_same_data(out, table)
         for name in ("train", "val"):  # guards, not conventions, before anything is written
             check_no_test_leak(split_rows(table, name), table)
         if accelerator.is_main_process:
             if cfg.overwrite_output_dir and not resume:
-                removed = remove_run(out)
+                removed = runs.remove_run(out)
                 log(f"--overwrite_output_dir: deleted the previous run's {', '.join(removed) or 'nothing'}")
             print_config(cfg)
             save_config(cfg, out / "config.json")
-            write_record(out, config=config, table=table, stage="train", backbone_id=backbone.id,
-                         preprocessing=PREPROCESSING_VERSION)
+            runs.write_record(out, config=config, table=table, stage="train", backbone_id=backbone.id)
         accelerator.wait_for_everyone()
         phase.kept = f"the run's settings in {out}; extracted features in {cfg.cache_dir}"
         try:
@@ -98,56 +89,21 @@ def train(cfg, phase) -> None:
             accelerator.end_training()
 
 
-def saved_state(cfg, out: Path) -> Path | None:
-    """The state to resume from: --resume_from_checkpoint, else the latest one saved (None: start afresh)."""
-    state_dir = out / "state"
-    if cfg.resume_from_checkpoint:
-        state = Path(cfg.resume_from_checkpoint)
-        if not state.is_dir() or state.resolve().parent != state_dir.resolve():
-            raise RunFolderError(f"--resume_from_checkpoint {state}: not a saved state of {out} "
-                                 f"(those are {state_dir}/epoch...)")
-        return state
-    states = sorted(p for p in state_dir.glob("epoch*") if p.is_dir()) if state_dir.exists() else []
-    return states[-1] if states else None
-
-
-def save_training_state(accelerator, progress, state_dir: Path) -> None:
-    """Accelerate state into a temporary directory renamed into place: a kill leaves the last good one."""
-    name = f"epoch{progress.epoch:04d}-batch{progress.batches_done:06d}"
-    tmp = state_dir / f".tmp-{name}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        plain_modes(tmp)  # Accelerate writes the head's weights through safetensors, mode 0600
-        shutil.rmtree(state_dir / name, ignore_errors=True)
-        tmp.rename(state_dir / name)
-        for old in sorted(p for p in state_dir.iterdir() if p.name != name):
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
 def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
     """The head's training (from the saved state when resuming), with a checkpoint after each best
     validation, the top-k kept, a log line per epoch and the state saved after every epoch."""
     out, log = Path(cfg.output_dir), accelerator.print
     train_rows, val_rows = split_rows(table, "train"), split_rows(table, "val")
-    _, (train_x, val_x) = split_features(cfg, [train_rows, val_rows], accelerator, backbone=backbone)
+    train_x, val_x = features_of(cfg, [train_rows, val_rows], accelerator, backbone=backbone)
     training = HeadTraining(cfg, accelerator, input_dim=train_x.shape[1])
     progress = training.progress
     accelerator.register_for_checkpointing(training.scheduler, progress)
-    state_dir = out / "state"
     if state is not None:
         accelerator.load_state(str(state))
         log(f"resumed from {state} (epoch {progress.epoch}, batch {progress.batches_done})")
     elif cfg.resume:
-        log(f"--resume: no saved state in {state_dir}, starting from scratch")
-    log_path = out / "train_log.jsonl"
-    # Epochs after the resumed state are run again: their lines go.
-    lines = log_path.read_text().splitlines() if state is not None and log_path.exists() else []
-    log_lines = [line for line in lines if json.loads(line)["epoch"] < progress.epoch]
+        log(f"--resume: no saved state in {out / runs.STATE}, starting from scratch")
+    records = runs.train_log(out, before_epoch=progress.epoch) if state is not None else []
     start_tracking(accelerator, cfg, job_type="train")
     meta = head_meta(cfg, backbone, input_dim=train_x.shape[1])
     val_tiers, val_paths = tiers_of(val_rows), list(val_rows["path"])
@@ -157,41 +113,41 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
                                                               "val_pairwise_acc": record["val/pairwise_acc"]}
         if record.get("best"):  # saved only after a validation
             if accelerator.is_main_process:
-                save_head(head, best_checkpoint(out), epoch_meta)
+                save_head(head, runs.best_checkpoint(out), epoch_meta)
             picks = np.random.default_rng(cfg.seed).permutation(len(val_tiers))[:2 * cfg.sample_pairs]
             sample_pairs_table(accelerator, tiers=val_tiers, paths=val_paths, scores=val_scores, picks=picks,
                                step=progress.epoch)
         kept, dropped = progress.keep_top_k(record["val/pairwise_acc"], cfg.top_k)
         if accelerator.is_main_process:
             if kept:
-                save_head(head, top_checkpoints(out) / f"epoch{progress.epoch:04d}", epoch_meta)
+                save_head(head, runs.top_checkpoints(out) / f"epoch{progress.epoch:04d}", epoch_meta)
             for epoch in dropped:
-                shutil.rmtree(top_checkpoints(out) / f"epoch{epoch:04d}", ignore_errors=True)
+                shutil.rmtree(runs.top_checkpoints(out) / f"epoch{epoch:04d}", ignore_errors=True)
         accelerator.log({k: v for k, v in record.items() if k not in ("epoch", "best")}, step=progress.epoch)
         best = " | best" if "best" in record else ""
         log(f"epoch {progress.epoch:3d} | train loss {record['train/loss']:.4f} | val loss {record['val/loss']:.4f} "
             f"| val acc {record['val/pairwise_acc']:.4f} | lr {record['lr']:.2e}{best}")
         if accelerator.is_main_process:
-            log_lines.append(json.dumps(record))  # rewritten whole: a kill never leaves half a line
-            atomic_write_text(log_path, "".join(line + "\n" for line in log_lines))
+            records.append(record)
+            runs.write_train_log(out, records)
 
     with cli.deferred_interrupts() as interruption:
         finished = training.run(train_x, tiers_of(train_rows), val_x, val_tiers, after_epoch=after_epoch,
-                                after_step=lambda: save_training_state(accelerator, progress, state_dir),
+                                after_step=lambda: runs.save_state(accelerator, progress, out),
                                 interruption=interruption)
     if not finished:
-        phase.kept = f"state saved in {state_dir}; continue with --resume"
+        phase.kept = f"state saved in {out / runs.STATE}; continue with --resume"
         raise KeyboardInterrupt
     log(progress.stop_reason)
     return progress
 
 
 def test_best(cfg, accelerator, table, backbone, progress) -> None:
-    """The test split is touched once, after training, with the best checkpoint; the calibration is
-    fitted on its validation scores."""
+    """The test split is touched once, after training, with the best checkpoint; the calibration is fitted
+    on its validation scores."""
     out, frames = Path(cfg.output_dir), [split_rows(table, s) for s in SPLITS]
-    best, best_meta = load_head(best_checkpoint(out), identity=head_identity(cfg, backbone))
-    _, features = split_features(cfg, frames, accelerator, backbone=backbone)
+    best, best_meta = load_head(runs.best_checkpoint(out), identity=head_identity(cfg, backbone))
+    features = features_of(cfg, frames, accelerator, backbone=backbone)
     results = {"stop_reason": progress.stop_reason, "epochs_run": progress.epoch, "best_epoch": best_meta["epoch"]}
     best = best.to(accelerator.device)
     for name, x, rows in zip(SPLITS, features, frames):
@@ -203,7 +159,7 @@ def test_best(cfg, accelerator, table, backbone, progress) -> None:
     accelerator.log({k: v for k, v in results.items() if "/" in k}, step=progress.epoch)
     if accelerator.is_main_process:
         write_calibration(out, calibration)
-        atomic_write_json(out / "final_metrics.json", results)
+        runs.write_final_metrics(out, results)
         write_model_card(out)
     accelerator.print(f"best epoch {results['best_epoch']} | train acc {results['train/pairwise_acc']:.4f} | "
                       f"val acc {results['val/pairwise_acc']:.4f} | test acc {results['test/pairwise_acc']:.4f} "

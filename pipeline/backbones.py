@@ -64,11 +64,6 @@ def make_random_backbone(kind: str, path: str | os.PathLike, *, seed: int = 0) -
         model.save_pretrained(tmp)
 
 
-def config_backbone(cfg, accelerator: Accelerator) -> Backbone:
-    """The backbone a config names (see resolve_backbone)."""
-    return resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
-
-
 def resolve_backbone(name: str, *, random_backbone: str = "", accelerator: Accelerator) -> Backbone:
     """Find the backbone: `name` as a local directory, or its hub snapshot (downloaded once).
 

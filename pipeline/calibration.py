@@ -4,7 +4,6 @@ train.py fits them once, on the best checkpoint's validation scores, and writes 
 evaluation, export, the model card and prediction read that file through `read_calibration`.
 """
 
-import json
 import math
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArtrankError
-from .files import atomic_write_json
+from .files import atomic_write_json, read_json
 from .tables import TIERS, cross_tier_pairs
 
 CALIBRATION_JSON = "calibration.json"
@@ -109,12 +108,9 @@ def write_calibration(output_dir: str | os.PathLike, calibration: dict) -> None:
 def read_calibration(output_dir: str | os.PathLike) -> dict | None:
     """The run's calibration.json, or None when the run has none (predictions then get no hint, no P)."""
     path = Path(output_dir) / CALIBRATION_JSON
-    if not path.is_file():
+    calibration = read_json(path)
+    if calibration is None:
         return None
-    try:
-        calibration = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ArtrankError(f"{path}: unreadable ({type(err).__name__}: {err}); train the run again") from None
     if not isinstance(calibration, dict) or "slope" not in calibration or "tier_cuts" not in calibration:
         raise ArtrankError(f"{path}: not a calibration written by train.py (no slope or tier_cuts)")
     return calibration

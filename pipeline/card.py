@@ -6,25 +6,17 @@ missing is left out). The results section (`results_section`) holds no path, so 
 table can be checked against a fresh run.
 """
 
-import json
 import os
 import platform
 from pathlib import Path
 
 from .calibration import read_calibration
-from .files import atomic_write_text
+from .files import atomic_write_text, read_json
 from .metrics import gate_results
-from .runs import RunFolderError, recorded_rows
+from .runs import RunFolderError, read_final_metrics, recorded_rows
 from .tables import SPLITS, TIERS
 
 RANDOM_BACKBONE = "the backbone is random: its figures show that the pipeline works, not how well DINOv2 ranks drawings"
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def machine_description() -> str:
@@ -46,9 +38,9 @@ def machine_description() -> str:
 
 def run_figures(out: Path) -> tuple[dict, dict | None, dict[str, float]]:
     """final_metrics.json, the evaluation report (test first) and the accuracy by split of the latest of them."""
-    final = _read_json(out / "final_metrics.json") or {}
+    final = read_final_metrics(out) or {}
     names = ["eval_test.json", "eval_test_ensemble.json"] + sorted(p.name for p in out.glob("eval_*.json"))
-    report = next((r for name in names if (r := _read_json(out / name))), None)
+    report = next((r for name in names if (r := read_json(out / name))), None)
     accuracy = dict(report["pairwise_accuracy_by_split"]) if report else {
         s: final[f"{s}/pairwise_acc"] for s in SPLITS if f"{s}/pairwise_acc" in final}
     return final, report, accuracy
@@ -138,7 +130,7 @@ python predict.py --model {out}/model.onnx --compare a.jpg b.jpg
 
 def model_card(output_dir: str | os.PathLike) -> str:
     out = Path(output_dir)
-    cfg = _read_json(out / "config.json") or {}
+    cfg = read_json(out / "config.json") or {}
     _, report, accuracy = run_figures(out)
     calibration = read_calibration(out)
     parts = ["---", metadata_yaml(out, cfg, accuracy, report).rstrip(), "---", "", f"# {out.name}", "",

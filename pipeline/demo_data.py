@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-TIERS = ("S", "A", "B", "C")
+from .tables import TIERS
+
 THRESHOLDS = (0.68, 0.5, 0.32)  # lower bounds of q for S, A, B; anything below is C
 ASPECTS = (4 / 3, 3 / 4, 1.0, 3 / 2, 2 / 3)
 ANCHORS = ((0.5, 0.5), (1 / 3, 0.55), (2 / 3, 0.55), (0.5, 0.6))  # centre and rule-of-thirds points

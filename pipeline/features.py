@@ -23,7 +23,7 @@ from accelerate import Accelerator
 from accelerate.utils import release_memory
 from accelerate.utils.memory import should_reduce_batch_size
 
-from .backbones import Backbone, DinoFeatureExtractor, config_backbone
+from .backbones import Backbone, DinoFeatureExtractor
 from .errors import ArtrankError
 from .files import atomic_write_bytes, atomic_write_json
 from .images import PREPROCESSING_VERSION, default_workers, input_size, load_pixels
@@ -236,25 +236,3 @@ def table_features(table, *, backbone: Backbone, image_size: int, cache_dir: str
     rows = np.asarray([index[h] for h in hashes], dtype=np.int64)
     return torch.from_numpy(cls_tokens[rows]), torch.from_numpy(mean_patches[rows])
 
-
-def select_features(cls_token: torch.Tensor, mean_patch: torch.Tensor, feature: str) -> torch.Tensor:
-    """The head's input: the spec's CLS token, or CLS + mean patch token (DINOv2's linear-probe input)."""
-    return cls_token if feature == "cls" else torch.cat([cls_token, mean_patch], dim=-1)
-
-
-def split_features(cfg, tables: list, accelerator: Accelerator, *,
-                   backbone: Backbone | None = None) -> tuple[Backbone, list[torch.Tensor]]:
-    """The head's input features for the rows of each table, from the feature cache (extracting what is
-    missing). Pass `backbone` when it is already resolved: resolving may ask the hub and hash new weights."""
-    from datasets import concatenate_datasets
-
-    from .cli import bar
-
-    backbone = backbone or config_backbone(cfg, accelerator)
-    together = concatenate_datasets([table.select_columns(["sha256", "path"]) for table in tables])
-    cls_token, mean_patch = table_features(together, backbone=backbone, image_size=cfg.image_size,
-                                           cache_dir=cfg.cache_dir, batch_size=cfg.extract_batch_size,
-                                           num_workers=cfg.num_workers, accelerator=accelerator,
-                                           track=bar(accelerator, "extracting features"), log=accelerator.print)
-    features = select_features(cls_token, mean_patch, cfg.feature)
-    return backbone, list(features.split([len(table) for table in tables]))

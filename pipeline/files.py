@@ -11,6 +11,8 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+from .errors import ArtrankError
+
 UMASK = os.umask(0o022)  # read once, at import, before any thread could create a file under a changed mask
 os.umask(UMASK)
 
@@ -35,6 +37,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, value) -> None:
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    """A JSON file's value; None when there is no such file, ArtrankError naming it when it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtrankError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
 
 
 @contextlib.contextmanager

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .config import FEATURES, SPLIT, identity
 from .errors import ArtrankError
-from .files import atomic_dir, atomic_write_json, atomic_write_text
+from .files import atomic_dir, atomic_write_json, atomic_write_text, plain_modes, read_json
+from .images import PREPROCESSING_VERSION
 from .tables import MANIFEST_COLUMNS, frame, to_dataset
 
 
@@ -27,13 +28,16 @@ LOCK_NAME = ".lock"
 RUN_RECORD = "run.json"
 SPLITS_CSV = "splits.csv"
 IMAGE_TABLE = "image_table"
+TRAIN_LOG = "train_log.jsonl"
+FINAL_METRICS = "final_metrics.json"
+STATE = "state"
 RECORD_FORMAT = 2  # 2: the rows are also kept as a Dataset (image_table/)
 # Files a run writes; --overwrite_output_dir deletes these and nothing else.
-RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, "pairs", "train_log.jsonl", "state", "checkpoints",
-             "calibration.json", "final_metrics.json", "eval_*.json", "scores_*.csv", "figures", "model.onnx*",
+RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, "pairs", TRAIN_LOG, STATE, "checkpoints",
+             "calibration.json", FINAL_METRICS, "eval_*.json", "scores_*.csv", "figures", "model.onnx*",
              "model_fp16.onnx*", "model.json", "README.md", "wandb")
 # The files that show a head was trained here (a folder with only make_pairs.py's output holds none).
-TRAINED_FILES = ("state", "checkpoints", "train_log.jsonl", "final_metrics.json")
+TRAINED_FILES = (STATE, "checkpoints", TRAIN_LOG, FINAL_METRICS)
 
 
 # ---------------------------------------------------------------- one command per folder at a time
@@ -118,6 +122,63 @@ def chosen_checkpoint(cfg) -> Path:
     return Path(cfg.checkpoint) if cfg.checkpoint else best_checkpoint(cfg.output_dir)
 
 
+# ---------------------------------------------------------------- what training leaves: state, log, final metrics
+
+def saved_state(output_dir: str | os.PathLike, resume_from: str = "") -> Path | None:
+    """The state to resume from: `resume_from` (--resume_from_checkpoint), else the latest one saved; None when
+    there is none."""
+    state_dir = Path(output_dir) / STATE
+    if resume_from:
+        state = Path(resume_from)
+        if not state.is_dir() or state.resolve().parent != state_dir.resolve():
+            raise RunFolderError(f"--resume_from_checkpoint {state}: not a saved state of {output_dir} "
+                                 f"(those are {state_dir}/epoch...)")
+        return state
+    states = sorted(p for p in state_dir.glob("epoch*") if p.is_dir()) if state_dir.exists() else []
+    return states[-1] if states else None
+
+
+def save_state(accelerator, progress, output_dir: str | os.PathLike) -> Path:
+    """Accelerate state into a temporary directory renamed into place: a kill leaves the last good one."""
+    state_dir = Path(output_dir) / STATE
+    name = f"epoch{progress.epoch:04d}-batch{progress.batches_done:06d}"
+    tmp = state_dir / f".tmp-{name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        plain_modes(tmp)  # Accelerate writes the head's weights through safetensors, mode 0600
+        shutil.rmtree(state_dir / name, ignore_errors=True)
+        tmp.rename(state_dir / name)
+        for old in sorted(p for p in state_dir.iterdir() if p.name != name):
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return state_dir
+
+
+def train_log(output_dir: str | os.PathLike, *, before_epoch: int) -> list[dict]:
+    """The epochs train_log.jsonl holds before `before_epoch` (a resumed run trains the later ones again)."""
+    path = Path(output_dir) / TRAIN_LOG
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [record for record in map(json.loads, lines) if record["epoch"] < before_epoch]
+
+
+def write_train_log(output_dir: str | os.PathLike, records: list[dict]) -> None:
+    """train_log.jsonl, one line per epoch, rewritten whole: a kill never leaves half a line."""
+    atomic_write_text(Path(output_dir) / TRAIN_LOG, "".join(json.dumps(record) + "\n" for record in records))
+
+
+def read_final_metrics(output_dir: str | os.PathLike) -> dict | None:
+    """final_metrics.json of a finished run, or None."""
+    return read_json(Path(output_dir) / FINAL_METRICS)
+
+
+def write_final_metrics(output_dir: str | os.PathLike, results: dict) -> None:
+    atomic_write_json(Path(output_dir) / FINAL_METRICS, results)
+
+
 # ---------------------------------------------------------------- the run's identity
 
 def manifest_digest(rows) -> str:
@@ -126,9 +187,13 @@ def manifest_digest(rows) -> str:
     return hashlib.sha256(listed.encode()).hexdigest()
 
 
-def write_record(output_dir: str | os.PathLike, *, config: dict, table, stage: str, backbone_id: str | None = None,
-                 preprocessing: str | None = None) -> None:
-    """run.json (what the results depend on), splits.csv and image_table/ (the rows, their hashes and split)."""
+def write_record(output_dir: str | os.PathLike, *, config: dict, table, stage: str,
+                 backbone_id: str | None = None) -> None:
+    """run.json (what the results depend on), splits.csv and image_table/ (the rows, their hashes and split).
+
+    A trained run (stage "train") records its backbone weights and the preprocessing its features came from.
+    """
+    preprocessing = PREPROCESSING_VERSION if stage == "train" else None
     out, rows = Path(output_dir), frame(table)
     atomic_write_text(out / SPLITS_CSV, rows[list(MANIFEST_COLUMNS)].to_csv(index=False))
     with atomic_dir(out / IMAGE_TABLE) as tmp:

@@ -231,7 +231,7 @@ def read_dataset(data_dir: str, kind: str, *, cache_dir: Path) -> Rows:
     if missing:
         raise DataError(f"{data_dir}: missing column(s) {missing}; found {table.column_names}")
     tier_names = getattr(table.features["tier"], "names", None)
-    if tier_names is None and table.features["tier"] != datasets.Value("string"):
+    if tier_names is None and getattr(table.features["tier"], "dtype", None) not in ("string", "large_string"):
         raise DataError(f"{data_dir}: column 'tier' is {table.features['tier']}; expected the letters S, A, B, C "
                         "(strings or class labels)")
     if isinstance(table.features["image"], datasets.Image):

@@ -51,11 +51,6 @@ def frame(table) -> "pd.DataFrame":
     return result
 
 
-def tiers_of(table) -> np.ndarray:
-    """The tier letters of a Dataset's rows."""
-    return np.asarray(table.features["tier"].names, dtype=object)[np.asarray(table["tier"], dtype=np.int64)]
-
-
 def tier_ranks(tiers) -> np.ndarray:
     return np.asarray([TIER_RANK[t] for t in tiers], dtype=np.int64)
 

@@ -1,11 +1,15 @@
 """artrank.py: the Python API scores paths and PIL images from an export or a run, and raises one-line errors."""
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_run, edit_json, val_images
+from conftest import ROOT, copy_run, edit_json, val_images
 from PIL import Image
 
 import artrank
@@ -50,3 +54,27 @@ def test_python_api_raises_one_line_errors(exported, tmp_path):
         with pytest.raises(artrank.ArtrankError, match=re.escape(message)) as error:
             call()
         assert isinstance(error.value, ValueError) and "\n" not in str(error.value)
+
+
+def python_in(folder: Path, code: str) -> subprocess.CompletedProcess:
+    """`python -c code` in another folder, with nothing on PYTHONPATH: artrank as installed (pip install -e .)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_artrank_imports_from_any_folder_and_refuses_a_stranger_s_file_of_its_own_names(exported, tmp_path):
+    found = python_in(tmp_path, "import artrank; print(artrank.__file__)")
+    assert found.returncode == 0, found.stderr[-2000:]
+    assert found.stdout.strip() == str(ROOT / "artrank.py")
+    (tmp_path / "pipeline.py").write_text("raise SystemExit('a stranger ran')\n")
+    shadowed = python_in(tmp_path, "import artrank")
+    assert "a stranger ran" not in shadowed.stderr  # refused before it could run
+    assert f"ImportError: {tmp_path / 'pipeline.py'} comes first on sys.path as 'pipeline'" in shadowed.stderr
+    (tmp_path / "pipeline.py").unlink()
+    (tmp_path / "model.py").write_text("raise SystemExit('a stranger ran')\n")
+    code = (f"import artrank\ntry:\n    artrank.load({str(exported['out'])!r}, backend='torch')\n"
+            "except artrank.ArtrankError as e:\n    print(e)")
+    refused = python_in(tmp_path, code)
+    assert refused.returncode == 0 and "a stranger ran" not in refused.stderr + refused.stdout
+    assert f"{tmp_path / 'model.py'} comes first on sys.path as 'model'" in refused.stdout

@@ -249,7 +249,7 @@ def test_a_hub_id_that_cannot_be_reached_says_how_to_use_a_local_copy(tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["dinov2_with_registers", "dinov3_vit"])  # plain DINOv2: test_export_predict.py
+@pytest.mark.parametrize("family", ["dinov2_with_registers", "dinov3_vit"])  # plain DINOv2: test_export_onnx.py
 def test_each_family_trains_exports_and_predicts_and_onnx_equals_automodel_tokens_through_the_head(
         saved, tmp_path, family):
     registers = FAMILIES[family][1]

@@ -1,6 +1,6 @@
 """`make demo` on the bundled synthetic data: the README's demo figures are what a fresh run prints.
 
-The README's table is the results section of the demo's model card (modelcard.results_section), made
+The README's table is the results section of the demo's model card (pipeline/card.py, results_section), made
 on the machine it names. Float summation order differs between CPUs, so the last digits do too: on the
 README's machine the table must match character for character; anywhere the tiers must still be learnt
 (the spec's test gate), and the test prints this machine's figures.

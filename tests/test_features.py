@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline import features
 from pipeline.backbones import DinoFeatureExtractor, resolve_backbone
 from pipeline.errors import ArtrankError
-from pipeline.features import ImageDataset, extract, select_features, table_features
+from pipeline.features import ImageDataset, extract, table_features
 from pipeline.images import open_image, preprocess
 
 
@@ -122,12 +122,6 @@ def test_image_dataset_gives_preprocessed_tensors_and_names_a_bad_file(tmp_path)
     assert torch.equal(dataset[0], preprocess(Image.open(tmp_path / "good.png").convert("RGB"), 56, 14))
     with pytest.raises(ArtrankError, match="bad.png"):
         dataset[1]
-
-
-def test_cls_mean_feature_concatenates_cls_and_mean_patch():
-    cls_token, mean_patch = torch.randn(3, 8), torch.randn(3, 8)
-    assert torch.equal(select_features(cls_token, mean_patch, "cls"), cls_token)
-    assert torch.equal(select_features(cls_token, mean_patch, "cls_mean"), torch.cat([cls_token, mean_patch], 1))
 
 
 @pytest.fixture

@@ -8,7 +8,16 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from model import ArtRanker, HeadTraining, Progress, Projector, RankingHead, all_pairs_loss, in_batch_pair_loss
+from model import (
+    ArtRanker,
+    HeadTraining,
+    Progress,
+    Projector,
+    RankingHead,
+    all_pairs_loss,
+    in_batch_pair_loss,
+    select_features,
+)
 from pipeline.backbones import DinoFeatureExtractor
 from pipeline.config import Config
 from pipeline.images import input_size
@@ -32,6 +41,12 @@ def test_req_e_003_norm_head_is_minus_embedding_norm_and_linear_head_reads_the_e
     linear = RankingHead(input_dim=64, hidden_dim=32, proj_dim=16, score_head="linear").eval()
     embedding = linear.projector(features)
     assert torch.allclose(linear(features), embedding @ linear.linear.weight[0] + linear.linear.bias)
+
+
+def test_cls_mean_feature_concatenates_cls_and_mean_patch():
+    cls_token, mean_patch = torch.randn(3, 8), torch.randn(3, 8)
+    assert torch.equal(select_features(cls_token, mean_patch, "cls"), cls_token)
+    assert torch.equal(select_features(cls_token, mean_patch, "cls_mean"), torch.cat([cls_token, mean_patch], 1))
 
 
 def test_baked_position_embeddings_give_the_same_scores(tiny_backbone):

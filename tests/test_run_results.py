@@ -208,7 +208,7 @@ def test_calibration_is_fitted_on_validation_scores(start):
     tiers, scores = start["rows"]["val"].tier.to_numpy(), start["scores"]["val"]
     medians = {t: float(np.median(scores[tiers == t])) for t in "SABC"}
     assert calibration["tier_medians"] == pytest.approx(medians, abs=1e-5)
-    # the cut rule itself is checked against brute force in test_wrong_results.py; here: on these scores
+    # the cut rule itself is checked against brute force in test_calibration.py; here: on these scores
     assert [c["threshold"] for c in calibration["tier_cuts"]] == pytest.approx(
         [c["threshold"] for c in fit_tier_cuts(scores, tiers)[0]], abs=1e-5)
 

@@ -128,11 +128,14 @@ def test_a_saved_dataset_a_parquet_file_and_a_jsonl_folder_give_the_folder_s_tab
     as_dataset(dataset, class_labels=True).save_to_disk(str(tmp_path / "saved"))
     as_dataset(dataset).to_parquet(str(tmp_path / "stored.parquet"))
     as_dataset(dataset, stored=False).to_parquet(str(tmp_path / "by_path.parquet"))
+    rows = folder_rows(dataset)  # a parquet file written by pandas: image paths relative to the file, as strings
+    rows.assign(image=[os.path.relpath(p, tmp_path) for p in rows.path], image_id=rows.file_name)[
+        ["image", "tier", "artist", "image_id"]].to_parquet(tmp_path / "relative.parquet")
     jsonl = tmp_path / "jsonl"
     shutil.copytree(dataset / "images", jsonl / "images")
     (jsonl / "metadata.jsonl").write_text("".join(json.dumps(dict(file_name=r.file_name, tier=r.tier, artist=r.artist))
                                                   + "\n" for r in pd.read_csv(dataset / "metadata.csv").itertuples()))
-    for source in ("saved", "stored.parquet", "by_path.parquet", "jsonl"):
+    for source in ("saved", "stored.parquet", "by_path.parquet", "relative.parquet", "jsonl"):
         table, notes = image_frame(tmp_path / source, cache_dir=tmp_path / "cache")
         assert notes == [], source
         same_table(table, expected)
