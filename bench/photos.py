@@ -254,6 +254,9 @@ def main() -> None:
     parser.add_argument("--scans", type=int, default=2, help="A4 PNG scans generated (default: %(default)s)")
     parser.add_argument("--startup", type=int, nargs="*", default=[2000, 20000],
                         help="table sizes for the start-up times (default: %(default)s)")
+    parser.add_argument("--demo_artists", type=int, default=60,
+                        help="artists of the demo data set the ranking agreement is measured on (default: the demo's "
+                             "%(default)s)")
     parser.add_argument("--extraction", action="store_true",
                         help="also time feature extraction from the JPEG files against pixel tensors (a GPU target)")
     add_model_arguments(parser, backbone="large", size=SIZE)
@@ -307,7 +310,7 @@ def main() -> None:
             targets.append(("extraction from JPEG files / from pixel tensors, same model", ">=", 0.90, fraction))
 
         print("### Ranking agreement, old path against new (Spearman of the scores)\n", flush=True)
-        demo = generate_demo_dataset(root / "demo")
+        demo = generate_demo_dataset(root / "demo", num_artists=args.demo_artists)
         demo_paths = sorted(str(p) for p in (demo / "images").iterdir())
         agreement = [[f"{len(paths)} generated phone photos at 768", rank_agreement(paths, model, SIZE)],
                      [f"{len(demo_paths)} demo images at 224 (demo config)", rank_agreement(demo_paths, model, 224)],

@@ -106,7 +106,8 @@ def test_heads_trains_every_head_and_feature_with_train_py_and_prints_the_table(
 
 
 def test_photos_runs_at_its_smallest_and_prints_every_target(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bench.photos", "--photos", "2", "--scans", "1", "--startup", "200"],
+    result = subprocess.run([sys.executable, "-m", "bench.photos", "--photos", "2", "--scans", "1", "--startup", "200",
+                             "--demo_artists", "10"],
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Spearman" in result.stdout and "| target |" in result.stdout

@@ -95,14 +95,23 @@ def test_the_graph_sees_relative_and_lazy_imports():
     assert "pipeline.demo_data" in graph["data"]  # imported inside check_data_dir
 
 
-# A library function every script calls while it parses its config raises what the plant says.
+# A library function every script calls while it parses its config raises what the plant says: first a
+# refusal (the script's own handler must turn it into one line), then a bug (which must escape with its traceback).
 PLANTED = """
 import runpy, sys
 import pipeline.config as config
-def planted(cfg, source):
-    raise {kind}("planted inside the library")
-config.check_config = planted
+from pipeline.errors import ArtrankError
+def planted(kind):
+    def check_config(cfg, source):
+        raise kind("planted inside the library")
+    return check_config
 sys.argv = [{script!r}, "--config", {config!r}]
+config.check_config = planted(ArtrankError)
+try:
+    runpy.run_path({script!r}, run_name="__main__")
+except SystemExit as exit:
+    print(f"refusal exit: {{exit.code}}", flush=True)
+config.check_config = planted(ValueError)
 runpy.run_path({script!r}, run_name="__main__")
 """
 
@@ -111,12 +120,9 @@ runpy.run_path({script!r}, run_name="__main__")
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_bug_keeps_its_traceback_and_a_refusal_is_one_line_from_every_script(tmp_path, script):
     config = write_config(tmp_path, {"output_dir": str(tmp_path / "run")})
-    outcome = {}
-    for kind, setup in (("ValueError", ""), ("ArtrankError", "from pipeline.errors import ArtrankError\n")):
-        code = setup + PLANTED.format(kind=kind, script=str(ROOT / f"{script}.py"), config=config)
-        outcome[kind] = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                                       timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    bug, refusal = outcome["ValueError"], outcome["ArtrankError"]
-    assert bug.returncode == 1 and "Traceback" in bug.stderr and "ValueError: planted inside the library" in bug.stderr
-    assert refusal.returncode == 1 and "Traceback" not in refusal.stderr
-    assert refusal.stderr.strip().splitlines()[-1] == "error: planted inside the library"
+    code = PLANTED.format(script=str(ROOT / f"{script}.py"), config=config)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert "refusal exit: error: planted inside the library" in result.stdout  # one line, exit status 1
+    assert result.returncode == 1 and result.stderr.count("Traceback") == 1
+    assert result.stderr.strip().splitlines()[-1] == "ValueError: planted inside the library"
