@@ -16,6 +16,7 @@ from samples import append_rows
 
 from data import DataError, read_metadata
 from pipeline.images import open_image
+from pipeline.tables import cross_tier_pairs
 
 
 def test_korean_file_name_with_spaces_is_read(tmp_path):
@@ -182,12 +183,11 @@ def test_a_hub_dataset_that_cannot_be_reached_is_one_line_naming_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_and_evaluate_run_on_a_parquet_dataset_with_the_same_guards(tmp_path, dataset, tiny_backbone):
+def test_train_runs_on_a_parquet_dataset_and_splits_it_as_the_folder(tmp_path, dataset, tiny_backbone):
     as_dataset(dataset).to_parquet(str(tmp_path / "drawings.parquet"))
-    args = tiny_args(tmp_path, tmp_path / "drawings.parquet", tiny_backbone, epochs=1)
-    run_script("make_pairs.py", *args)
-    run_script("train.py", *args)
-    run_script("evaluate.py", *args)
-    report = json.loads((tmp_path / "run" / "eval_test.json").read_text())
+    run_script("train.py", *tiny_args(tmp_path, tmp_path / "drawings.parquet", tiny_backbone, epochs=1))
     expected, _ = image_frame(dataset)
-    assert report["n_images"] == int((expected.split == "test").sum())
+    recorded = pd.read_csv(tmp_path / "run" / "splits.csv", dtype=str)
+    same_table(recorded, expected.astype(str))
+    test_pairs = json.loads((tmp_path / "run" / "final_metrics.json").read_text())["test/pairs"]
+    assert test_pairs == len(cross_tier_pairs(expected.tier[expected.split == "test"].to_numpy())[0])
