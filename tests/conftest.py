@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                   TOKENIZERS_PARALLELISM="false")
 os.environ.pop("WANDB_API_KEY", None)
+# One torch thread per test process and per script it starts: the tiny models gain nothing from more, and
+# pytest-xdist already runs a worker per core, where extra OpenMP threads spin against each other.
+# (The demo test keeps the machine's own thread count: its figures are compared digit for digit.)
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 SPLIT = dict(val_fraction=0.1, test_fraction=0.1, seed=42)
 
 
@@ -95,9 +100,11 @@ def tiny_args(tmp_path: Path, data_dir: Path, backbone: Path, **overrides) -> li
 
 def run_script(script: str, *args, cwd: Path | None = None, check: bool = True, launcher: list[str] | None = None,
                timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`script` in a fresh interpreter; `env` adds variables, and removes those it sets to None."""
     command = (launcher or [sys.executable]) + [str(ROOT / script), *map(str, args)]
+    environment = {k: v for k, v in (dict(os.environ, PYTHONPATH=str(ROOT)) | (env or {})).items() if v is not None}
     result = subprocess.run(command, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
+                            env=environment)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
                              f"\n--- stderr\n{result.stderr[-4000:]}")
