@@ -74,3 +74,16 @@ def test_train_writes_the_model_card_with_its_figures(exported):
     assert test_result["metrics"][0]["value"] == round(final["test/pairwise_acc"], 4)
     assert f"| test | **{final['test/pairwise_acc']:.4f}** | >= 0.60 |" in text
     assert f'artrank.load("{exported["out"]}")' in text
+
+
+def test_the_details_row_is_the_evaluated_split_s(tmp_path):
+    out = fake_run(tmp_path / "run", with_eval=False)
+    (out / "eval_val.json").write_text(json.dumps({
+        "split": "val", "pairwise_accuracy": 0.63, "n_pairs": 212, "n_images": 20, "n_artists": 2,
+        "kendall_tau": 0.3, "spearman": 0.4, "ci95": [0.51, 0.72], "ensemble": False,
+        "pairwise_accuracy_by_split": {"train": 0.70, "val": 0.63, "test": 0.7356},
+        "per_tier_pair": {"S-A": 0.5}, "per_tier_pair_n_pairs": {"S-A": 20}}))
+    text = results_section(out)
+    assert "| val (20 images, 2 artists, 212 pairs), 95% CI [0.510, 0.720] | **0.6300** | >= 0.62 | PASS |" in text
+    assert "| test | **0.7356** | >= 0.60 | PASS |" in text
+    assert "Val split, best checkpoint: Kendall tau-b 0.300, Spearman 0.400." in text

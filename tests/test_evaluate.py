@@ -13,6 +13,8 @@ from PIL import Image
 from evaluate import head_scores
 from model import ArtRanker, RankingHead
 from pipeline.backbones import DinoFeatureExtractor
+from pipeline.config import Config
+from pipeline.figures import tier_pair_heatmap
 from pipeline.images import open_image, preprocess
 from pipeline.metrics import pairwise_accuracy, spec_pairwise_accuracy
 from pipeline.tables import cross_tier_pairs
@@ -24,6 +26,31 @@ def test_ensemble_score_is_the_mean_of_its_members():
     features = torch.randn(5, 8)
     expected = torch.stack([h(features) for h in heads]).mean(0).detach().numpy()
     np.testing.assert_allclose(head_scores(heads, features), expected, rtol=1e-6)
+
+
+def test_tier_pair_heatmap_puts_each_pair_in_the_row_of_its_higher_tier_and_the_column_of_its_lower(tmp_path,
+                                                                                                   monkeypatch):
+    import pipeline.figures as figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_png", lambda figure, path: drawn.append(figure) or Path(path))
+    accuracy = {"S-A": 0.1, "S-B": 0.2, "S-C": 0.3, "A-B": 0.4, "A-C": 0.5}  # no B-C pair
+    tier_pair_heatmap({p: (a, 10 * (k + 1)) for k, (p, a) in enumerate(accuracy.items())}, tmp_path / "h.png",
+                      title="t")
+    ax = drawn[0].axes[0]
+    # rows: higher S, A, B; columns: lower A, B, C
+    expected = np.array([[0.1, 0.2, 0.3], [np.nan, 0.4, 0.5], [np.nan, np.nan, np.nan]])
+    np.testing.assert_array_equal(np.ma.filled(ax.images[0].get_array(), np.nan), expected)
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert texts[(0, 2)] == "30.0%\n30 pairs" and texts[(1, 1)] == "40.0%\n40 pairs" and texts[(2, 2)] == "no pairs"
+
+
+def test_checkpoint_is_the_head_evaluate_reads(tmp_path):
+    from evaluate import checkpoint_dirs
+
+    elsewhere = tmp_path / "kept" / "epoch0007"
+    assert checkpoint_dirs(Config(output_dir=str(tmp_path), checkpoint=str(elsewhere))) == (elsewhere, [])
+    assert checkpoint_dirs(Config(output_dir=str(tmp_path))) == (tmp_path / "checkpoints" / "best", [])
 
 
 @pytest.mark.slow

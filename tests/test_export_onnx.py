@@ -135,3 +135,33 @@ def test_weights_above_the_protobuf_limit_go_to_an_external_file_that_travels_wi
     export_onnx.main([*exported["args"], "--output_dir", str(out), "--parity_images", "3", "--bench_seconds", "0"])
     assert (out / "model.onnx").exists() and not (out / "model.onnx.data").exists()
     assert "parity fp32" in capsys.readouterr().out
+
+
+class ShiftedSession:
+    """An onnxruntime stand-in: the reference scores of the rows it is given, one of them shifted by `shift`
+    when the batch size is one of `at`."""
+
+    def __init__(self, reference: np.ndarray, shift: float, at: tuple[int, ...]):
+        self.reference, self.shift, self.at = reference, shift, at
+
+    def run(self, _, feed):
+        rows = feed[export.INPUT_NAME][:, 0, 0, 0].astype(int)  # each image carries its index
+        scores = self.reference[rows].copy()
+        if len(rows) in self.at:
+            scores[rows == 2] += self.shift
+        return [scores]
+
+
+@pytest.mark.parametrize("precision, of_range, of_scale", [("fp32", 1e-3, 1e-5), ("fp16", 2e-2, 2e-3)])
+def test_parity_passes_within_the_documented_tolerance_at_batch_1_and_at_batch_n_and_fails_above_it(
+        precision, of_range, of_scale):
+    reference = np.array([-1.0, 0.5, 3.0, 2.0, 0.25])  # range 4, largest |score| 3
+    tolerance = of_range * 4 + of_scale * 3
+    pixels = np.broadcast_to(np.arange(5, dtype=np.float32)[:, None, None, None], (5, 3, 2, 2)).copy()
+    for shift, at, ok in ((0.9 * tolerance, (1, 5), True), (1.1 * tolerance, (1, 5), False),
+                          (1.1 * tolerance, (5,), False), (1.1 * tolerance, (1,), False)):
+        result = export.check_parity(ShiftedSession(reference, shift, at), pixels, reference, precision)
+        assert result["tolerance"] == pytest.approx(tolerance, rel=1e-6)
+        assert result["ok"] is ok, (shift / tolerance, at)
+        for batch in (1, 5):
+            assert result["batches"][batch]["max_abs_diff"] == pytest.approx(shift if batch in at else 0, rel=1e-5)

@@ -3,6 +3,7 @@ through an interruption; out of memory halves the batch."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -164,3 +165,43 @@ def test_interrupted_extraction_keeps_its_chunks_and_a_rerun_continues(extractio
     assert messages == [f"feature cache: {kept} of 96 images cached, extracting {96 - kept}"]
     for got, want in zip(resumed, reference):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+KEY = features.cache_key(backbone="weights-1", image_size=56, patch_size=14, precision="no")
+
+
+def one_chunk_cache(directory, key=KEY):
+    rng = np.random.default_rng(0)
+    hashes = [c * 64 for c in "abc"]
+    cls_tokens, mean_patches = (rng.normal(size=(3, 4)).astype(np.float32) for _ in range(2))
+    (directory / "features").mkdir(parents=True)
+    (directory / "cache.json").write_text(json.dumps({"key": key}))
+    features.write_chunk(directory, hashes, cls_tokens, mean_patches)
+    return hashes, cls_tokens, mean_patches
+
+
+@pytest.mark.parametrize("column", ["sha256", "cls", "mean_patch"])
+def test_a_chunk_changed_in_its_hashes_or_either_feature_column_fails_its_checksum(tmp_path, monkeypatch, column):
+    hashes, cls_tokens, mean_patches = one_chunk_cache(tmp_path)
+    index, cls_read, mean_read, problem = features.read_cache(tmp_path, KEY)
+    assert problem is None and index == {h: i for i, h in enumerate(hashes)}
+    assert np.array_equal(cls_read, cls_tokens) and np.array_equal(mean_read, mean_patches)
+    (chunk,) = (tmp_path / "features").glob("chunk-*.arrow")
+    old_digest = features._matrix_digest(cls_tokens, mean_patches, hashes)
+    chunk.unlink()  # written again with one value changed under its old checksum
+    changed = dict(sha256=[hashes[0], "d" * 64, hashes[2]], cls=cls_tokens.copy(), mean_patch=mean_patches.copy())
+    if column != "sha256":
+        changed[column][1, 2] += 0.5
+    monkeypatch.setattr(features, "_matrix_digest", lambda *_: old_digest)
+    features.write_chunk(tmp_path, changed["sha256"], changed["cls"], changed["mean_patch"])
+    monkeypatch.undo()
+    index, _, _, problem = features.read_cache(tmp_path, KEY)
+    assert index == {} and "contents do not match their checksum" in problem
+
+
+def test_features_of_another_precision_are_never_read_for_this_one(tmp_path):
+    fp16 = features.cache_key(backbone="weights-1", image_size=56, patch_size=14, precision="fp16")
+    assert fp16 != KEY
+    one_chunk_cache(tmp_path, key=fp16)  # as a GPU run under fp16 leaves it
+    index, _, _, problem = features.read_cache(tmp_path, KEY)
+    assert index == {} and "made for" in problem

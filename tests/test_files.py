@@ -55,6 +55,21 @@ def test_a_value_is_remembered_until_its_file_is_rewritten_even_with_the_same_si
     assert reader.get(str(path), reader.stamp(str(path))) is None
 
 
+def test_a_value_is_forgotten_when_its_file_is_rewritten_in_place_with_the_same_size(tmp_path):
+    store, path = tmp_path / "store.sqlite", tmp_path / "image.png"
+    path.write_bytes(b"a" * 100)
+    cache = StatCache(store, version="v1")
+    cache.put([(str(path), cache.stamp(str(path)), "first verdict")])
+    before = path.stat()
+    with open(path, "r+b") as f:  # the same file (inode) and size, other content
+        f.write(b"b" * 100)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # a second later, whatever the clock
+    assert path.stat().st_ino == before.st_ino and path.stat().st_size == before.st_size
+    assert cache.get(str(path), cache.stamp(str(path))) is None
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # mtime put back, as `touch -r` would: ctime moved
+    assert cache.get(str(path), cache.stamp(str(path))) is None
+
+
 def test_a_store_that_cannot_be_written_only_costs_time(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     cache = StatCache(tmp_path / "file" / "store.sqlite", version="v1")  # its folder cannot be made

@@ -223,6 +223,15 @@ def test_canvas_is_the_normalised_picture_centred_on_zeros_whatever_was_in_out()
         assert not out.any(), (height, width)
 
 
+def test_an_odd_margin_leaves_its_extra_pixel_after_the_picture_as_model_json_states():
+    """A 7 x 4 picture on a 10 x 10 canvas: offsets (10 - 7) // 2 = 1 and (10 - 4) // 2 = 3, rounded down."""
+    assert "paste at offset ((S - w) // 2, (S - h) // 2)" in images.PREPROCESSING_STEPS[4]
+    picture = torch.full((3, 4, 7), 255, dtype=torch.uint8)
+    drawn = (images.on_canvas(picture, 10) != 0).any(axis=0)
+    rows, cols = np.nonzero(drawn)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (3, 6, 1, 7) and drawn.sum() == 28
+
+
 def test_float_image_in_0_1_decodes_to_its_greys():
     ramp = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (2, 1))
     grey = np.asarray(open_image(tiff(ramp, "F")))[0, :, 0].astype(int)

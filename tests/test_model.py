@@ -177,3 +177,31 @@ def test_top_k_keeps_the_best_and_an_earlier_epoch_wins_a_tie():
         kept.append(progress.keep_top_k(accuracy, 2))
     assert kept == [(True, []), (True, []), (True, [0]), (True, [2]), (False, []), (True, [3])]
     assert progress.top == [(0.8, 5), (0.7, 1)]
+
+
+@pytest.mark.parametrize("loss", ["margin", "logistic"])
+def test_the_training_and_validation_losses_are_those_of_the_loss_setting(loss):
+    """One epoch of one batch at a learning rate too small to move a weight: both losses are the chosen loss
+    of the head the seed made, over the cross-tier pairs of its split."""
+    cfg = Config(epochs=1, lr=1e-30, dropout=0.0, batch_size=1000, margin=2.5, seed=7, loss=loss, hidden_dim=8,
+                 proj_dim=4)
+    rng = np.random.default_rng(3)
+    tiers = rng.choice(TIERS, 60)
+    features = torch.from_numpy(rng.normal(size=(60, 8)).astype(np.float32))
+    torch.manual_seed(7)
+    head = RankingHead(input_dim=8, hidden_dim=8, proj_dim=4, dropout=0.0).eval()
+
+    def expected(rows: slice) -> float:
+        with torch.no_grad():
+            scores = head(features[rows]).double()
+        if loss == "margin":
+            return spec_loss(scores, tiers[rows], 2.5).item()
+        a, b, label = cross_tier_pairs(tiers[rows])
+        gap = torch.from_numpy(label) * (scores[torch.from_numpy(a)] - scores[torch.from_numpy(b)])
+        return (-torch.log(torch.sigmoid(gap))).mean().item()  # RankNet: -log P(better above worse)
+
+    training, records = HeadTraining(cfg, Accelerator(cpu=True), input_dim=8), []
+    training.run(features[:40], tiers[:40], features[40:], tiers[40:], after_epoch=lambda r, _: records.append(r))
+    (record,) = records
+    assert record["train/loss"] == pytest.approx(expected(slice(0, 40)), rel=1e-5)
+    assert record["val/loss"] == pytest.approx(expected(slice(40, 60)), rel=1e-5)

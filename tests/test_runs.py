@@ -13,7 +13,15 @@ import torch
 from conftest import ROOT, run_script, tiny_args, write_dataset
 from PIL import Image
 
-from pipeline.runs import RunFolderError, RunLock, check_same_data, write_record
+from pipeline.runs import (
+    RunFolderError,
+    RunLock,
+    check_same_data,
+    chosen_checkpoint,
+    manifest_changes,
+    manifest_digest,
+    write_record,
+)
 from pipeline.tables import to_dataset
 
 # Runs a script in a fresh interpreter that sends itself SIGINT each time `target` (module:attribute.path)
@@ -259,3 +267,25 @@ def test_evaluation_refuses_a_split_that_differs_from_training(tmp_path):
                                              r"another tier \(e.g. 'z'\)"):
         check_same_data(tmp_path, to_dataset(retiered))
     assert "x,x,S,p,1,train" in (tmp_path / "splits.csv").read_text()  # the same rows for people
+
+
+def test_the_data_change_list_and_the_manifest_hash_see_a_changed_tier_or_artist():
+    table = pd.DataFrame({"image_id": ["x", "y", "z"], "file_name": ["x", "y", "z"], "tier": ["S", "A", "B"],
+                          "artist": ["p", "q", "r"], "sha256": ["1", "2", "3"], "split": ["train", "val", "test"]})
+    digest = manifest_digest(table)
+    assert manifest_digest(table.iloc[::-1]) == digest  # the order of the rows is not the data
+    changes = {"tier": ["S", "C", "B"], "artist": ["p", "q", "s"], "sha256": ["1", "2", "4"],
+               "split": ["train", "test", "test"], "file_name": ["x", "y2", "z"]}
+    digests = {column: manifest_digest(table.assign(**{column: values})) for column, values in changes.items()}
+    assert digest not in digests.values() and len(set(digests.values())) == len(changes)
+    assert manifest_changes(table, table.assign(tier=changes["tier"])) == ["1 image(s) with another tier (e.g. 'y')"]
+    assert manifest_changes(table, table.assign(artist=changes["artist"])) == [
+        "1 image(s) by another artist (e.g. 'z')"]
+
+
+def test_checkpoint_names_the_head_that_is_read_and_the_run_s_best_is_the_default(tmp_path):
+    from pipeline.config import Config
+
+    assert chosen_checkpoint(Config(output_dir=str(tmp_path))) == tmp_path / "checkpoints" / "best"
+    elsewhere = tmp_path / "checkpoints" / "top" / "epoch0003"
+    assert chosen_checkpoint(Config(output_dir=str(tmp_path), checkpoint=str(elsewhere))) == elsewhere

@@ -44,6 +44,7 @@ UNIT_LOSS = ("tests/test_model.py",)
 UNIT_CALIBRATION = ("tests/test_calibration.py",)
 FAST_METRICS, FAST_DATA = UNIT_METRICS + ("-m", "not slow"), UNIT_DATA + ("-m", "not slow")
 RUN = "tests/test_run_results.py::test_"
+IMAGES, SCORING = "tests/test_images.py", "tests/test_scoring.py"
 SEED = RUN + "req_u_004_the_head_starts_from_the_configured_seed_and_adamw_has_the_configured_settings"
 SPLIT_SEED = RUN + "the_split_is_the_configured_seed_s"
 LOSS = RUN + "spec_4_4_3_training_loss_and_gradient_are_margin_ranking_loss_over_the_cross_tier_pairs"
@@ -63,9 +64,32 @@ TRAIN = ("tests/test_train.py::test_req_e_005_n_005_best_checkpoint_is_saved_fro
          "tests/test_train.py::test_req_o_001_gradient_accumulation_steps_the_optimizer_every_k_batches")
 PROCEDURE = ("tests/test_model.py::test_training_stops_after_patience_epochs_without_a_better_val_loss_and_the_best_is_"
              "the_first_highest", "tests/test_model.py::test_top_k_keeps_the_best_and_an_earlier_epoch_wins_a_tie")
-IMAGES, SCORING = "tests/test_images.py", "tests/test_scoring.py"
 LAYOUT = "tests/test_layout.py"
 SOURCES = "tests/test_sources.py::test_a_saved_dataset_a_parquet_file_and_a_jsonl_folder_give_the_folder_s_table"
+CV = "tests/test_crossval.py::test_"
+CELL = CV + "a_cell_trains_on_the_other_folds_stops_on_the_next_fold_and_scores_only_the_held_out_one"
+CELL_HEAD = CV + "a_cell_s_head_is_the_best_epoch_of_train_py_s_own_procedure"
+SWEEP = CV + "every_cell_of_a_sweep_trains_its_own_setting_on_its_own_feature_kind"
+CV_REPORT = CV + "the_report_is_the_mean_and_sample_sd_over_folds_and_the_best_is_chosen_by_accuracy"
+CV_SE = CV + "within_one_standard_error_is_sd_over_the_square_root_of_the_folds"
+CV_DATA = CV + "a_cell_s_data_fingerprint_changes_with_a_tier_an_artist_or_an_image_and_not_with_row_order"
+LOSS_SETTING = "tests/test_model.py::test_the_training_and_validation_losses_are_those_of_the_loss_setting"
+PARITY = ("tests/test_export_onnx.py::test_parity_passes_within_the_documented_tolerance_at_batch_1_and_at_batch_n_"
+          "and_fails_above_it")
+TOP_N = SCORING + "::test_top_n_prints_the_n_best_and_the_n_worst_in_score_order"
+COMPARE_HINT = SCORING + "::test_compare_gives_each_image_the_hint_of_its_own_score"
+PIL_IMAGE = SCORING + "::test_a_pil_image_scores_as_its_file_does"
+HEATMAP = ("tests/test_evaluate.py::test_tier_pair_heatmap_puts_each_pair_in_the_row_of_its_higher_tier_and_the_"
+           "column_of_its_lower")
+CHECKPOINT = ("tests/test_runs.py::test_checkpoint_names_the_head_that_is_read_and_the_run_s_best_is_the_default",
+              "tests/test_evaluate.py::test_checkpoint_is_the_head_evaluate_reads")
+CARD_DETAILS = "tests/test_card.py::test_the_details_row_is_the_evaluated_split_s"
+MANIFEST = "tests/test_runs.py::test_the_data_change_list_and_the_manifest_hash_see_a_changed_tier_or_artist"
+CHUNK_CHECKSUM = ("tests/test_features.py::test_a_chunk_changed_in_its_hashes_or_either_feature_column_fails_its_"
+                  "checksum")
+PRECISION = "tests/test_features.py::test_features_of_another_precision_are_never_read_for_this_one"
+STAT_TIMES = "tests/test_files.py::test_a_value_is_forgotten_when_its_file_is_rewritten_in_place_with_the_same_size"
+ODD_MARGIN = IMAGES + "::test_an_odd_margin_leaves_its_extra_pixel_after_the_picture_as_model_json_states"
 
 PLANTS = [
     # ---- what evaluation reports
@@ -168,6 +192,94 @@ PLANTS = [
     Plant("train-calibration-on-train", "train.py", '        if name == "val":\n            calibration',
           '        if name == "train":\n            calibration', (CALIBRATION,) + TRAIN,
           "the calibration is fitted on training images"),
+    # ---- cross-validation: the cells, the sweep and the report
+    Plant("crossval-stop-fold-also-trained", "crossval.py", '("fit", (fold_of != held) & (fold_of != stopping))',
+          '("fit", fold_of != held)', (CELL,), "the fold that stops training early is also trained on"),
+    Plant("crossval-stop-fold-also-scored", "crossval.py", '("held", fold_of == held))}',
+          '("held", (fold_of == held) | (fold_of == stopping)))}', (CELL,),
+          "the fold that stopped training is scored with the held-out one"),
+    Plant("crossval-last-epoch-head", "crossval.py", 'head.load_state_dict(best["state"])', "best.clear()",
+          (CELL_HEAD,), "a cell scores the last epoch's head instead of the best"),
+    Plant("crossval-setting-ignored", "crossval.py",
+          "label, setting_cfg = selection.setting_label(setting), replace(cfg, **setting)",
+          "label, setting_cfg = selection.setting_label(setting), cfg", (SWEEP,),
+          "every setting of the grid trains the config as given"),
+    Plant("crossval-feature-of-the-config", "crossval.py", "features=features[setting_cfg.feature]",
+          "features=features[cfg.feature]", (SWEEP,),
+          "a grid value of feature trains on the config's features, silently"),
+    Plant("crossval-sd-population", "pipeline/selection.py", '"accuracy_sd": accuracy.std(ddof=1)',
+          '"accuracy_sd": accuracy.std()', (CV_REPORT,), "the sd over folds divides by n, not n - 1"),
+    Plant("crossval-tau-sd-population", "pipeline/selection.py", '"kendall_tau_sd": tau.std(ddof=1)',
+          '"kendall_tau_sd": tau.std()', (CV_REPORT,), "the sd of Kendall tau over folds divides by n"),
+    Plant("crossval-se-without-root", "pipeline/selection.py",
+          'table.loc[best, "accuracy_sd"] / np.sqrt(table.loc[best, "folds"])',
+          'table.loc[best, "accuracy_sd"] / table.loc[best, "folds"]', (CV_SE,),
+          "the standard error is sd / n, not sd / sqrt(n)"),
+    Plant("crossval-best-by-kendall", "pipeline/selection.py", 'best = int(table["accuracy_mean"].to_numpy().argmax())',
+          'best = int(table["kendall_tau_mean"].to_numpy().argmax())', (CV_REPORT,),
+          "the best setting is chosen by Kendall tau, not the documented accuracy"),
+    Plant("crossval-fingerprint-blind-to-tier", "pipeline/selection.py",
+          'rows[["image_id", "sha256", "tier", "artist"]]', 'rows[["image_id", "sha256", "artist"]]', (CV_DATA,),
+          "a re-tiered image reuses the cells computed with its old tier"),
+    Plant("crossval-fingerprint-blind-to-artist", "pipeline/selection.py",
+          'rows[["image_id", "sha256", "tier", "artist"]]', 'rows[["image_id", "sha256", "tier"]]', (CV_DATA,),
+          "an image moved to another artist reuses the cells of the old folds"),
+    Plant("kendall-is-spearman", "pipeline/metrics.py", "return float(kendalltau(scores, ranks).statistic)",
+          "return float(spearmanr(scores, ranks).statistic)", FAST_METRICS + (CELL,),
+          "the Kendall tau reported is Spearman's rho"),
+    # ---- the loss setting
+    Plant("train-loss-ignores-logistic", "model.py", "margin=cfg.margin, loss=cfg.loss, seed=cfg.seed,",
+          'margin=cfg.margin, loss="margin", seed=cfg.seed,', (LOSS_SETTING,),
+          "training ignores loss: logistic"),
+    Plant("val-loss-ignores-logistic", "model.py", "all_pairs_loss(val_scores, val_r, cfg.margin, cfg.loss)",
+          'all_pairs_loss(val_scores, val_r, cfg.margin, "margin")', (LOSS_SETTING,),
+          "the validation loss (which stops training) is the margin loss whatever loss says"),
+    # ---- export and predict
+    Plant("export-fp16-tolerance-tenfold", "pipeline/export.py", '"fp16": (2e-2, 2e-3)}', '"fp16": (2e-1, 2e-2)}',
+          (PARITY,), "an fp16 export ten times further from PyTorch than documented passes its check"),
+    Plant("export-parity-batch-1-only", "pipeline/export.py",
+          '"ok": all(batch["max_abs_diff"] <= tolerance for batch in batches.values())',
+          '"ok": batches[1]["max_abs_diff"] <= tolerance', (PARITY,),
+          "an export wrong at batch N passes because batch 1 is right"),
+    Plant("predict-top-best-only", "predict.py", "pd.concat([ranked.head(top), ranked.tail(top)])",
+          "ranked.head(top)", (TOP_N,), "--top N shows the N best and not the N worst"),
+    Plant("compare-hint-of-b-for-a", "predict.py", '(("A", path_a, result.score_a, result.tier_hint_a)',
+          '(("A", path_a, result.score_a, result.tier_hint_b)', (COMPARE_HINT,),
+          "--compare prints image B's tier hint beside A"),
+    Plant("api-compare-hint-of-b-for-a", "artrank.py", "tier_hint_a=self.tier_hint(score_a)",
+          "tier_hint_a=self.tier_hint(score_b)", (COMPARE_HINT,), "Ranker.compare gives A the tier hint of B"),
+    Plant("pil-image-not-rgb", "pipeline/scoring.py", "letterbox(to_rgb(image), scorer.image_size)",
+          "letterbox(image, scorer.image_size)", (PIL_IMAGE,),
+          "a PIL image is scored without its conversion to RGB (palette indices, alpha as a channel)"),
+    # ---- evaluation and the run's identity
+    Plant("heatmap-transposed", "pipeline/figures.py", "grid[i, j] = accuracy", "grid[j, i] = accuracy", (HEATMAP,),
+          "the tier-pair heatmap puts S-C's accuracy in the cell labelled B-A"),
+    Plant("checkpoint-ignored", "pipeline/runs.py",
+          "return Path(cfg.checkpoint) if cfg.checkpoint else best_checkpoint(cfg.output_dir)",
+          "return best_checkpoint(cfg.output_dir)", CHECKPOINT, "--checkpoint is ignored: the best head is read"),
+    Plant("card-details-of-the-test-split", "pipeline/card.py", 'if report and split == report["split"]:',
+          'if report and split == "test":', (CARD_DETAILS,),
+          "the card's details (images, pairs, interval) of --split val are printed on the test row"),
+    Plant("manifest-changes-blind-to-artist", "pipeline/runs.py", '("artist", "by another artist"), ', "",
+          (MANIFEST,), "an image moved to another artist is not named as a change of the data"),
+    Plant("manifest-changes-blind-to-tier", "pipeline/runs.py", '("tier", "with another tier"),', "",
+          (MANIFEST,), "a re-tiered image is not named as a change of the data"),
+    Plant("manifest-hash-blind-to-tier-and-artist", "pipeline/runs.py",
+          'listed = rows[list(MANIFEST_COLUMNS)].sort_values', 'listed = rows[["image_id", "file_name", "sha256", '
+          '"split"]].sort_values', (MANIFEST,), "the manifest hash of run.json is blind to tiers and artists"),
+    # ---- inputs and caches
+    Plant("canvas-offset-rounded-up", "pipeline/images.py", "top, left = (side - height) // 2, (side - width) // 2",
+          "top, left = (side - height + 1) // 2, (side - width + 1) // 2", (ODD_MARGIN, IMAGES),
+          "an odd margin's extra pixel goes before the picture: one pixel off what model.json states"),
+    Plant("chunk-checksum-skips-mean-patch", "pipeline/features.py", "    digest.update(mean_patches.tobytes())\n",
+          "", (CHUNK_CHECKSUM,), "a damaged mean-patch column passes the chunk's checksum"),
+    Plant("image-checks-keyed-without-times", "pipeline/files.py",
+          'f"{self.version} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"',
+          'f"{self.version} {st.st_size} {st.st_ino}"', (STAT_TIMES,),
+          "an image rewritten in place at the same size keeps its old verdict and hash"),
+    Plant("feature-cache-blind-to-precision", "pipeline/features.py",
+          "preprocessing=PREPROCESSING_VERSION, precision=precision)", "preprocessing=PREPROCESSING_VERSION)",
+          (PRECISION,), "fp16 GPU features are reused by an fp32 run"),
     # ---- features, backbones, calibration, predict
     Plant("cache-ignores-weights", "pipeline/backbones.py",
           'for path in sorted(directory.glob("*.json")) + weights:',
