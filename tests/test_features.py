@@ -189,8 +189,10 @@ def test_a_chunk_changed_in_its_hashes_or_either_feature_column_fails_its_checks
     (chunk,) = (tmp_path / "features").glob("chunk-*.arrow")
     old_digest = features._matrix_digest(cls_tokens, mean_patches, hashes)
     chunk.unlink()  # written again with one value changed under its old checksum
-    changed = dict(sha256=[hashes[0], "d" * 64, hashes[2]], cls=cls_tokens.copy(), mean_patch=mean_patches.copy())
-    if column != "sha256":
+    changed = dict(sha256=list(hashes), cls=cls_tokens.copy(), mean_patch=mean_patches.copy())
+    if column == "sha256":
+        changed[column][1] = "d" * 64
+    else:
         changed[column][1, 2] += 0.5
     monkeypatch.setattr(features, "_matrix_digest", lambda *_: old_digest)
     features.write_chunk(tmp_path, changed["sha256"], changed["cls"], changed["mean_patch"])
