@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,16 +76,26 @@ def assert_same_outcome(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_backbone):
-    """An uninterrupted 6-epoch run; batch 8 gives several batches per epoch."""
+    """An uninterrupted 6-epoch run; batch 8 gives several batches per epoch. The backbone's weights as they
+    were before it are kept beside it, in backbone_before.safetensors."""
     base = tmp_path_factory.mktemp("reference")
     args = tiny_args(base, write_dataset(base / "data"), tiny_backbone, epochs=6, batch_size=8, patience=100)
+    shutil.copy(tiny_backbone / "model.safetensors", base / "backbone_before.safetensors")
     run_script("train.py", *args)
     return args, base / "run"
 
 
-def test_req_n_002_backbone_weights_never_change(tmp_path, dataset, tiny_backbone):
-    before = load_file(str(tiny_backbone / "model.safetensors"))
-    run_script("train.py", *tiny_args(tmp_path, dataset, tiny_backbone))
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory, tiny_backbone):
+    """A one-epoch run of write_dataset's folder: its output folder and what it printed."""
+    base = tmp_path_factory.mktemp("one_epoch")
+    result = run_script("train.py", *tiny_args(base, write_dataset(base / "data"), tiny_backbone, epochs=1))
+    return base, result
+
+
+def test_req_n_002_backbone_weights_never_change(reference, tiny_backbone):
+    _, run = reference
+    before = load_file(str(run.parent / "backbone_before.safetensors"))
     after = load_file(str(tiny_backbone / "model.safetensors"))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     extractor = DinoFeatureExtractor.from_pretrained(str(tiny_backbone)).train()
@@ -184,10 +195,10 @@ def test_req_o_001_gradient_accumulation_steps_the_optimizer_every_k_batches(tmp
         assert int(steps) == batches // k
 
 
-def test_req_u_002_without_cuda_fp16_is_off_and_the_run_says_so(tmp_path, dataset, tiny_backbone):
-    result = run_script("train.py", *tiny_args(tmp_path, dataset, tiny_backbone, epochs=1))
+def test_req_u_002_without_cuda_fp16_is_off_and_the_run_says_so(one_epoch):
+    base, result = one_epoch
     assert "no CUDA device, so fp16 mixed precision is off" in result.stdout
-    (cache,) = (tmp_path / "cache").glob("features-*")
+    (cache,) = (base / "cache").glob("features-*")
     assert json.loads((cache / "cache.json").read_text())["key"]["precision"] == "no"
 
 
@@ -202,10 +213,11 @@ def test_req_u_003_o_003_one_offline_wandb_run_holds_config_metrics_and_sample_p
 
 
 def test_two_processes_train_and_evaluate_exactly_like_one(tmp_path, reference):
-    args, _ = reference
-    # accelerate launch gives each process one thread; so does the one-process run, since the thread
-    # count changes float summation order and Adam amplifies last-bit differences of tiny gradients.
-    run_script("train.py", *args, "--output_dir", tmp_path / "one", env={"OMP_NUM_THREADS": "1"})
+    args, run = reference
+    # accelerate launch gives each process one thread; so does the one-process run (the reference, as every
+    # script the tests start), since the thread count changes float summation order and Adam amplifies
+    # last-bit differences of tiny gradients.
+    shutil.copytree(run, tmp_path / "one", ignore=shutil.ignore_patterns("wandb"))
     run_script("train.py", *args, "--output_dir", tmp_path / "two", launcher=LAUNCH_TWO)
     assert_same_outcome(tmp_path / "one", tmp_path / "two")
     run_script("evaluate.py", *args, "--output_dir", tmp_path / "one", env={"OMP_NUM_THREADS": "1"})
@@ -246,9 +258,8 @@ def test_checkpoint_from_another_image_size_is_refused(tmp_path, reference):
         load_head(run / "checkpoints" / "best", identity={"image_size": 768})
 
 
-@pytest.mark.slow
-def test_a_run_says_where_it_is_tracked_writes_its_card_and_readable_checkpoints(tmp_path, dataset, tiny_backbone):
-    result = run_script("train.py", *tiny_args(tmp_path, dataset, tiny_backbone, epochs=1))
+def test_a_run_says_where_it_is_tracked_writes_its_card_and_readable_checkpoints(one_epoch):
+    tmp_path, result = one_epoch
     lines = result.stdout.splitlines()
     start = next(line for line in lines if line.startswith("wandb: "))
     run_dir = Path(re.search(r"run written to (\S+);", start).group(1))
