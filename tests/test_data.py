@@ -124,6 +124,13 @@ def test_artist_names_in_two_unicode_forms_are_one_artist(tmp_path):
     assert read_metadata(tmp_path).artist.nunique() == 1
 
 
+def test_artist_names_differing_in_case_or_runs_of_spaces_are_one_artist_and_a_moved_space_is_another(tmp_path):
+    names = ["Anna Lee", "anna  lee", " ANNA LEE ", "Ann Alee", "AnnaLee"]
+    (tmp_path / "metadata.csv").write_text("file_name,tier,artist\n" + "".join(
+        f"{k}.png,{'SABCS'[k]},{name}\n" for k, name in enumerate(names)), encoding="utf-8")
+    assert list(read_metadata(tmp_path).artist) == ["Anna Lee"] * 3 + ["Ann Alee", "AnnaLee"]
+
+
 def test_every_bad_row_is_listed_at_once_with_file_and_row(bad_folder):
     with pytest.raises(DataError) as info:
         image_frame(bad_folder, **SPLIT)

@@ -90,6 +90,8 @@ CHUNK_CHECKSUM = ("tests/test_features.py::test_a_chunk_changed_in_its_hashes_or
 PRECISION = "tests/test_features.py::test_features_of_another_precision_are_never_read_for_this_one"
 STAT_TIMES = "tests/test_files.py::test_a_value_is_forgotten_when_its_file_is_rewritten_in_place_with_the_same_size"
 ODD_MARGIN = IMAGES + "::test_an_odd_margin_leaves_its_extra_pixel_after_the_picture_as_model_json_states"
+ARTIST_NAMES = ("tests/test_data.py::test_artist_names_differing_in_case_or_runs_of_spaces_are_one_artist_and_a_"
+                "moved_space_is_another")
 
 PLANTS = [
     # ---- what evaluation reports
@@ -277,6 +279,9 @@ PLANTS = [
           'f"{self.version} {st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"',
           'f"{self.version} {st.st_size} {st.st_ino}"', (STAT_TIMES,),
           "an image rewritten in place at the same size keeps its old verdict and hash"),
+    Plant("artist-key-drops-spaces", "data.py", 'return " ".join(unicodedata.normalize("NFKC", name)',
+          'return "".join(unicodedata.normalize("NFKC", name)', (ARTIST_NAMES,),
+          "'Anna Lee' and 'Ann Alee' are merged into one artist (their works then share a split)"),
     Plant("feature-cache-blind-to-precision", "pipeline/features.py",
           "preprocessing=PREPROCESSING_VERSION, precision=precision)", "preprocessing=PREPROCESSING_VERSION)",
           (PRECISION,), "fp16 GPU features are reused by an fp32 run"),
