@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,11 @@ os.environ.pop("WANDB_API_KEY", None)
 # (The demo test keeps the machine's own thread count: its figures are compared digit for digit.)
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+# A shell's background job starts with Ctrl-C ignored, and Python then never raises KeyboardInterrupt; the
+# interruption tests must see what a user at a terminal sees, in this process and in the scripts it starts
+# (a handled signal is reset to the default at exec, an ignored one stays ignored).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 SPLIT = dict(val_fraction=0.1, test_fraction=0.1, seed=42)
 
 
