@@ -97,9 +97,8 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
     train_x, val_x = features_of(cfg, [train_rows, val_rows], accelerator, backbone=backbone)
     training = HeadTraining(cfg, accelerator, input_dim=train_x.shape[1])
     progress = training.progress
-    accelerator.register_for_checkpointing(training.scheduler, progress)
     if state is not None:
-        accelerator.load_state(str(state))
+        runs.load_state(accelerator, state, progress=progress, scheduler=training.scheduler)
         log(f"resumed from {state} (epoch {progress.epoch}, batch {progress.batches_done})")
     elif cfg.resume:
         log(f"--resume: no saved state in {out / runs.STATE}, starting from scratch")
@@ -133,7 +132,8 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
 
     with cli.deferred_interrupts() as interruption:
         finished = training.run(train_x, tiers_of(train_rows), val_x, val_tiers, after_epoch=after_epoch,
-                                after_step=lambda: runs.save_state(accelerator, progress, out),
+                                after_step=lambda: runs.save_state(accelerator, progress, out,
+                                                                   scheduler=training.scheduler),
                                 interruption=interruption)
     if not finished:
         phase.kept = f"state saved in {out / runs.STATE}; continue with --resume"

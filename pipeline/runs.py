@@ -31,6 +31,8 @@ IMAGE_TABLE = "image_table"
 TRAIN_LOG = "train_log.jsonl"
 FINAL_METRICS = "final_metrics.json"
 STATE = "state"
+TRAINING_STATE = "training.json"  # in each saved state: the training progress and the schedule, as JSON
+TRAINING_STATE_FORMAT = 1
 RECORD_FORMAT = 2  # 2: the rows are also kept as a Dataset (image_table/)
 # Files a run writes; --overwrite_output_dir deletes these and nothing else.
 RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, "pairs", TRAIN_LOG, STATE, "checkpoints",
@@ -138,8 +140,12 @@ def saved_state(output_dir: str | os.PathLike, resume_from: str = "") -> Path | 
     return states[-1] if states else None
 
 
-def save_state(accelerator, progress, output_dir: str | os.PathLike) -> Path:
-    """Accelerate state into a temporary directory renamed into place: a kill leaves the last good one."""
+def save_state(accelerator, progress, output_dir: str | os.PathLike, *, scheduler) -> Path:
+    """Accelerate state into a temporary directory renamed into place: a kill leaves the last good one.
+
+    The training progress and the schedule go into training.json, not into Accelerate's registered objects:
+    Accelerate unpickles those in full, so a crafted file in a shared run folder would run code on resume.
+    """
     state_dir = Path(output_dir) / STATE
     name = f"epoch{progress.epoch:04d}-batch{progress.batches_done:06d}"
     tmp = state_dir / f".tmp-{name}"
@@ -149,6 +155,8 @@ def save_state(accelerator, progress, output_dir: str | os.PathLike) -> Path:
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        atomic_write_json(tmp / TRAINING_STATE, dict(format=TRAINING_STATE_FORMAT, progress=progress.state_dict(),
+                                                     scheduler=scheduler.state_dict()))
         plain_modes(tmp)  # Accelerate writes the head's weights through safetensors, mode 0600
         shutil.rmtree(state_dir / name, ignore_errors=True)
         tmp.rename(state_dir / name)
@@ -156,6 +164,46 @@ def save_state(accelerator, progress, output_dir: str | os.PathLike) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return state_dir
+
+
+def check_no_code(state: Path, *, process_index: int) -> None:
+    """Refuse a saved state whose pickles would call anything but tensor and array constructors.
+
+    Read statically (torch's disassembly of each pickle), nothing is unpickled. Accelerate reads its own files
+    with weights_only=True but unpickles registered objects (custom_checkpoint_*.pkl) in full, which this code
+    never writes, and it skips RNG states it cannot read without a word, so a missing one is refused too.
+    """
+    import torch
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS
+
+    if foreign := sorted(p.name for p in state.glob("custom_checkpoint_*.pkl")):
+        raise RunFolderError(f"{state}: refused to load {', '.join(foreign)}: pickles this version never writes "
+                             "(an older version's state, or planted) and that could run code; a saved state never "
+                             "holds code: start afresh with --overwrite_output_dir")
+    rng = state / f"random_states_{process_index}.pkl"
+    if not rng.is_file():
+        raise RunFolderError(f"{rng}: missing; without it a resume would not repeat the run's dropout")
+    for path in sorted(p for p in state.iterdir() if p.suffix in (".pkl", ".bin")):
+        try:
+            with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
+                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception as err:  # not a torch.save zip file: truncated, or another kind of pickle
+            unsafe = [f"unreadable ({type(err).__name__})"]
+        if unsafe:
+            raise RunFolderError(f"{path}: refused to load: it would call {', '.join(unsafe[:3])}; a saved state "
+                                 "holds tensors and numbers only, never code, so this state cannot be trusted")
+
+
+def load_state(accelerator, state: Path, *, progress, scheduler) -> None:
+    """Resume from `state`: Accelerate's files (checked by check_no_code first), and training.json."""
+    record = read_json(state / TRAINING_STATE)
+    if not isinstance(record, dict) or record.get("format") != TRAINING_STATE_FORMAT:
+        raise RunFolderError(f"{state / TRAINING_STATE}: missing or of another format (a state saved by an older "
+                             "version?); this state cannot be resumed: start afresh with --overwrite_output_dir")
+    check_no_code(state, process_index=accelerator.process_index)
+    accelerator.load_state(str(state))
+    progress.load_state_dict(record["progress"])
+    scheduler.load_state_dict(record["scheduler"])
 
 
 def train_log(output_dir: str | os.PathLike, *, before_epoch: int) -> list[dict]:

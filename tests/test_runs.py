@@ -123,6 +123,35 @@ def test_resume_after_the_stop_decision_trains_no_further_epoch(run):
     assert json.loads((out / "final_metrics.json").read_text()) == metrics
 
 
+class WritesAFile:
+    """Unpickled in full, this runs code: it writes `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('code ran')",)
+
+
+def test_resume_never_runs_code_from_a_pickle_in_the_run_folder(run):
+    base, args = run
+    out, marker = base / "run", base / "code-ran"
+    (state,) = (out / "state").iterdir()
+    (out / "final_metrics.json").unlink()  # unfinished, so that resume loads the saved state
+    for index in (0, 1):  # where Accelerate keeps registered objects, which it unpickles in full
+        torch.save(WritesAFile(marker), state / f"custom_checkpoint_{index}.pkl")
+    line = one_line_error(run_script("train.py", *args, "--resume", "true", check=False))
+    assert not marker.exists()
+    assert f"{state}: refused to load custom_checkpoint_0.pkl, custom_checkpoint_1.pkl" in line, line
+    for index in (0, 1):
+        (state / f"custom_checkpoint_{index}.pkl").unlink()
+    torch.save(WritesAFile(marker), state / "random_states_0.pkl")  # Accelerate's own, read with weights_only
+    line = one_line_error(run_script("train.py", *args, "--resume", "true", check=False))
+    assert not marker.exists()
+    assert f"{state / 'random_states_0.pkl'}: refused to load: it would call builtins.exec" in line, line
+    assert not (out / "final_metrics.json").exists()
+
+
 def test_resume_after_new_works_is_refused_naming_what_changed(run):
     base, args = run
     Image.new("RGB", (40, 40), (9, 9, 9)).save(base / "data" / "images" / "new.png")

@@ -65,6 +65,7 @@ PROCEDURE = ("tests/test_model.py::test_training_stops_after_patience_epochs_wit
              "the_first_highest", "tests/test_model.py::test_top_k_keeps_the_best_and_an_earlier_epoch_wins_a_tie")
 IMAGES, SCORING = "tests/test_images.py", "tests/test_scoring.py"
 LAYOUT = "tests/test_layout.py"
+PICKLE = "tests/test_runs.py::test_resume_never_runs_code_from_a_pickle_in_the_run_folder"
 SOURCES = "tests/test_sources.py::test_a_saved_dataset_a_parquet_file_and_a_jsonl_folder_give_the_folder_s_table"
 
 PLANTS = [
@@ -240,6 +241,9 @@ PLANTS = [
           "a dataset's relative image paths read from wherever the command runs, not beside the dataset"),
     Plant("dataset-class-labels-reversed", "pipeline/sources.py", "tier = tier_names[tier] if",
           "tier = tier_names[::-1][tier] if", (SOURCES,), "a dataset's tier class labels read back to front"),
+    # ---- provenance: what is loaded from a run folder is what this code wrote, for this run
+    Plant("state-pickle-unchecked", "pipeline/runs.py", "        if unsafe:\n", "        if False:\n", (PICKLE,),
+          "a saved state whose RNG pickle calls code is resumed (Accelerate then skips the RNG without a word)"),
 ]
 
 
