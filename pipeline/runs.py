@@ -33,7 +33,7 @@ FINAL_METRICS = "final_metrics.json"
 STATE = "state"
 TRAINING_STATE = "training.json"  # in each saved state: the training progress and the schedule, as JSON
 TRAINING_STATE_FORMAT = 1
-RECORD_FORMAT = 2  # 2: the rows are also kept as a Dataset (image_table/)
+RECORD_FORMAT = 3  # 2: the rows are also kept as a Dataset (image_table/); 3: a trained run has a run_id
 # Files a run writes; --overwrite_output_dir deletes these and nothing else.
 RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, "pairs", TRAIN_LOG, STATE, "checkpoints",
              "calibration.json", FINAL_METRICS, "eval_*.json", "scores_*.csv", "figures", "model.onnx*",
@@ -236,18 +236,22 @@ def manifest_digest(rows) -> str:
 
 
 def write_record(output_dir: str | os.PathLike, *, config: dict, table, stage: str,
-                 backbone_id: str | None = None) -> None:
+                 backbone_id: str | None = None, run_id: str | None = None) -> None:
     """run.json (what the results depend on), splits.csv and image_table/ (the rows, their hashes and split).
 
-    A trained run (stage "train") records its backbone weights and the preprocessing its features came from.
+    A trained run (stage "train") records its backbone weights, the preprocessing its features came from and
+    its run_id (`run_id`, else a new one): every artifact derived from the run names it (pipeline/provenance.py).
     """
+    import uuid
+
     preprocessing = PREPROCESSING_VERSION if stage == "train" else None
     out, rows = Path(output_dir), frame(table)
     atomic_write_text(out / SPLITS_CSV, rows[list(MANIFEST_COLUMNS)].to_csv(index=False))
     with atomic_dir(out / IMAGE_TABLE) as tmp:
         to_dataset(rows, MANIFEST_COLUMNS).save_to_disk(str(tmp))
     data = dict(images=len(rows), artists=int(rows.artist.nunique()), manifest_sha256=manifest_digest(rows))
-    atomic_write_json(out / RUN_RECORD, dict(format=RECORD_FORMAT, stage=stage, config=identity(config),
+    run_id = (run_id or uuid.uuid4().hex) if stage == "train" else None
+    atomic_write_json(out / RUN_RECORD, dict(format=RECORD_FORMAT, stage=stage, run_id=run_id, config=identity(config),
                                              backbone_id=backbone_id, preprocessing=preprocessing, data=data))
 
 
@@ -297,8 +301,11 @@ def settings_changed(record: dict, config: dict) -> list[str]:
 
 
 def remove_run(output_dir: str | os.PathLike) -> list[str]:
-    """Delete the files a run writes (RUN_FILES) from OUTPUT_DIR; anything else there stays."""
+    """Delete the files a run writes (RUN_FILES) from OUTPUT_DIR; anything else there stays. A folder that
+    holds no run record holds no run: its files are the user's, whatever their names, and none is deleted."""
     out, removed = Path(output_dir), []
+    if not (out / RUN_RECORD).is_file():
+        return removed
     for pattern in RUN_FILES:
         for path in sorted(out.glob(pattern)):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -318,6 +325,11 @@ def check_fresh_start(output_dir: str | os.PathLike, config: dict, *, overwrite:
     if record and (differs := settings_changed(record, config)):
         raise RunFolderError(f"{out / RUN_RECORD} was made with other settings ({'; '.join(differs)}); pass "
                              "--overwrite_output_dir to start afresh, or use another --output_dir")
+    if record is None and out.is_dir() and (theirs := sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)):
+        raise RunFolderError(f"{out} is not empty and holds no run ({', '.join(theirs[:5])}"
+                             f"{', ...' if len(theirs) > 5 else ''}): a run there would write over files of the same "
+                             "names; use another --output_dir, or pass --overwrite_output_dir to write the run there "
+                             "(nothing of yours is deleted, but files of the run's names are replaced)")
 
 
 def check_resume(output_dir: str | os.PathLike, config: dict) -> dict | None:

@@ -135,3 +135,21 @@ def test_weights_above_the_protobuf_limit_go_to_an_external_file_that_travels_wi
     export_onnx.main([*exported["args"], "--output_dir", str(out), "--parity_images", "3", "--bench_seconds", "0"])
     assert (out / "model.onnx").exists() and not (out / "model.onnx.data").exists()
     assert "parity fp32" in capsys.readouterr().out
+
+
+def test_an_export_of_another_checkpoint_ships_no_calibration_of_the_best_and_clears_a_killed_staging(exported,
+                                                                                                    tmp_path):
+    from pipeline.provenance import checkpoint_sha256
+
+    out = copy_run(exported, tmp_path, with_export=False)
+    (out / ".export-0badf00d").mkdir()  # what a killed export left
+    (out / ".export-0badf00d" / "model.onnx").write_bytes(b"half a model")
+    best = checkpoint_sha256(out / "checkpoints" / "best")
+    other = next(p for p in sorted((out / "checkpoints" / "top").iterdir()) if checkpoint_sha256(p) != best)
+    export_onnx.main([*exported["args"], "--output_dir", str(out), "--checkpoint", str(other), "--parity_images", "3",
+                      "--bench_seconds", "0"])
+    description = json.loads((out / "model.json").read_text())
+    assert description["calibration"] is None  # calibration.json was fitted on the best checkpoint's scores
+    assert description["made_from"]["checkpoints"] == [checkpoint_sha256(other)]
+    assert description["checkpoint"]["epoch"] == json.loads((other / "head.json").read_text())["epoch"]
+    assert not list(out.glob(".export-*"))

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from pipeline.backbones import DinoFeatureExtractor
 from pipeline.errors import ArtrankError
 from pipeline.files import UMASK
+from pipeline.provenance import run_origin
 
 pytestmark = pytest.mark.slow
 
@@ -243,7 +244,7 @@ def test_checkpoint_from_another_image_size_is_refused(tmp_path, reference):
     from model import load_head
 
     with pytest.raises(ArtrankError, match="image_size=56.*image_size=768"):
-        load_head(run / "checkpoints" / "best", identity={"image_size": 768})
+        load_head(run / "checkpoints" / "best", identity={"image_size": 768}, run=run_origin(run))
 
 
 @pytest.mark.slow
