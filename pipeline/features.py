@@ -34,20 +34,33 @@ CHUNK_SECONDS = 60.0  # on a CPU a chunk of ViT-L features takes minutes: also c
 
 class ImageDataset(torch.utils.data.Dataset):
     """Paths in, model inputs out (images.load_pixels); decoded in DataLoader workers (Datasets' Image
-    column re-decodes on every access and is many times slower)."""
+    column re-decodes on every access and is many times slower).
 
-    def __init__(self, paths: list[str], *, image_size: int, patch_size: int):
-        self.paths, self.image_size, self.patch_size = list(paths), image_size, patch_size
+    With `hashes` (the sha256 each file had when it was checked), the bytes read are hashed and decoded, once:
+    features are filed under the hash of the very bytes they came from, and a file rewritten since its check
+    is refused instead of filing the new picture under the old content's hash.
+    """
+
+    def __init__(self, paths: list[str], *, image_size: int, patch_size: int, hashes: list[str] | None = None):
+        self.paths, self.image_size, self.patch_size, self.hashes = list(paths), image_size, patch_size, hashes
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        path = self.paths[index]
         try:
-            return load_pixels(self.paths[index], self.image_size, self.patch_size)
+            payload = Path(path).read_bytes()
+        except OSError as err:
+            raise ArtrankError(f"{path}: cannot read: {err.strerror or err}") from None
+        if self.hashes is not None and (digest := hashlib.sha256(payload).hexdigest()) != self.hashes[index]:
+            raise ArtrankError(f"{path}: changed since the images were checked (content {digest[:12]}, checked "
+                               f"{self.hashes[index][:12]}); run again so that its new content is checked")
+        try:
+            return load_pixels(payload, self.image_size, self.patch_size)
         except Exception as err:
             # A file changed or vanished after the start's checks: name it.
-            raise ArtrankError(f"{self.paths[index]}: {type(err).__name__}: {err}") from err
+            raise ArtrankError(f"{path}: {type(err).__name__}: {err}") from err
 
 
 def cache_key(*, backbone: str, image_size: int, patch_size: int, precision: str) -> dict:
@@ -149,14 +162,15 @@ class _ChunkWriter:
 
 def extract(extractor: DinoFeatureExtractor, paths: list[str], *, image_size: int, batch_size: int,
             num_workers: int, accelerator: Accelerator, track=None, log=None,
-            on_batch=None) -> tuple[np.ndarray, np.ndarray]:
+            on_batch=None, hashes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """CLS and mean patch tokens of this process's images, fp16 autocast on CUDA.
 
     Workers (num_workers, -1: default_workers()) decode the next batches while the model runs.
     on_batch(start, cls, mean) receives each batch as it is done. Out of memory halves the batch and
-    goes on from the first image not yet done.
+    goes on from the first image not yet done. With `hashes`, each file must still have its hash
+    (ImageDataset).
     """
-    dataset = ImageDataset(paths, image_size=image_size, patch_size=extractor.patch_size)
+    dataset = ImageDataset(paths, image_size=image_size, patch_size=extractor.patch_size, hashes=hashes)
     extractor = extractor.to(accelerator.device)
     workers = default_workers() if num_workers < 0 else num_workers
     cls_parts, mean_parts, done = [], [], 0
@@ -220,7 +234,7 @@ def table_features(table, *, backbone: Backbone, image_size: int, cache_dir: str
             try:
                 extract(extractor, [path_of[h] for h in mine], image_size=image_size, batch_size=batch_size,
                         num_workers=num_workers, accelerator=accelerator, track=track, log=log,
-                        on_batch=lambda start, c, m: chunks.add(mine[start:start + len(c)], c, m))
+                        on_batch=lambda start, c, m: chunks.add(mine[start:start + len(c)], c, m), hashes=mine)
             except KeyboardInterrupt:
                 chunks.flush()
                 log(f"feature extraction interrupted: kept the features of {len(index) + chunks.written} images in "

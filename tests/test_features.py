@@ -164,3 +164,18 @@ def test_interrupted_extraction_keeps_its_chunks_and_a_rerun_continues(extractio
     assert messages == [f"feature cache: {kept} of 96 images cached, extracting {96 - kept}"]
     for got, want in zip(resumed, reference):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_an_image_rewritten_after_its_check_is_refused_and_its_new_picture_never_filed_under_the_old_hash(setup):
+    from pipeline.features import cache_key, read_cache
+
+    table, features, _, cache = setup
+    victim = table.path[5]
+    Image.new("RGB", (40, 48), (250, 0, 0)).save(victim)  # rewritten between the image check and the extraction
+    with pytest.raises(ArtrankError, match=rf"^{victim}: changed since the images were checked \(content "):
+        features()
+    (directory,) = cache.glob("features-*")
+    key = json.loads((directory / "cache.json").read_text())["key"]
+    assert key == cache_key(backbone=key["backbone"], image_size=56, patch_size=14, precision="no")
+    index, _, _, _ = read_cache(directory, key)
+    assert table.sha256[5] not in index  # the batch holding it was never filed
