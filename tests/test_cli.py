@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, val_images
 
 from pipeline import cli
 
@@ -60,6 +60,29 @@ def test_a_refusal_is_one_line_and_exit_1_and_a_bug_keeps_its_exception():
     assert exit_info.value.code == "error: data/x: not found"  # printed on stderr, exit status 1
     with pytest.raises(ValueError, match="a bug"), cli.one_line_errors():
         raise ValueError("a bug")  # not a refusal: the traceback is the report
+
+
+def test_a_full_or_read_only_disk_or_a_folder_named_as_a_file_is_one_line_and_other_os_errors_keep_theirs():
+    import errno
+
+    for number, text in ((errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system"),
+                         (errno.EACCES, "Permission denied")):
+        with pytest.raises(SystemExit) as exit_info, cli.one_line_errors():
+            raise OSError(number, text, "/runs/x/.model.json.tmp-1")
+        assert exit_info.value.code == f"error: /runs/x/.model.json.tmp-1: {text}; nothing was written"
+    with pytest.raises(SystemExit) as exit_info, cli.one_line_errors():
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", "/tmp/.scores.tmp", None, "/tmp/scores")  # os.replace
+    assert exit_info.value.code == "error: /tmp/scores: Is a directory; nothing was written"
+    with pytest.raises(ConnectionResetError), cli.one_line_errors():
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+
+def test_predict_out_naming_a_folder_is_one_line(exported, tmp_path):
+    (tmp_path / "scores").mkdir()
+    result = run_script("predict.py", *exported["args"], val_images(exported)[0], "--out", tmp_path / "scores",
+                        check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'scores'}: Is a directory")
 
 
 def test_ctrl_c_is_one_line_saying_what_was_kept_and_exit_130(capsys):
