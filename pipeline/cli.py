@@ -12,7 +12,7 @@ from .errors import ArtrankError
 # The machine's state, not a bug: a folder that cannot be made or written, a full or read-only disk, a path
 # naming a folder where a file is wanted (or the reverse). Any other OSError keeps its traceback.
 ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EISDIR,
-                                errno.ENOTDIR, errno.ENAMETOOLONG})
+                                errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG})
 
 
 class Phase:

@@ -77,6 +77,7 @@ def test_a_full_or_read_only_disk_or_a_folder_named_as_a_file_is_one_line_and_ot
         raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
 
 
+@pytest.mark.slow
 def test_predict_out_naming_a_folder_is_one_line(exported, tmp_path):
     (tmp_path / "scores").mkdir()
     result = run_script("predict.py", *exported["args"], val_images(exported)[0], "--out", tmp_path / "scores",
@@ -104,3 +105,13 @@ def test_deferred_interrupts_hold_ctrl_c_and_sigterm_until_the_block_ends():
     with pytest.raises(KeyboardInterrupt):  # after the block, Ctrl-C interrupts again
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)
+
+
+@pytest.mark.slow
+def test_a_cache_folder_that_cannot_be_created_is_one_line(tmp_path, dataset, tiny_backbone):
+    from conftest import tiny_args
+
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    result = run_script("train.py", *tiny_args(tmp_path, dataset, tiny_backbone, epochs=1), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'cache'}/"), result.stderr[-500:]
