@@ -101,13 +101,14 @@ def write_chunk(directory: Path, hashes: list[str], cls_tokens: np.ndarray, mean
                        sink.getvalue().to_pybytes())
 
 
-def read_cache(directory: Path, key: dict, *, repair: bool = False
+def read_cache(directory: Path, key: dict, *, width: int | None = None, repair: bool = False
                ) -> tuple[dict[str, int], np.ndarray, np.ndarray, str | None]:
     """Load every sound chunk of a cache directory: (index by sha256, CLS rows, mean patch rows, problem).
 
-    A truncated, corrupt or mismatched chunk is left out with the reason, so its images are extracted
-    again and nothing damaged is used; a folder made for another key reads as empty. With repair,
-    what was left out is deleted and the folder is made ready for new chunks.
+    A truncated, corrupt or mismatched chunk, or one whose rows are not `width` wide (the backbone's hidden
+    size), is left out with the reason, so its images are extracted again and nothing damaged is used; a
+    folder made for another key reads as empty. With repair, what was left out is deleted and the folder is
+    made ready for new chunks.
     """
     problems, hashes, cls_parts, mean_parts = [], [], [], []
     try:
@@ -122,6 +123,8 @@ def read_cache(directory: Path, key: dict, *, repair: bool = False
     for chunk in chunks:
         try:
             chunk_hashes, cls_tokens, mean_patches = _read_chunk(chunk)
+            if width is not None and cls_tokens.shape[1] != width:
+                raise ValueError(f"rows {cls_tokens.shape[1]} wide, the backbone's are {width}")
         except Exception as err:  # truncated Arrow files raise several types
             problems.append(f"{chunk}: unreadable ({type(err).__name__}: {err}); rebuilding its images")
             if repair:
@@ -220,7 +223,8 @@ def table_features(table, *, backbone: Backbone, image_size: int, cache_dir: str
     directory = Path(cache_dir) / ("features-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode())
                                    .hexdigest()[:16])
     with accelerator.main_process_first():  # the main process repairs; the others then read the same chunks
-        index, cls_tokens, mean_patches, problem = read_cache(directory, key, repair=accelerator.is_main_process)
+        index, cls_tokens, mean_patches, problem = read_cache(directory, key, width=backbone.hidden_size,
+                                                              repair=accelerator.is_main_process)
     if problem and accelerator.is_main_process:
         log(f"feature cache: {problem}")
     hashes = list(table["sha256"])
@@ -243,7 +247,7 @@ def table_features(table, *, backbone: Backbone, image_size: int, cache_dir: str
             chunks.flush()
         del extractor
         accelerator.wait_for_everyone()
-        index, cls_tokens, mean_patches, problem = read_cache(directory, key)
+        index, cls_tokens, mean_patches, problem = read_cache(directory, key, width=backbone.hidden_size)
         lost = set(missing) - set(index)
         if problem or lost:
             raise RuntimeError(f"feature cache {directory}: {problem or f'{len(lost)} extracted images not found'}")

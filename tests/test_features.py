@@ -3,6 +3,7 @@ through an interruption; out of memory halves the batch."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -69,7 +70,7 @@ def test_other_image_size_uses_another_cache(setup):
     assert keys == [42, 56]
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "key"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "key", "shape"])
 def test_damaged_cache_is_detected_and_rebuilt(setup, damage):
     _, features, messages, cache = setup
     good, _ = features()
@@ -78,6 +79,14 @@ def test_damaged_cache_is_detected_and_rebuilt(setup, damage):
         meta = json.loads((directory / "cache.json").read_text())
         meta["key"]["preprocessing"] = "center-crop"
         (directory / "cache.json").write_text(json.dumps(meta))
+    elif damage == "shape":  # a sound chunk, checksum and all, of rows another width than the backbone's
+        from pipeline.features import _read_chunk, write_chunk
+
+        (arrow,) = directory.glob("features/*.arrow")
+        hashes, _, _ = _read_chunk(arrow)
+        arrow.unlink()
+        write_chunk(directory, hashes, np.zeros((len(hashes), 7), np.float32),
+                                    np.zeros((len(hashes), 7), np.float32))
     else:
         (arrow,) = directory.glob("features/*.arrow")
         payload = bytearray(arrow.read_bytes())
