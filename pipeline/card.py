@@ -91,7 +91,8 @@ def results_section(output_dir: str | os.PathLike) -> str:
 def other_models_section(out: Path) -> str:
     """Which model the figures above are, and the ensemble's figures and the export, each named as what it is."""
     final, lines = read_final_metrics(out) or {}, []
-    lines.append(f"The figures above are the best checkpoint's (`checkpoints/best`, epoch {final.get('best_epoch')}).")
+    epoch = f", epoch {final['best_epoch']}" if "best_epoch" in final else ""
+    lines.append(f"The figures above are the best checkpoint's (`checkpoints/best`{epoch}).")
     members = sorted(p for p in top_checkpoints(out).glob("epoch*") if p.is_dir() and p.name[5:].isdigit())
     ensemble = origin_of(out, *members) if members else None
     for path in sorted(out.glob("eval_*_ensemble.json")):
