@@ -34,12 +34,14 @@ def artist_key(name: str) -> str:
 
 def canonical_spelling(spellings: pd.Series) -> str:
     """The name one artist's works are filed under: the spelling used most, then one already in normal form
-    (NFKC, single spaces, trimmed), then the first in sorted order. Never the first seen: the split (seeded by
-    the names) would then change when the sheet is re-sorted."""
+    (NFKC, single spaces, trimmed), then one in mixed case (all capitals or all lower case is more often a
+    shortcut in typing), then the first in sorted order. Never the first seen: the split (seeded by the names)
+    would then change when the sheet is re-sorted."""
     counts = spellings.value_counts()
 
     def rank(name: str):
-        return -counts[name], " ".join(unicodedata.normalize("NFKC", name).split()) != name, name
+        unusual = " ".join(unicodedata.normalize("NFKC", name).split()) != name
+        return -counts[name], unusual, name.isupper() or name.islower(), name
 
     return min(counts.index, key=rank)
 
