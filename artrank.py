@@ -52,8 +52,9 @@ def run_scorer(cfg) -> Scorer:
 
     accelerator = make_accelerator(cfg)
     ranker, meta, checkpoint = load_ranker(cfg, accelerator)
+    calibration = read_calibration(cfg.output_dir, checkpoint=checkpoint)
     return torch_scorer(ranker, device=accelerator.device, image_size=meta["image_size"],
-                        patch_size=meta["patch_size"], calibration=read_calibration(cfg.output_dir),
+                        patch_size=meta["patch_size"], calibration=calibration,
                         description=f"{checkpoint} (PyTorch, {accelerator.device}; epoch {meta.get('epoch')})")
 
 
@@ -121,4 +122,7 @@ def load(path: str | os.PathLike, *, backend: str = "auto", batch_size: int = 16
     if not (path / "config.json").is_file():
         raise ArtrankError(f"{path}: neither a trained run (config.json, checkpoints/best) nor an export "
                            "(model.onnx, model.json); train with train.py, export with export_onnx.py")
-    return Ranker(run_scorer(load_config(path / "config.json", output_dir=str(path))), batch_size=batch_size)
+    # A reader never builds a backbone: the run's relative backbone path would land in the caller's folder, and
+    # new random weights are not the run's (its checkpoint names the weights it was trained on).
+    cfg = load_config(path / "config.json", output_dir=str(path), random_backbone="")
+    return Ranker(run_scorer(cfg), batch_size=batch_size)

@@ -32,10 +32,24 @@ def artist_key(name: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
 
 
+def canonical_spelling(spellings: pd.Series) -> str:
+    """The name one artist's works are filed under: the spelling used most, then one already in normal form
+    (NFKC, single spaces, trimmed), then one in mixed case (all capitals or all lower case is more often a
+    shortcut in typing), then the first in sorted order. Never the first seen: the split (seeded by the names)
+    would then change when the sheet is re-sorted."""
+    counts = spellings.value_counts()
+
+    def rank(name: str):
+        unusual = " ".join(unicodedata.normalize("NFKC", name).split()) != name
+        return -counts[name], unusual, name.isupper() or name.islower(), name
+
+    return min(counts.index, key=rank)
+
+
 def merge_artist_spellings(df: pd.DataFrame) -> list[str]:
-    """Give every spelling of one artist the first spelling seen: one artist, one split."""
+    """Give every spelling of one artist one name (canonical_spelling): one artist, one split."""
     keys = df["artist"].map(artist_key)
-    first = df.groupby(keys, sort=False)["artist"].first()
+    first = df.groupby(keys, sort=False)["artist"].agg(canonical_spelling)
     spellings = df.groupby(keys, sort=False)["artist"].unique()
     df["artist"] = keys.map(first)
     return [f"artist names merged as one artist {first[k]!r}: " + ", ".join(repr(n) for n in names)

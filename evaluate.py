@@ -36,6 +36,7 @@ from pipeline.metrics import (
     per_tier_pair_accuracy,
     rank_correlations,
 )
+from pipeline.provenance import MADE_FROM, made_from, run_origin
 from pipeline.runs import check_reader, check_same_data, chosen_checkpoint, locked_run_folder, top_checkpoints
 from pipeline.tables import frame
 from pipeline.tracking import start_tracking, wandb_run
@@ -114,10 +115,10 @@ def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, obj
     single, members = checkpoint_dirs(cfg)
     # Heads first, so a checkpoint of another backbone or size is refused before any extraction.
     backbone = load_backbone(cfg, accelerator)
-    identity = head_identity(cfg, backbone)
-    models = {"best single": [load_head(single, identity=identity)[0].to(accelerator.device)]}
+    identity, run = head_identity(cfg, backbone), run_origin(cfg.output_dir)
+    models = {"best single": [load_head(single, identity=identity, run=run)[0].to(accelerator.device)]}
     if members:
-        models = {f"ensemble of {len(members)}": [load_head(m, identity=identity)[0].to(accelerator.device)
+        models = {f"ensemble of {len(members)}": [load_head(m, identity=identity, run=run)[0].to(accelerator.device)
                                                   for m in members]} | models
     frames = [split_rows(table, s) for s in SPLITS]
     features = features_of(cfg, frames, accelerator, backbone=backbone)
@@ -136,7 +137,8 @@ def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, obj
     report = next(iter(results.values()))
     report |= dict(checkpoint=[str(m) for m in members] if members else str(single), ensemble=bool(members),
                    backbone=cfg.backbone, backbone_id=backbone.id, random_backbone=cfg.random_backbone,
-                   image_size=cfg.image_size, feature=cfg.feature)
+                   image_size=cfg.image_size, feature=cfg.feature,
+                   **{MADE_FROM: made_from(cfg.output_dir, *(members or [single]))})
     if members:
         report["best_single"] = results["best single"] | dict(checkpoint=str(single))
     return results, next(iter(split_scores.values())), rows

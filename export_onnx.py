@@ -71,13 +71,15 @@ def main(argv: list[str] | None = None) -> None:
                                           patch_size=meta["patch_size"])
             print(f"parity images: {', '.join(paths)}")
             out = Path(cfg.output_dir)
-            description = export_run(ranker, meta=meta, checkpoint=checkpoint, calibration=read_calibration(out),
+            calibration = read_calibration(out, checkpoint=checkpoint)
+            description = export_run(ranker, meta=meta, checkpoint=checkpoint, calibration=calibration,
                                      out=out, side=input_size(cfg.image_size, meta["patch_size"]), pixels=pixels,
                                      device=accelerator.device, fp16=args.fp16, bench_seconds=args.bench_seconds,
                                      latency_batch=args.latency_batch)
     written = [str(out / FILE_NAMES[p]) for p in description["files"]]
     print(f"wrote {', '.join(written)} and {out / 'model.json'}"
-          + ("" if description["calibration"] else " (no calibration.json: predictions get no tier hint)"))
+          + ("" if description["calibration"] else f" (no calibration.json fitted on {checkpoint}: predictions get "
+                                                    "no tier hint and no P(A better))"))
 
 
 if __name__ == "__main__":

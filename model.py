@@ -7,7 +7,6 @@ prediction. `HeadTraining` is the one training procedure (optimizer, schedule, e
 epoch): train.py, crossval.py and the benchmarks all run it.
 """
 
-import json
 import os
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from pipeline.features import table_features
 from pipeline.files import atomic_dir, atomic_write_json
 from pipeline.images import PREPROCESSING_VERSION
 from pipeline.metrics import pairwise_accuracy
+from pipeline.provenance import MADE_FROM, load_artifact, run_origin
 from pipeline.runs import chosen_checkpoint
 from pipeline.tables import tier_ranks
 
@@ -290,9 +290,11 @@ def head_identity(cfg, backbone: Backbone) -> dict:
 
 
 def head_meta(cfg, backbone: Backbone, *, input_dim: int) -> dict:
-    """What a head needs to be rebuilt and fed correctly, saved beside its weights."""
+    """What a head needs to be rebuilt and fed correctly, and the run it was trained in, saved beside its
+    weights."""
     return dict(format=HEAD_FORMAT, backbone=cfg.backbone, **head_identity(cfg, backbone), input_dim=input_dim,
-                hidden_dim=cfg.hidden_dim, proj_dim=cfg.proj_dim, dropout=cfg.dropout, score_head=cfg.score_head)
+                hidden_dim=cfg.hidden_dim, proj_dim=cfg.proj_dim, dropout=cfg.dropout, score_head=cfg.score_head,
+                **{MADE_FROM: run_origin(cfg.output_dir)})
 
 
 def save_head(head: RankingHead, directory: str | os.PathLike, meta: dict) -> None:
@@ -302,20 +304,14 @@ def save_head(head: RankingHead, directory: str | os.PathLike, meta: dict) -> No
         atomic_write_json(Path(tmp) / "head.json", meta)
 
 
-def load_head(directory: str | os.PathLike, *, identity: dict) -> tuple[RankingHead, dict]:
-    """A saved head, refused unless it was made for `identity` (head_identity of the caller's config and
-    backbone): another backbone, image size, preprocessing or feature would feed it other numbers."""
+def load_head(directory: str | os.PathLike, *, identity: dict, run: dict) -> tuple[RankingHead, dict]:
+    """A saved head, refused unless it was trained in `run` (run_origin of the reader's run folder: a head of
+    another run has seen other training images) and made for `identity` (head_identity of the caller's config
+    and backbone): another backbone, image size, preprocessing or feature would feed it other numbers."""
     directory = Path(directory)
     meta_path = directory / "head.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise ArtrankError(f"{directory}: no head.json; is this a checkpoint directory of train.py?") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise ArtrankError(f"{meta_path}: unreadable ({type(err).__name__}: {err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != HEAD_FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise ArtrankError(f"{meta_path}: head format {found!r}, this code reads {HEAD_FORMAT}")
+    meta = load_artifact(meta_path, what="checkpoint of train.py", expected=run, format_version=HEAD_FORMAT,
+                         required=True)
     for key, value in identity.items():
         if meta.get(key) != value:
             raise ArtrankError(f"{meta_path}: checkpoint made with {key}={meta.get(key)!r}, but this run uses "
@@ -337,6 +333,6 @@ def load_ranker(cfg, accelerator) -> tuple[ArtRanker, dict, Path]:
     """
     checkpoint = chosen_checkpoint(cfg)
     backbone = load_backbone(cfg, accelerator)
-    head, meta = load_head(checkpoint, identity=head_identity(cfg, backbone))
+    head, meta = load_head(checkpoint, identity=head_identity(cfg, backbone), run=run_origin(cfg.output_dir))
     extractor = DinoFeatureExtractor.from_pretrained(str(backbone.path))
     return ArtRanker(extractor, head, meta["feature"]).eval(), meta, checkpoint

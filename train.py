@@ -34,6 +34,7 @@ from pipeline.calibration import fit_calibration, write_calibration
 from pipeline.card import write_model_card
 from pipeline.config import TRAIN, parse_config, print_config, save_config
 from pipeline.metrics import pairwise_accuracy
+from pipeline.provenance import remove_stale, run_origin
 from pipeline.tracking import sample_pairs_table, start_tracking
 
 
@@ -61,6 +62,8 @@ def train(cfg, phase) -> None:
         state = runs.saved_state(out, cfg.resume_from_checkpoint) if resume else None
         if record and (finished := runs.read_final_metrics(out)):
             log(f"{out} holds a finished run ({finished['stop_reason']}); nothing to resume")
+            if accelerator.is_main_process and not (out / "README.md").is_file():  # killed before the card
+                log(f"model card: {write_model_card(out)}")
             return
         check_data_dir(cfg, accelerator)
         backbone = load_backbone(cfg, accelerator)
@@ -68,8 +71,8 @@ def train(cfg, phase) -> None:
             raise runs.RunFolderError(f"cannot resume {out}: backbone weights {backbone.id} differ from the run's "
                                       f"{record['backbone_id']} ({cfg.backbone})")
         table = load_images(cfg, accelerator)
-        if record:
-            runs.check_same_data(out, table)
+        if record or (not cfg.overwrite_output_dir and runs.read_record(out)):  # or make_pairs.py's split: pairs/
+            runs.check_same_data(out, table)  # labels it, and a silent re-split would make those labels wrong
         for name in ("train", "val"):  # guards, not conventions, before anything is written
             check_no_test_leak(split_rows(table, name), table)
         if accelerator.is_main_process:
@@ -78,7 +81,8 @@ def train(cfg, phase) -> None:
                 log(f"--overwrite_output_dir: deleted the previous run's {', '.join(removed) or 'nothing'}")
             print_config(cfg)
             save_config(cfg, out / "config.json")
-            runs.write_record(out, config=config, table=table, stage="train", backbone_id=backbone.id)
+            runs.write_record(out, config=config, table=table, stage="train", backbone_id=backbone.id,
+                              run_id=record.get("run_id") if resume and record else None)
         accelerator.wait_for_everyone()
         phase.kept = f"the run's settings in {out}; extracted features in {cfg.cache_dir}"
         try:
@@ -97,9 +101,8 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
     train_x, val_x = features_of(cfg, [train_rows, val_rows], accelerator, backbone=backbone)
     training = HeadTraining(cfg, accelerator, input_dim=train_x.shape[1])
     progress = training.progress
-    accelerator.register_for_checkpointing(training.scheduler, progress)
     if state is not None:
-        accelerator.load_state(str(state))
+        runs.load_state(accelerator, state, progress=progress, scheduler=training.scheduler)
         log(f"resumed from {state} (epoch {progress.epoch}, batch {progress.batches_done})")
     elif cfg.resume:
         log(f"--resume: no saved state in {out / runs.STATE}, starting from scratch")
@@ -133,7 +136,8 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
 
     with cli.deferred_interrupts() as interruption:
         finished = training.run(train_x, tiers_of(train_rows), val_x, val_tiers, after_epoch=after_epoch,
-                                after_step=lambda: runs.save_state(accelerator, progress, out),
+                                after_step=lambda: runs.save_state(accelerator, progress, out,
+                                                                   scheduler=training.scheduler),
                                 interruption=interruption)
     if not finished:
         phase.kept = f"state saved in {out / runs.STATE}; continue with --resume"
@@ -146,7 +150,8 @@ def test_best(cfg, accelerator, table, backbone, progress) -> None:
     """The test split is touched once, after training, with the best checkpoint; the calibration is fitted
     on its validation scores."""
     out, frames = Path(cfg.output_dir), [split_rows(table, s) for s in SPLITS]
-    best, best_meta = load_head(runs.best_checkpoint(out), identity=head_identity(cfg, backbone))
+    best, best_meta = load_head(runs.best_checkpoint(out), identity=head_identity(cfg, backbone),
+                                run=run_origin(out))
     features = features_of(cfg, frames, accelerator, backbone=backbone)
     results = {"stop_reason": progress.stop_reason, "epochs_run": progress.epoch, "best_epoch": best_meta["epoch"]}
     best = best.to(accelerator.device)
@@ -158,7 +163,9 @@ def test_best(cfg, accelerator, table, backbone, progress) -> None:
             calibration = fit_calibration(scores, tiers_of(rows))
     accelerator.log({k: v for k, v in results.items() if "/" in k}, step=progress.epoch)
     if accelerator.is_main_process:
-        write_calibration(out, calibration)
+        write_calibration(out, calibration, checkpoint=runs.best_checkpoint(out))
+        if removed := remove_stale(out):  # a resume that found a better epoch: the partial run's results go
+            accelerator.print(f"removed what described checkpoints this run no longer holds: {', '.join(removed)}")
         runs.write_final_metrics(out, results)
         write_model_card(out)
     accelerator.print(f"best epoch {results['best_epoch']} | train acc {results['train/pairwise_acc']:.4f} | "

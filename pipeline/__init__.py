@@ -5,6 +5,7 @@
     cli          one-line refusals, interruption, progress bars, the Accelerator
     files        atomic writes; values remembered per file while it is unchanged
     runs         the run folder: its lock, its record, the checks against it, its checkpoints
+    provenance   what each artifact was made from, checked by every reader in one place
     tables       tiers, splits, the image table's columns; cross-tier pairs; artist folds
     sources      a metadata.csv folder or a Hugging Face dataset, read as rows
     images       decoding and the one preprocessing; image checks

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArtrankError
-from .files import atomic_write_json, read_json
+from .files import atomic_write_json
+from .provenance import MADE_FROM, load_artifact, made_from, run_origin
 from .tables import TIERS, cross_tier_pairs
 
 CALIBRATION_JSON = "calibration.json"
@@ -101,16 +102,21 @@ def p_first_better(score_a: float, score_b: float, calibration: dict) -> float:
     return 0.5 * (1.0 + math.tanh(0.5 * calibration["slope"] * (score_a - score_b)))
 
 
-def write_calibration(output_dir: str | os.PathLike, calibration: dict) -> None:
-    atomic_write_json(Path(output_dir) / CALIBRATION_JSON, calibration)
+def write_calibration(output_dir: str | os.PathLike, calibration: dict, *, checkpoint: str | os.PathLike) -> None:
+    """calibration.json, recording the checkpoint whose validation scores it was fitted on."""
+    atomic_write_json(Path(output_dir) / CALIBRATION_JSON,
+                      calibration | {MADE_FROM: made_from(output_dir, checkpoint)})
 
 
-def read_calibration(output_dir: str | os.PathLike) -> dict | None:
-    """The run's calibration.json, or None when the run has none (predictions then get no hint, no P)."""
+def read_calibration(output_dir: str | os.PathLike, *, checkpoint: str | os.PathLike) -> dict | None:
+    """The run's calibration.json for `checkpoint`; None when the run has none or when it was fitted on another
+    checkpoint's scores (its slope and cuts would read this one's scores wrongly: predictions then get no hint,
+    no P). A calibration of another run is refused."""
     path = Path(output_dir) / CALIBRATION_JSON
-    calibration = read_json(path)
-    if calibration is None:
+    calibration = load_artifact(path, what="calibration of train.py", expected=run_origin(output_dir))
+    if calibration is None or calibration[MADE_FROM].get("checkpoints") != made_from(output_dir, checkpoint)[
+            "checkpoints"]:
         return None
-    if not isinstance(calibration, dict) or "slope" not in calibration or "tier_cuts" not in calibration:
+    if "slope" not in calibration or "tier_cuts" not in calibration:
         raise ArtrankError(f"{path}: not a calibration written by train.py (no slope or tier_cuts)")
     return calibration

@@ -2,8 +2,10 @@
 
 train.py and evaluate.py call `write_model_card(output_dir)` last, so the card always shows the latest
 figures of config.json, final_metrics.json, eval_*.json, calibration.json and the run's rows (what is
-missing is left out). The results section (`results_section`) holds no path, so the README's demo
-table can be checked against a fresh run.
+missing is left out). Only artifacts made from the run's own checkpoints are shown (pipeline/provenance.py):
+the results, the model index and the calibration are the best checkpoint's, an ensemble's figures and the
+export are each named as what they are. The results section (`results_section`) holds no path, so the
+README's demo table can be checked against a fresh run.
 """
 
 import os
@@ -11,9 +13,11 @@ import platform
 from pathlib import Path
 
 from .calibration import read_calibration
+from .errors import ArtrankError
 from .files import atomic_write_text, read_json
 from .metrics import gate_results
-from .runs import RunFolderError, read_final_metrics, recorded_rows
+from .provenance import MADE_FROM, made_from, verified
+from .runs import RunFolderError, best_checkpoint, read_final_metrics, recorded_rows, top_checkpoints
 from .tables import SPLITS, TIERS
 
 RANDOM_BACKBONE = "the backbone is random: its figures show that the pipeline works, not how well DINOv2 ranks drawings"
@@ -36,11 +40,22 @@ def machine_description() -> str:
     return f"{device}; torch {torch.__version__}"
 
 
+def origin_of(out: Path, *checkpoints: Path) -> dict | None:
+    """What an artifact made from `checkpoints` of this run records; None when they cannot be read."""
+    try:
+        return made_from(out, *checkpoints)
+    except ArtrankError:
+        return None
+
+
 def run_figures(out: Path) -> tuple[dict, dict | None, dict[str, float]]:
-    """final_metrics.json, the evaluation report (test first) and the accuracy by split of the latest of them."""
+    """final_metrics.json, the best checkpoint's evaluation report (test first) and the accuracy by split of
+    the latest of them. A report of another checkpoint or of an ensemble is not the shipped model's."""
     final = read_final_metrics(out) or {}
-    names = ["eval_test.json", "eval_test_ensemble.json"] + sorted(p.name for p in out.glob("eval_*.json"))
-    report = next((r for name in names if (r := read_json(out / name))), None)
+    best = origin_of(out, best_checkpoint(out))
+    names = ["eval_test.json"] + sorted(p.name for p in out.glob("eval_*.json"))
+    report = next((r for name in names if best and (r := verified(out / name, best)) and not r.get("ensemble")),
+                  None)
     accuracy = dict(report["pairwise_accuracy_by_split"]) if report else {
         s: final[f"{s}/pairwise_acc"] for s in SPLITS if f"{s}/pairwise_acc" in final}
     return final, report, accuracy
@@ -71,6 +86,28 @@ def results_section(output_dir: str | os.PathLike) -> str:
                   for pair, acc in report["per_tier_pair"].items()]
     lines += ["", f"Made on: {machine_description()}. Ties count as wrong; the interval resamples artists."]
     return "\n".join(lines) + "\n"
+
+
+def other_models_section(out: Path) -> str:
+    """Which model the figures above are, and the ensemble's figures and the export, each named as what it is."""
+    final, lines = read_final_metrics(out) or {}, []
+    epoch = f", epoch {final['best_epoch']}" if "best_epoch" in final else ""
+    lines.append(f"The figures above are the best checkpoint's (`checkpoints/best`{epoch}).")
+    members = sorted(p for p in top_checkpoints(out).glob("epoch*") if p.is_dir() and p.name[5:].isdigit())
+    ensemble = origin_of(out, *members) if members else None
+    for path in sorted(out.glob("eval_*_ensemble.json")):
+        if ensemble and (r := verified(path, ensemble)):
+            lines.append(f"An ensemble of the {len(members)} top checkpoints (`evaluate.py --ensemble`, not the "
+                         f"exported model) reaches {r['split']} pairwise accuracy {r['pairwise_accuracy']:.4f}, "
+                         f"95% CI [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}].")
+    export = verified(out / "model.json", origin_of(out) or {"run_id": None})
+    if export:
+        shipped = export[MADE_FROM].get("checkpoints") == (origin_of(out, best_checkpoint(out)) or {}).get(
+            "checkpoints")
+        lines.append("`model.onnx` is the best checkpoint." if shipped else
+                     f"`model.onnx` is another checkpoint (`{Path(export['checkpoint']['path']).name}`, epoch "
+                     f"{export['checkpoint']['epoch']}), not the one the figures above describe.")
+    return " ".join(lines) + "\n"
 
 
 def data_section(out: Path, cfg: dict) -> str:
@@ -132,7 +169,10 @@ def model_card(output_dir: str | os.PathLike) -> str:
     out = Path(output_dir)
     cfg = read_json(out / "config.json") or {}
     _, report, accuracy = run_figures(out)
-    calibration = read_calibration(out)
+    try:
+        calibration = read_calibration(out, checkpoint=best_checkpoint(out))
+    except ArtrankError:
+        calibration = None  # the card shows only what it can trust
     parts = ["---", metadata_yaml(out, cfg, accuracy, report).rstrip(), "---", "", f"# {out.name}", "",
              "Ranks drawings by quality as art-school teachers grade them (tiers S > A > B > C): a score per "
              "image, higher is better, learnt from pairs of works of different tiers on a frozen DINOv2 backbone.",
@@ -149,7 +189,7 @@ def model_card(output_dir: str | os.PathLike) -> str:
               f"{cfg.get('batch_size')}, AdamW lr {cfg.get('lr')} weight decay {cfg.get('weight_decay')}, cosine "
               f"schedule over {cfg.get('epochs')} epochs, early stopping patience {cfg.get('patience')}, seed "
               f"{cfg.get('seed')}", "",
-              "## Results", "", results_section(out)]
+              "## Results", "", results_section(out), other_models_section(out)]
     if calibration:
         cuts = ", ".join(f"{c['above']}/{c['below']} at {c['threshold']:.3f}" for c in calibration["tier_cuts"])
         parts += ["## Calibration", "",

@@ -1,12 +1,18 @@
 """What every script does around its work: one-line refusals, interruption, progress bars, the Accelerator."""
 
 import contextlib
+import errno
 import functools
 import logging
 import signal
 import sys
 
 from .errors import ArtrankError
+
+# The machine's state, not a bug: a folder that cannot be made or written, a full or read-only disk, a path
+# naming a folder where a file is wanted (or the reverse). Any other OSError keeps its traceback.
+ENVIRONMENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EISDIR,
+                                errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG})
 
 
 class Phase:
@@ -18,8 +24,8 @@ class Phase:
 
 @contextlib.contextmanager
 def one_line_errors():
-    """A refusal (ArtrankError), Ctrl-C or SIGTERM: one line on stderr, no traceback; anything else is a bug
-    and keeps its traceback.
+    """A refusal (ArtrankError), an OSError of the machine's state (ENVIRONMENT_ERRNOS), Ctrl-C or SIGTERM: one
+    line on stderr, no traceback; anything else is a bug and keeps its traceback.
 
     Yields a Phase; the script sets phase.kept as it goes. Exit status 1 for a refusal, 130 when interrupted.
     """
@@ -34,6 +40,12 @@ def one_line_errors():
     except ArtrankError as err:
         close_bars()
         raise SystemExit(f"error: {err}") from None
+    except OSError as err:
+        if err.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        close_bars()
+        where = err.filename2 or err.filename  # a rename's target is the path the user named
+        raise SystemExit(f"error: {where}: {err.strerror}; {phase.kept}" if where else f"error: {err}") from None
 
 
 class Interruption:

@@ -29,6 +29,7 @@ import torch
 from .errors import ArtrankError
 from .files import atomic_write_json, atomic_write_text
 from .images import preprocessing_description
+from .provenance import MADE_FROM, made_from
 from .scoring import FILE_NAMES, INPUT_NAME, MODEL_FORMAT, OUTPUT_NAME, onnx_session
 
 OPSET = 23
@@ -139,7 +140,7 @@ def measure_latency(session, side: int, *, batch: int, seconds: float) -> str:
 
 
 def model_description(*, meta: dict, checkpoint: Path, calibration: dict | None, export_id: str, side: int,
-                      parity: dict) -> dict:
+                      parity: dict, out: Path) -> dict:
     """model.json: what a consumer holding only the ONNX file needs to feed it and read its output."""
     return {
         "format": MODEL_FORMAT, "export_id": export_id,
@@ -152,6 +153,7 @@ def model_description(*, meta: dict, checkpoint: Path, calibration: dict | None,
         "checkpoint": {"path": str(checkpoint), "epoch": meta.get("epoch"),
                        "val_pairwise_acc": meta.get("val_pairwise_acc")},
         "calibration": calibration,
+        MADE_FROM: made_from(out, checkpoint),
         "export": {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)", "torch": torch.__version__},
         "parity": parity,
     }
@@ -175,6 +177,8 @@ def export_run(ranker, *, meta: dict, checkpoint: Path, calibration: dict | None
     verified against PyTorch on `pixels` first. Returns model.json's content; ArtrankError when a file fails
     its check, with nothing put in place."""
     reference = reference_scores(ranker, pixels, device)
+    for killed in out.glob(".export-*"):  # a killed export's staging (gigabytes for ViT-L); the run lock is ours
+        shutil.rmtree(killed, ignore_errors=True)
     staging = out / f".export-{uuid.uuid4().hex[:8]}"
     export_id = uuid.uuid4().hex
     parity, failures = {}, []
@@ -199,7 +203,7 @@ def export_run(ranker, *, meta: dict, checkpoint: Path, calibration: dict | None
             kept = " (the previous export in OUTPUT_DIR is left as it was)" if (out / "model.json").exists() else ""
             raise ArtrankError(f"parity check failed, exported files deleted{kept}: " + "; ".join(failures))
         description = model_description(meta=meta, checkpoint=checkpoint, calibration=calibration,
-                                        export_id=export_id, side=side, parity=parity)
+                                        export_id=export_id, side=side, parity=parity, out=out)
         atomic_write_json(staging / "model.json", description)
         install(staging, out)
     finally:

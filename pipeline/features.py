@@ -34,20 +34,33 @@ CHUNK_SECONDS = 60.0  # on a CPU a chunk of ViT-L features takes minutes: also c
 
 class ImageDataset(torch.utils.data.Dataset):
     """Paths in, model inputs out (images.load_pixels); decoded in DataLoader workers (Datasets' Image
-    column re-decodes on every access and is many times slower)."""
+    column re-decodes on every access and is many times slower).
 
-    def __init__(self, paths: list[str], *, image_size: int, patch_size: int):
-        self.paths, self.image_size, self.patch_size = list(paths), image_size, patch_size
+    With `hashes` (the sha256 each file had when it was checked), the bytes read are hashed and decoded, once:
+    features are filed under the hash of the very bytes they came from, and a file rewritten since its check
+    is refused instead of filing the new picture under the old content's hash.
+    """
+
+    def __init__(self, paths: list[str], *, image_size: int, patch_size: int, hashes: list[str] | None = None):
+        self.paths, self.image_size, self.patch_size, self.hashes = list(paths), image_size, patch_size, hashes
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        path = self.paths[index]
         try:
-            return load_pixels(self.paths[index], self.image_size, self.patch_size)
+            payload = Path(path).read_bytes()
+        except OSError as err:
+            raise ArtrankError(f"{path}: cannot read: {err.strerror or err}") from None
+        if self.hashes is not None and (digest := hashlib.sha256(payload).hexdigest()) != self.hashes[index]:
+            raise ArtrankError(f"{path}: changed since the images were checked (content {digest[:12]}, checked "
+                               f"{self.hashes[index][:12]}); run again so that its new content is checked")
+        try:
+            return load_pixels(payload, self.image_size, self.patch_size)
         except Exception as err:
             # A file changed or vanished after the start's checks: name it.
-            raise ArtrankError(f"{self.paths[index]}: {type(err).__name__}: {err}") from err
+            raise ArtrankError(f"{path}: {type(err).__name__}: {err}") from err
 
 
 def cache_key(*, backbone: str, image_size: int, patch_size: int, precision: str) -> dict:
@@ -88,13 +101,14 @@ def write_chunk(directory: Path, hashes: list[str], cls_tokens: np.ndarray, mean
                        sink.getvalue().to_pybytes())
 
 
-def read_cache(directory: Path, key: dict, *, repair: bool = False
+def read_cache(directory: Path, key: dict, *, width: int | None = None, repair: bool = False
                ) -> tuple[dict[str, int], np.ndarray, np.ndarray, str | None]:
     """Load every sound chunk of a cache directory: (index by sha256, CLS rows, mean patch rows, problem).
 
-    A truncated, corrupt or mismatched chunk is left out with the reason, so its images are extracted
-    again and nothing damaged is used; a folder made for another key reads as empty. With repair,
-    what was left out is deleted and the folder is made ready for new chunks.
+    A truncated, corrupt or mismatched chunk, or one whose rows are not `width` wide (the backbone's hidden
+    size), is left out with the reason, so its images are extracted again and nothing damaged is used; a
+    folder made for another key reads as empty. With repair, what was left out is deleted and the folder is
+    made ready for new chunks.
     """
     problems, hashes, cls_parts, mean_parts = [], [], [], []
     try:
@@ -109,6 +123,8 @@ def read_cache(directory: Path, key: dict, *, repair: bool = False
     for chunk in chunks:
         try:
             chunk_hashes, cls_tokens, mean_patches = _read_chunk(chunk)
+            if width is not None and cls_tokens.shape[1] != width:
+                raise ValueError(f"rows {cls_tokens.shape[1]} wide, the backbone's are {width}")
         except Exception as err:  # truncated Arrow files raise several types
             problems.append(f"{chunk}: unreadable ({type(err).__name__}: {err}); rebuilding its images")
             if repair:
@@ -149,14 +165,15 @@ class _ChunkWriter:
 
 def extract(extractor: DinoFeatureExtractor, paths: list[str], *, image_size: int, batch_size: int,
             num_workers: int, accelerator: Accelerator, track=None, log=None,
-            on_batch=None) -> tuple[np.ndarray, np.ndarray]:
+            on_batch=None, hashes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """CLS and mean patch tokens of this process's images, fp16 autocast on CUDA.
 
     Workers (num_workers, -1: default_workers()) decode the next batches while the model runs.
     on_batch(start, cls, mean) receives each batch as it is done. Out of memory halves the batch and
-    goes on from the first image not yet done.
+    goes on from the first image not yet done. With `hashes`, each file must still have its hash
+    (ImageDataset).
     """
-    dataset = ImageDataset(paths, image_size=image_size, patch_size=extractor.patch_size)
+    dataset = ImageDataset(paths, image_size=image_size, patch_size=extractor.patch_size, hashes=hashes)
     extractor = extractor.to(accelerator.device)
     workers = default_workers() if num_workers < 0 else num_workers
     cls_parts, mean_parts, done = [], [], 0
@@ -206,7 +223,8 @@ def table_features(table, *, backbone: Backbone, image_size: int, cache_dir: str
     directory = Path(cache_dir) / ("features-" + hashlib.sha256(json.dumps(key, sort_keys=True).encode())
                                    .hexdigest()[:16])
     with accelerator.main_process_first():  # the main process repairs; the others then read the same chunks
-        index, cls_tokens, mean_patches, problem = read_cache(directory, key, repair=accelerator.is_main_process)
+        index, cls_tokens, mean_patches, problem = read_cache(directory, key, width=backbone.hidden_size,
+                                                              repair=accelerator.is_main_process)
     if problem and accelerator.is_main_process:
         log(f"feature cache: {problem}")
     hashes = list(table["sha256"])
@@ -220,7 +238,7 @@ def table_features(table, *, backbone: Backbone, image_size: int, cache_dir: str
             try:
                 extract(extractor, [path_of[h] for h in mine], image_size=image_size, batch_size=batch_size,
                         num_workers=num_workers, accelerator=accelerator, track=track, log=log,
-                        on_batch=lambda start, c, m: chunks.add(mine[start:start + len(c)], c, m))
+                        on_batch=lambda start, c, m: chunks.add(mine[start:start + len(c)], c, m), hashes=mine)
             except KeyboardInterrupt:
                 chunks.flush()
                 log(f"feature extraction interrupted: kept the features of {len(index) + chunks.written} images in "
@@ -229,7 +247,7 @@ def table_features(table, *, backbone: Backbone, image_size: int, cache_dir: str
             chunks.flush()
         del extractor
         accelerator.wait_for_everyone()
-        index, cls_tokens, mean_patches, problem = read_cache(directory, key)
+        index, cls_tokens, mean_patches, problem = read_cache(directory, key, width=backbone.hidden_size)
         lost = set(missing) - set(index)
         if problem or lost:
             raise RuntimeError(f"feature cache {directory}: {problem or f'{len(lost)} extracted images not found'}")

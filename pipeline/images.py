@@ -41,6 +41,10 @@ _NORMALISED_LEVELS = (np.arange(256, dtype=np.float32) * (np.float32(1 / 255) / 
                       - (np.float32(IMAGENET_MEAN) / np.float32(IMAGENET_STD))[:, None])
 
 
+class MultiFrameError(ValueError):
+    """An image of several frames: the one that is graded cannot be told."""
+
+
 def letterbox_size(width: int, height: int, image_size: int) -> tuple[int, int]:
     """The picture's size inside the letterbox: long side image_size, aspect kept, rounded half to even."""
     scale = image_size / max(width, height)
@@ -58,6 +62,13 @@ def _open(source: str | os.PathLike | bytes) -> Image.Image:
         raise Image.DecompressionBombError(
             f"{image.width}x{image.height} = {image.width * image.height / 1e6:.0f}M pixels, over the "
             f"{MAX_IMAGE_PIXELS / 1e6:.0f}M-pixel limit")
+    # Which frame of a multi-page TIFF or an animated GIF/WebP/PNG is the drawing is unknown: refused, not
+    # scored by its first frame. A phone's MPO JPEG is one photo; its other frames are previews.
+    if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":
+        frames = image.n_frames
+        image.close()
+        raise MultiFrameError(f"{frames} frames (a multi-page or animated {image.format}): which one is the drawing "
+                              "is unknown; save the frame to grade as an image of its own")
     return image
 
 

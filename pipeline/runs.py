@@ -31,7 +31,9 @@ IMAGE_TABLE = "image_table"
 TRAIN_LOG = "train_log.jsonl"
 FINAL_METRICS = "final_metrics.json"
 STATE = "state"
-RECORD_FORMAT = 2  # 2: the rows are also kept as a Dataset (image_table/)
+TRAINING_STATE = "training.json"  # in each saved state: the training progress and the schedule, as JSON
+TRAINING_STATE_FORMAT = 1
+RECORD_FORMAT = 3  # 2: the rows are also kept as a Dataset (image_table/); 3: a trained run has a run_id
 # Files a run writes; --overwrite_output_dir deletes these and nothing else.
 RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, "pairs", TRAIN_LOG, STATE, "checkpoints",
              "calibration.json", FINAL_METRICS, "eval_*.json", "scores_*.csv", "figures", "model.onnx*",
@@ -138,8 +140,12 @@ def saved_state(output_dir: str | os.PathLike, resume_from: str = "") -> Path | 
     return states[-1] if states else None
 
 
-def save_state(accelerator, progress, output_dir: str | os.PathLike) -> Path:
-    """Accelerate state into a temporary directory renamed into place: a kill leaves the last good one."""
+def save_state(accelerator, progress, output_dir: str | os.PathLike, *, scheduler) -> Path:
+    """Accelerate state into a temporary directory renamed into place: a kill leaves the last good one.
+
+    The training progress and the schedule go into training.json, not into Accelerate's registered objects:
+    Accelerate unpickles those in full, so a crafted file in a shared run folder would run code on resume.
+    """
     state_dir = Path(output_dir) / STATE
     name = f"epoch{progress.epoch:04d}-batch{progress.batches_done:06d}"
     tmp = state_dir / f".tmp-{name}"
@@ -149,6 +155,8 @@ def save_state(accelerator, progress, output_dir: str | os.PathLike) -> Path:
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        atomic_write_json(tmp / TRAINING_STATE, dict(format=TRAINING_STATE_FORMAT, progress=progress.state_dict(),
+                                                     scheduler=scheduler.state_dict()))
         plain_modes(tmp)  # Accelerate writes the head's weights through safetensors, mode 0600
         shutil.rmtree(state_dir / name, ignore_errors=True)
         tmp.rename(state_dir / name)
@@ -156,6 +164,46 @@ def save_state(accelerator, progress, output_dir: str | os.PathLike) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return state_dir
+
+
+def check_no_code(state: Path, *, process_index: int) -> None:
+    """Refuse a saved state whose pickles would call anything but tensor and array constructors.
+
+    Read statically (torch's disassembly of each pickle), nothing is unpickled. Accelerate reads its own files
+    with weights_only=True but unpickles registered objects (custom_checkpoint_*.pkl) in full, which this code
+    never writes, and it skips RNG states it cannot read without a word, so a missing one is refused too.
+    """
+    import torch
+    from accelerate.utils.other import TORCH_SAFE_GLOBALS
+
+    if foreign := sorted(p.name for p in state.glob("custom_checkpoint_*.pkl")):
+        raise RunFolderError(f"{state}: refused to load {', '.join(foreign)}: pickles this version never writes "
+                             "(an older version's state, or planted) and that could run code; a saved state never "
+                             "holds code: start afresh with --overwrite_output_dir")
+    rng = state / f"random_states_{process_index}.pkl"
+    if not rng.is_file():
+        raise RunFolderError(f"{rng}: missing; without it a resume would not repeat the run's dropout")
+    for path in sorted(p for p in state.iterdir() if p.suffix in (".pkl", ".bin")):
+        try:
+            with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
+                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception as err:  # not a torch.save zip file: truncated, or another kind of pickle
+            unsafe = [f"unreadable ({type(err).__name__})"]
+        if unsafe:
+            raise RunFolderError(f"{path}: refused to load: it would call {', '.join(unsafe[:3])}; a saved state "
+                                 "holds tensors and numbers only, never code, so this state cannot be trusted")
+
+
+def load_state(accelerator, state: Path, *, progress, scheduler) -> None:
+    """Resume from `state`: Accelerate's files (checked by check_no_code first), and training.json."""
+    record = read_json(state / TRAINING_STATE)
+    if not isinstance(record, dict) or record.get("format") != TRAINING_STATE_FORMAT:
+        raise RunFolderError(f"{state / TRAINING_STATE}: missing or of another format (a state saved by an older "
+                             "version?); this state cannot be resumed: start afresh with --overwrite_output_dir")
+    check_no_code(state, process_index=accelerator.process_index)
+    accelerator.load_state(str(state))
+    progress.load_state_dict(record["progress"])
+    scheduler.load_state_dict(record["scheduler"])
 
 
 def train_log(output_dir: str | os.PathLike, *, before_epoch: int) -> list[dict]:
@@ -188,18 +236,22 @@ def manifest_digest(rows) -> str:
 
 
 def write_record(output_dir: str | os.PathLike, *, config: dict, table, stage: str,
-                 backbone_id: str | None = None) -> None:
+                 backbone_id: str | None = None, run_id: str | None = None) -> None:
     """run.json (what the results depend on), splits.csv and image_table/ (the rows, their hashes and split).
 
-    A trained run (stage "train") records its backbone weights and the preprocessing its features came from.
+    A trained run (stage "train") records its backbone weights, the preprocessing its features came from and
+    its run_id (`run_id`, else a new one): every artifact derived from the run names it (pipeline/provenance.py).
     """
+    import uuid
+
     preprocessing = PREPROCESSING_VERSION if stage == "train" else None
     out, rows = Path(output_dir), frame(table)
     atomic_write_text(out / SPLITS_CSV, rows[list(MANIFEST_COLUMNS)].to_csv(index=False))
     with atomic_dir(out / IMAGE_TABLE) as tmp:
         to_dataset(rows, MANIFEST_COLUMNS).save_to_disk(str(tmp))
     data = dict(images=len(rows), artists=int(rows.artist.nunique()), manifest_sha256=manifest_digest(rows))
-    atomic_write_json(out / RUN_RECORD, dict(format=RECORD_FORMAT, stage=stage, config=identity(config),
+    run_id = (run_id or uuid.uuid4().hex) if stage == "train" else None
+    atomic_write_json(out / RUN_RECORD, dict(format=RECORD_FORMAT, stage=stage, run_id=run_id, config=identity(config),
                                              backbone_id=backbone_id, preprocessing=preprocessing, data=data))
 
 
@@ -249,8 +301,11 @@ def settings_changed(record: dict, config: dict) -> list[str]:
 
 
 def remove_run(output_dir: str | os.PathLike) -> list[str]:
-    """Delete the files a run writes (RUN_FILES) from OUTPUT_DIR; anything else there stays."""
+    """Delete the files a run writes (RUN_FILES) from OUTPUT_DIR; anything else there stays. A folder that
+    holds no run record holds no run: its files are the user's, whatever their names, and none is deleted."""
     out, removed = Path(output_dir), []
+    if not (out / RUN_RECORD).is_file():
+        return removed
     for pattern in RUN_FILES:
         for path in sorted(out.glob(pattern)):
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
@@ -270,6 +325,11 @@ def check_fresh_start(output_dir: str | os.PathLike, config: dict, *, overwrite:
     if record and (differs := settings_changed(record, config)):
         raise RunFolderError(f"{out / RUN_RECORD} was made with other settings ({'; '.join(differs)}); pass "
                              "--overwrite_output_dir to start afresh, or use another --output_dir")
+    if record is None and out.is_dir() and (theirs := sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)):
+        raise RunFolderError(f"{out} is not empty and holds no run ({', '.join(theirs[:5])}"
+                             f"{', ...' if len(theirs) > 5 else ''}): a run there would write over files of the same "
+                             "names; use another --output_dir, or pass --overwrite_output_dir to write the run there "
+                             "(nothing of yours is deleted, but files of the run's names are replaced)")
 
 
 def check_resume(output_dir: str | os.PathLike, config: dict) -> dict | None:

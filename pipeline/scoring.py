@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ArtrankError
 from .images import (
@@ -36,6 +37,64 @@ MODEL_FORMAT = 1  # of model.json; bumped when its meaning changes, so old reade
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "score"
 FILE_NAMES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx"}
 ImageLike = str | os.PathLike | Image.Image
+
+
+class Described(BaseModel):
+    model_config = ConfigDict(extra="allow")  # what a consumer does not need may be added freely
+
+
+class TensorDescription(Described):
+    name: str
+
+
+class PreprocessingDescription(Described):
+    version: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_size: int = Field(gt=0)
+    patch_size: int = Field(gt=0)
+
+
+class CalibrationDescription(Described):
+    slope: float
+    tier_cuts: list[dict]
+
+
+class CheckpointDescription(Described):
+    epoch: int | None
+
+
+class ModelDescription(Described):
+    """The part of model.json a scorer relies on: a missing or mistyped field is refused, not a KeyError."""
+    format: int
+    export_id: str
+    input: TensorDescription
+    output: TensorDescription
+    preprocessing: PreprocessingDescription
+    calibration: CalibrationDescription | None
+    checkpoint: CheckpointDescription
+
+
+def check_description(meta, meta_path: Path) -> ModelDescription:
+    try:
+        return ModelDescription.model_validate(meta)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(map(str, first["loc"])) or "the top level"
+        raise ArtrankError(f"{meta_path}: not a model description this code can use ({err.error_count()} problem(s); "
+                           f"{where}: {first['msg']}); export again with this version's export_onnx.py") from None
+
+
+def check_graph(session, description: ModelDescription, path: Path, meta_path: Path) -> None:
+    """The graph must take what model.json's preprocessing makes: other pixels would be scored silently."""
+    prep = description.preprocessing
+    side = input_size(prep.image_size, prep.patch_size)
+    inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
+    found = [(i.name, list(i.shape[1:])) for i in inputs]
+    if found != [(description.input.name, [3, side, side])] or description.output.name not in outputs:
+        raise ArtrankError(f"{path}: the graph takes {found} and gives {outputs}, but {meta_path} describes "
+                           f"{description.input.name!r} [3, {side}, {side}] (image_size {prep.image_size}, patch "
+                           f"{prep.patch_size}) and {description.output.name!r}; export again")
 
 
 @dataclass
@@ -78,6 +137,7 @@ def onnx_scorer(path: str | os.PathLike) -> Scorer:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise ArtrankError(f"{meta_path}: model.json format {found!r}, this code reads format {MODEL_FORMAT}; "
                            "export again with this version's export_onnx.py")
+    description = check_description(meta, meta_path)
     prep = meta["preprocessing"]
     if (prep["version"], tuple(prep["mean"]), tuple(prep["std"])) != (PREPROCESSING_VERSION, IMAGENET_MEAN,
                                                                       IMAGENET_STD):
@@ -89,6 +149,7 @@ def onnx_scorer(path: str | os.PathLike) -> Scorer:
         raise ArtrankError(f"{path}: cannot load: {str(err).splitlines()[0]}") from None
     if session.get_modelmeta().custom_metadata_map.get("artrank.export_id") != meta["export_id"]:
         raise ArtrankError(f"{path} and {meta_path} come from different exports; export again")
+    check_graph(session, description, path, meta_path)
     input_name, output_name = meta["input"]["name"], meta["output"]["name"]
     return Scorer(score=lambda pixels: session.run([output_name], {input_name: pixels})[0],
                   image_size=prep["image_size"], patch_size=prep["patch_size"], calibration=meta["calibration"],

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from .config import FEATURES, HEAD, SEARCHABLE, SPLIT, TRAINING, ConfigError, check_value, identity
 from .figures import save_png
 from .files import atomic_write_json, atomic_write_text
+from .images import PREPROCESSING_VERSION
 from .tables import artist_folds
 
 CELL_FORMAT = 1  # bumped when a cell's procedure changes: older cells are recomputed, not reused
@@ -88,9 +89,11 @@ def data_fingerprint(rows: pd.DataFrame) -> str:
 
 def cell_key(cfg, *, fold: int, folds: int, data: str, features: dict) -> str:
     """The name of a cell's result: a hash of everything it depends on (the keys of the split, the features,
-    the head and its training; not the checkpoints kept or the runtime keys)."""
+    the head and its training, the preprocessing its features came from; not the checkpoints kept or the
+    runtime keys)."""
     setting = identity(dataclasses.asdict(cfg), SPLIT, FEATURES, HEAD, TRAINING)
-    payload = dict(format=CELL_FORMAT, setting=setting, fold=fold, folds=folds, data=data, features=features)
+    payload = dict(format=CELL_FORMAT, setting=setting, fold=fold, folds=folds, data=data, features=features,
+                   preprocessing=PREPROCESSING_VERSION)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 

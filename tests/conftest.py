@@ -118,12 +118,12 @@ def run_script(script: str, *args, cwd: Path | None = None, check: bool = True, 
 
 
 def read_head(directory: Path):
-    """A saved head with whatever it was made for (the scripts load it only for their own config)."""
+    """A saved head with whatever it was made for (the scripts load it only for their own config and run)."""
     from model import load_head
 
     meta = json.loads((Path(directory) / "head.json").read_text())
     keys = ("backbone_id", "image_size", "patch_size", "preprocessing", "feature")
-    return load_head(directory, identity={key: meta[key] for key in keys})
+    return load_head(directory, identity={key: meta[key] for key in keys}, run=meta["made_from"])
 
 
 def spec_pairs(ids: list[str], tiers: list[str]) -> list[tuple[str, str, int]]:

@@ -56,6 +56,17 @@ def test_python_api_raises_one_line_errors(exported, tmp_path):
         assert isinstance(error.value, ValueError) and "\n" not in str(error.value)
 
 
+def test_loading_a_run_from_another_folder_never_builds_a_backbone_there(exported, tmp_path, monkeypatch):
+    run = copy_run(exported, tmp_path, with_export=False)
+    edit_json(run / "config.json", backbone="models/dinov2-tiny-random", random_backbone="tiny")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(artrank.ArtrankError, match="models/dinov2-tiny-random"):
+        artrank.load(run, backend="torch")
+    assert list(elsewhere.iterdir()) == []
+
+
 def python_in(folder: Path, code: str) -> subprocess.CompletedProcess:
     """`python -c code` in another folder, with nothing on PYTHONPATH: artrank as installed (pip install -e .)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, val_images
 
 from pipeline import cli
 
@@ -62,6 +62,30 @@ def test_a_refusal_is_one_line_and_exit_1_and_a_bug_keeps_its_exception():
         raise ValueError("a bug")  # not a refusal: the traceback is the report
 
 
+def test_a_full_or_read_only_disk_or_a_folder_named_as_a_file_is_one_line_and_other_os_errors_keep_theirs():
+    import errno
+
+    for number, text in ((errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system"),
+                         (errno.EACCES, "Permission denied")):
+        with pytest.raises(SystemExit) as exit_info, cli.one_line_errors():
+            raise OSError(number, text, "/runs/x/.model.json.tmp-1")
+        assert exit_info.value.code == f"error: /runs/x/.model.json.tmp-1: {text}; nothing was written"
+    with pytest.raises(SystemExit) as exit_info, cli.one_line_errors():
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", "/tmp/.scores.tmp", None, "/tmp/scores")  # os.replace
+    assert exit_info.value.code == "error: /tmp/scores: Is a directory; nothing was written"
+    with pytest.raises(ConnectionResetError), cli.one_line_errors():
+        raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+
+@pytest.mark.slow
+def test_predict_out_naming_a_folder_is_one_line(exported, tmp_path):
+    (tmp_path / "scores").mkdir()
+    result = run_script("predict.py", *exported["args"], val_images(exported)[0], "--out", tmp_path / "scores",
+                        check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'scores'}: Is a directory")
+
+
 def test_ctrl_c_is_one_line_saying_what_was_kept_and_exit_130(capsys):
     with pytest.raises(SystemExit) as exit_info, cli.one_line_errors() as phase:
         phase.kept = "the features extracted so far"
@@ -81,3 +105,13 @@ def test_deferred_interrupts_hold_ctrl_c_and_sigterm_until_the_block_ends():
     with pytest.raises(KeyboardInterrupt):  # after the block, Ctrl-C interrupts again
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(1)
+
+
+@pytest.mark.slow
+def test_a_cache_folder_that_cannot_be_created_is_one_line(tmp_path, dataset, tiny_backbone):
+    from conftest import tiny_args
+
+    (tmp_path / "cache").write_text("a file where the cache folder should be")
+    result = run_script("train.py", *tiny_args(tmp_path, dataset, tiny_backbone, epochs=1), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'cache'}/"), result.stderr[-500:]

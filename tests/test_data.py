@@ -196,6 +196,21 @@ def test_one_artist_written_with_other_case_or_spacing_is_one_artist_and_the_mer
                      "'Lee\\u3000Jun'"]  # repr shows the unusual space
 
 
+def test_the_split_and_the_artist_names_do_not_depend_on_row_order_or_on_which_spelling_comes_first(tmp_path):
+    data_dir = write_dataset(tmp_path / "data")
+    metadata = pd.read_csv(data_dir / "metadata.csv")
+    one = metadata.artist == "artist03"
+    metadata.loc[one, "artist"] = ["kim  SORA"] + ["Kim Sora"] * 4 + ["kim sora"] * 3  # most often "Kim Sora"
+    metadata.to_csv(data_dir / "metadata.csv", index=False)
+    table, _ = image_frame(data_dir, **SPLIT)
+    for order in (metadata.iloc[::-1], metadata.sample(frac=1, random_state=3)):  # the sheet re-sorted
+        order.to_csv(data_dir / "metadata.csv", index=False)
+        shuffled, _ = image_frame(data_dir, **SPLIT)
+        assert shuffled.sort_values("image_id")[["image_id", "artist", "split"]].reset_index(drop=True).equals(
+            table.sort_values("image_id")[["image_id", "artist", "split"]].reset_index(drop=True))
+    assert set(table.loc[table.file_name.str.startswith("images/a03_"), "artist"]) == {"Kim Sora"}
+
+
 def test_skipped_rows_are_listed_even_when_the_split_then_fails(tmp_path):
     data_dir = write_dataset(tmp_path / "data", artists=10)
     (data_dir / "images" / "a09_00.png").write_bytes(b"not an image")

@@ -165,3 +165,21 @@ def test_parity_passes_within_the_documented_tolerance_at_batch_1_and_at_batch_n
         assert result["ok"] is ok, (shift / tolerance, at)
         for batch in (1, 5):
             assert result["batches"][batch]["max_abs_diff"] == pytest.approx(shift if batch in at else 0, rel=1e-5)
+
+
+def test_an_export_of_another_checkpoint_ships_no_calibration_of_the_best_and_clears_a_killed_staging(exported,
+                                                                                                    tmp_path):
+    from pipeline.provenance import checkpoint_sha256
+
+    out = copy_run(exported, tmp_path, with_export=False)
+    (out / ".export-0badf00d").mkdir()  # what a killed export left
+    (out / ".export-0badf00d" / "model.onnx").write_bytes(b"half a model")
+    best = checkpoint_sha256(out / "checkpoints" / "best")
+    other = next(p for p in sorted((out / "checkpoints" / "top").iterdir()) if checkpoint_sha256(p) != best)
+    export_onnx.main([*exported["args"], "--output_dir", str(out), "--checkpoint", str(other), "--parity_images", "3",
+                      "--bench_seconds", "0"])
+    description = json.loads((out / "model.json").read_text())
+    assert description["calibration"] is None  # calibration.json was fitted on the best checkpoint's scores
+    assert description["made_from"]["checkpoints"] == [checkpoint_sha256(other)]
+    assert description["checkpoint"]["epoch"] == json.loads((other / "head.json").read_text())["epoch"]
+    assert not list(out.glob(".export-*"))

@@ -70,7 +70,7 @@ def test_other_image_size_uses_another_cache(setup):
     assert keys == [42, 56]
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "key"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "key", "shape"])
 def test_damaged_cache_is_detected_and_rebuilt(setup, damage):
     _, features, messages, cache = setup
     good, _ = features()
@@ -79,6 +79,14 @@ def test_damaged_cache_is_detected_and_rebuilt(setup, damage):
         meta = json.loads((directory / "cache.json").read_text())
         meta["key"]["preprocessing"] = "center-crop"
         (directory / "cache.json").write_text(json.dumps(meta))
+    elif damage == "shape":  # a sound chunk, checksum and all, of rows another width than the backbone's
+        from pipeline.features import _read_chunk, write_chunk
+
+        (arrow,) = directory.glob("features/*.arrow")
+        hashes, _, _ = _read_chunk(arrow)
+        arrow.unlink()
+        write_chunk(directory, hashes, np.zeros((len(hashes), 7), np.float32),
+                                    np.zeros((len(hashes), 7), np.float32))
     else:
         (arrow,) = directory.glob("features/*.arrow")
         payload = bytearray(arrow.read_bytes())
@@ -207,3 +215,18 @@ def test_features_of_another_precision_are_never_read_for_this_one(tmp_path):
     one_chunk_cache(tmp_path, key=fp16)  # as a GPU run under fp16 leaves it
     index, _, _, problem = features.read_cache(tmp_path, KEY)
     assert index == {} and "made for" in problem
+
+
+def test_an_image_rewritten_after_its_check_is_refused_and_its_new_picture_never_filed_under_the_old_hash(setup):
+    from pipeline.features import cache_key, read_cache
+
+    table, features, _, cache = setup
+    victim = table.path[5]
+    Image.new("RGB", (40, 48), (250, 0, 0)).save(victim)  # rewritten between the image check and the extraction
+    with pytest.raises(ArtrankError, match=rf"^{victim}: changed since the images were checked \(content "):
+        features()
+    (directory,) = cache.glob("features-*")
+    key = json.loads((directory / "cache.json").read_text())["key"]
+    assert key == cache_key(backbone=key["backbone"], image_size=56, patch_size=14, precision="no")
+    index, _, _, _ = read_cache(directory, key)
+    assert table.sha256[5] not in index  # the batch holding it was never filed

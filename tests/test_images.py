@@ -329,3 +329,27 @@ def test_a_bad_file_stays_refused_from_the_cache(tmp_path, counted_checks):
         messages.append(skipped)
     assert counted_checks.count("a00_00.png") == 1
     assert messages[0] == messages[1] and "cannot identify its format" in messages[1][0]
+
+
+def frames_file(kind: str, count: int) -> bytes:
+    pictures = [Image.new("RGB", (32, 24), (60 * k, 200 - 60 * k, 90)) for k in range(count)]
+    buffer = io.BytesIO()
+    pictures[0].save(buffer, format=kind, save_all=count > 1, append_images=pictures[1:])
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["TIFF", "GIF", "WEBP", "PNG"])
+def test_a_multi_page_or_animated_image_is_refused_and_a_single_frame_or_a_phone_s_mpo_is_not(tmp_path, kind):
+    path = tmp_path / f"image.{kind.lower()}"
+    path.write_bytes(frames_file(kind, 3))
+    _, error = check_image(path)
+    assert error.startswith(f"not a readable image: MultiFrameError: 3 frames (a multi-page or animated {kind})")
+    with pytest.raises(images.MultiFrameError):  # the one decode every script uses refuses it too
+        load_pixels(path, 56, 14)
+    path.write_bytes(frames_file(kind, 1))
+    assert check_image(path)[1] is None
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(frames_file("MPO", 2))
+    with Image.open(path) as mpo:
+        assert mpo.format == "MPO" and mpo.n_frames == 2
+    assert check_image(path)[1] is None

@@ -76,6 +76,10 @@ def test_unreadable_image_is_one_line_and_the_others_are_still_scored(exported, 
     (lambda out: edit_preprocessing(out, version="center-crop-224"), "preprocessing center-crop-224"),
     (lambda out: edit_preprocessing(out, mean=[0.5, 0.5, 0.5]), "mean [0.5, 0.5, 0.5]"),
     (lambda out: edit_preprocessing(out, std=[1.0, 1.0, 1.0]), "std [1.0, 1.0, 1.0]"),
+    (lambda out: drop_key(out, "input"), "model.json: not a model description this code can use (1 problem(s); "
+                                         "input: Field required)"),
+    (lambda out: edit_json(out / "model.json", calibration={"slope": "steep"}), "calibration.slope: Input should be"),
+    (lambda out: edit_preprocessing(out, image_size=128), "describes 'pixel_values' [3, 140, 140] (image_size 128"),
 ])
 def test_bad_model_is_a_one_line_error(exported, tmp_path, damage, message):
     out = copy_run(exported, tmp_path, with_export=True)
@@ -84,6 +88,11 @@ def test_bad_model_is_a_one_line_error(exported, tmp_path, damage, message):
         predict.main([*exported["args"], "--output_dir", str(out), val_images(exported)[0]])
     assert str(exit_info.value).startswith("error: ") and message in str(exit_info.value)
     assert "\n" not in str(exit_info.value)
+
+
+def drop_key(out: Path, key: str) -> None:
+    meta = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != key}))
 
 
 def edit_preprocessing(out: Path, **changes) -> None:

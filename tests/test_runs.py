@@ -131,13 +131,76 @@ def test_resume_after_the_stop_decision_trains_no_further_epoch(run):
     assert json.loads((out / "final_metrics.json").read_text()) == metrics
 
 
+class WritesAFile:
+    """Unpickled in full, this runs code: it writes `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('code ran')",)
+
+
+def test_resume_never_runs_code_from_a_pickle_in_the_run_folder(run):
+    base, args = run
+    out, marker = base / "run", base / "code-ran"
+    (state,) = (out / "state").iterdir()
+    (out / "final_metrics.json").unlink()  # unfinished, so that resume loads the saved state
+    for index in (0, 1):  # where Accelerate keeps registered objects, which it unpickles in full
+        torch.save(WritesAFile(marker), state / f"custom_checkpoint_{index}.pkl")
+    line = one_line_error(run_script("train.py", *args, "--resume", "true", check=False))
+    assert not marker.exists()
+    assert f"{state}: refused to load custom_checkpoint_0.pkl, custom_checkpoint_1.pkl" in line, line
+    for index in (0, 1):
+        (state / f"custom_checkpoint_{index}.pkl").unlink()
+    torch.save(WritesAFile(marker), state / "random_states_0.pkl")  # Accelerate's own, read with weights_only
+    line = one_line_error(run_script("train.py", *args, "--resume", "true", check=False))
+    assert not marker.exists()
+    assert f"{state / 'random_states_0.pkl'}: refused to load: it would call builtins.exec" in line, line
+    assert not (out / "final_metrics.json").exists()
+
+
+def test_evaluate_refuses_a_checkpoint_trained_by_another_run(run):
+    base, args = run
+    other = base / "other-run"  # another seed: its training split holds images of this run's test split
+    run_script("train.py", *args, "--output_dir", other, "--seed", "7", "--epochs", "1")
+    before = snapshot(base / "run")
+    line = one_line_error(run_script("evaluate.py", *args, "--checkpoint", other / "checkpoints" / "best",
+                                     check=False))
+    assert line.startswith(f"error: {other / 'checkpoints' / 'best' / 'head.json'}: this checkpoint of train.py was "
+                           "made from another run"), line
+    assert snapshot(base / "run") == before
+
+
+def test_resume_to_the_end_removes_the_partial_run_s_results_and_writes_a_missing_card(tmp_path, dataset,
+                                                                                      tiny_backbone):
+    from pipeline.provenance import checkpoint_sha256
+
+    args = tiny_args(tmp_path, dataset, tiny_backbone, epochs=4)
+    out = tmp_path / "run"
+    assert interrupt("train.py", args, target="pipeline.runs:save_state").returncode == 130  # after epoch 0
+    run_script("evaluate.py", *args)  # the partial run's best checkpoint, evaluated
+    partial = json.loads((out / "eval_test.json").read_text())
+    run_script("train.py", *args, "--resume", "true")
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["best_epoch"] > 0 and checkpoint_sha256(out / "checkpoints" / "best") not in partial["made_from"][
+        "checkpoints"]  # a later epoch is the best now, so the partial evaluation describes another model
+    assert not (out / "eval_test.json").exists() and not (out / "scores_test.csv").exists()
+    card = (out / "README.md").read_text()
+    assert f"| test | **{final['test/pairwise_acc']:.4f}** |" in card
+    (out / "README.md").unlink()  # killed between final_metrics.json and the card
+    result = run_script("train.py", *args, "--resume", "true")
+    assert "holds a finished run" in result.stdout and (out / "README.md").read_text() == card
+
+
 def test_resume_after_new_works_is_refused_naming_what_changed(run):
     base, args = run
     Image.new("RGB", (40, 40), (9, 9, 9)).save(base / "data" / "images" / "new.png")
     with open(base / "data" / "metadata.csv", "a") as f:
         f.write("images/new.png,S,artist99\n")
     (base / "run" / "final_metrics.json").unlink()  # an unfinished run, so that resume has work to do
-    for script, extra in (("train.py", ["--resume", "true"]), ("evaluate.py", []), ("make_pairs.py", [])):
+    for script, extra in (("train.py", ["--resume", "true"]), ("evaluate.py", []), ("make_pairs.py", []),
+                          ("export_onnx.py", [])):
         line = one_line_error(run_script(script, *args, *extra, check=False))
         assert "1 image(s) added (e.g. 'images/new.png')" in line, (script, line)
 
@@ -243,6 +306,36 @@ def test_make_pairs_then_train_then_rerun_make_pairs_is_the_demo_flow(tmp_path, 
     assert "--overwrite_output_dir" in line
     run_script("make_pairs.py", *args, "--overwrite_output_dir", "true")
     assert not (tmp_path / "run" / "final_metrics.json").exists()
+
+
+def test_make_pairs_then_a_metadata_change_then_train_is_refused(tmp_path, dataset, tiny_backbone):
+    args = tiny_args(tmp_path, dataset, tiny_backbone, epochs=1)
+    run_script("make_pairs.py", *args)
+    before = snapshot(tmp_path / "run")
+    metadata = pd.read_csv(dataset / "metadata.csv")
+    metadata.loc[metadata.artist == "artist04", "artist"] = "Artist Four"  # an artist renamed
+    metadata.to_csv(dataset / "metadata.csv", index=False)
+    line = one_line_error(run_script("train.py", *args, check=False))
+    assert "the data differ from this run's (8 image(s) by another artist" in line, line
+    assert snapshot(tmp_path / "run") == before  # pairs/ still labels the split it was made with
+
+
+def test_a_fresh_run_into_a_folder_of_the_user_s_is_refused_and_the_flag_deletes_none_of_it(tmp_path, dataset,
+                                                                                          tiny_backbone):
+    args = tiny_args(tmp_path, dataset, tiny_backbone, epochs=1)
+    out = tmp_path / "run"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "sketch.png").write_bytes(b"the user's own figure")
+    (out / "notes.md").write_text("mine")
+    before = snapshot(out)
+    line = one_line_error(run_script("train.py", *args, check=False))
+    assert line == (f"error: {out} is not empty and holds no run (figures, notes.md): a run there would write "
+                    "over files of the same names; use another --output_dir, or pass --overwrite_output_dir to write "
+                    "the run there (nothing of yours is deleted, but files of the run's names are replaced)")
+    assert snapshot(out) == before
+    run_script("train.py", *args, "--overwrite_output_dir", "true")
+    assert (out / "figures" / "sketch.png").read_bytes() == b"the user's own figure"
+    assert (out / "notes.md").read_text() == "mine" and (out / "final_metrics.json").is_file()
 
 
 def test_evaluate_or_export_without_a_trained_run_is_one_line(tmp_path, dataset, tiny_backbone):

@@ -61,3 +61,10 @@ def test_cell_key_changes_with_the_setting_fold_and_data_and_not_with_run_folder
               selection.cell_key(cfg, fold=0, folds=5, data="d2", features=features),
               selection.cell_key(cfg, fold=0, folds=5, data="d1", features=dict(features, backbone="c"))]
     assert len({key, *others}) == 1 + len(others)
+
+
+def test_cell_key_changes_with_the_preprocessing_version(monkeypatch):
+    cfg, features = Config(), dict(backbone="b", image_size=224)
+    before = selection.cell_key(cfg, fold=0, folds=5, data="d1", features=features)
+    monkeypatch.setattr(selection, "PREPROCESSING_VERSION", selection.PREPROCESSING_VERSION + "-next")
+    assert selection.cell_key(cfg, fold=0, folds=5, data="d1", features=features) != before

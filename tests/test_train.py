@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from pipeline.backbones import DinoFeatureExtractor
 from pipeline.errors import ArtrankError
 from pipeline.files import UMASK
+from pipeline.provenance import run_origin
 
 pytestmark = pytest.mark.slow
 
@@ -255,7 +256,7 @@ def test_checkpoint_from_another_image_size_is_refused(tmp_path, reference):
     from model import load_head
 
     with pytest.raises(ArtrankError, match="image_size=56.*image_size=768"):
-        load_head(run / "checkpoints" / "best", identity={"image_size": 768})
+        load_head(run / "checkpoints" / "best", identity={"image_size": 768}, run=run_origin(run))
 
 
 def test_a_run_says_where_it_is_tracked_writes_its_card_and_readable_checkpoints(one_epoch):

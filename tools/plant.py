@@ -65,6 +65,16 @@ TRAIN = ("tests/test_train.py::test_req_e_005_n_005_best_checkpoint_is_saved_fro
 PROCEDURE = ("tests/test_model.py::test_training_stops_after_patience_epochs_without_a_better_val_loss_and_the_best_is_"
              "the_first_highest", "tests/test_model.py::test_top_k_keeps_the_best_and_an_earlier_epoch_wins_a_tie")
 LAYOUT = "tests/test_layout.py"
+PICKLE = "tests/test_runs.py::test_resume_never_runs_code_from_a_pickle_in_the_run_folder"
+PROVENANCE = "tests/test_provenance.py::test_"
+RUNS = "tests/test_runs.py::test_"
+FOREIGN_HEAD = (PROVENANCE + "a_head_trained_in_another_run_is_refused_naming_both_runs",
+                RUNS + "evaluate_refuses_a_checkpoint_trained_by_another_run")
+CARD_MODELS = ("tests/test_card.py::test_the_card_shows_the_best_checkpoint_s_figures_and_names_the_ensemble_and_"
+               "the_export")
+STALE = (PROVENANCE + "what_describes_a_checkpoint_the_run_no_longer_holds_is_removed_and_nothing_else",
+         RUNS + "resume_to_the_end_removes_the_partial_run_s_results_and_writes_a_missing_card")
+USER_FOLDER = RUNS + "a_fresh_run_into_a_folder_of_the_user_s_is_refused_and_the_flag_deletes_none_of_it"
 SOURCES = "tests/test_sources.py::test_a_saved_dataset_a_parquet_file_and_a_jsonl_folder_give_the_folder_s_table"
 CV = "tests/test_crossval.py::test_"
 CELL = CV + "a_cell_trains_on_the_other_folds_stops_on_the_next_fold_and_scores_only_the_held_out_one"
@@ -357,6 +367,73 @@ PLANTS = [
           "a dataset's relative image paths read from wherever the command runs, not beside the dataset"),
     Plant("dataset-class-labels-reversed", "pipeline/sources.py", "tier = tier_names[tier] if",
           "tier = tier_names[::-1][tier] if", (SOURCES,), "a dataset's tier class labels read back to front"),
+    # ---- provenance: what is loaded from a run folder is what this code wrote, for this run
+    Plant("state-pickle-unchecked", "pipeline/runs.py", "        if unsafe:\n", "        if False:\n", (PICKLE,),
+          "a saved state whose RNG pickle calls code is resumed (Accelerate then skips the RNG without a word)"),
+    Plant("head-of-another-run", "model.py", "expected=run, format_version=HEAD_FORMAT",
+          "expected={}, format_version=HEAD_FORMAT", FOREIGN_HEAD,
+          "evaluate.py --checkpoint scores a head another run trained, on images it trained on"),
+    Plant("calibration-of-another-checkpoint", "pipeline/calibration.py",
+          'if calibration is None or calibration[MADE_FROM].get("checkpoints") != made_from(output_dir, checkpoint)[\n'
+          '            "checkpoints"]:', "if calibration is None:",
+          (PROVENANCE + "a_calibration_serves_only_the_checkpoint_it_was_fitted_on_and_only_its_run",
+           "tests/test_export_onnx.py::test_an_export_of_another_checkpoint_ships_no_calibration_of_the_best_and_"
+           "clears_a_killed_staging"),
+          "an export of another checkpoint ships the best checkpoint's calibration and tier-hint agreement"),
+    Plant("card-shows-any-report", "pipeline/card.py", "best and (r := verified(out / name, best)) and not",
+          "(r := read_json(out / name)) and not", (CARD_MODELS,),
+          "the card shows an evaluation of another checkpoint as the best checkpoint's"),
+    Plant("stale-results-kept", "pipeline/provenance.py",
+          "        if stale(read_json_or_none(report), run_id, checkpoints):", "        if False:", STALE,
+          "after --resume to the end the card and eval_test.json show the partial run"),
+    Plant("card-not-repaired", "train.py", 'not (out / "README.md").is_file():  # killed before the card',
+          "False:", (STALE[1],), "a kill between final_metrics.json and the card leaves a run without a card"),
+    Plant("extraction-hashes-nothing", "pipeline/features.py", "patch_size=extractor.patch_size, hashes=hashes)",
+          "patch_size=extractor.patch_size, hashes=None)",
+          ("tests/test_features.py::test_an_image_rewritten_after_its_check_is_refused_and_its_new_picture_never_"
+           "filed_under_the_old_hash",),
+          "an image rewritten during extraction has the new picture's features filed under the old content's hash"),
+    Plant("cache-width-unchecked", "pipeline/features.py", "if width is not None and cls_tokens.shape[1] != width:",
+          "if False:", ("tests/test_features.py::test_damaged_cache_is_detected_and_rebuilt",),
+          "a sound feature chunk of another width is used as the backbone's features"),
+    Plant("pairs-split-not-checked", "train.py",
+          "if record or (not cfg.overwrite_output_dir and runs.read_record(out)):",
+          "if record:", (RUNS + "make_pairs_then_a_metadata_change_then_train_is_refused",),
+          "train.py re-splits silently after make_pairs.py, and pairs/ labels trained images as test"),
+    Plant("artist-first-spelling", "data.py", '.groupby(keys, sort=False)["artist"].agg(canonical_spelling)',
+          '.groupby(keys, sort=False)["artist"].first()',
+          ("tests/test_data.py::test_the_split_and_the_artist_names_do_not_depend_on_row_order_or_on_which_spelling_"
+           "comes_first",), "re-sorting metadata.csv renames an artist and may move it to another split"),
+    Plant("user-folder-taken", "pipeline/runs.py", "if record is None and out.is_dir() and (theirs :=",
+          "if False and (theirs :=", (USER_FOLDER,),
+          "a fresh run writes over the user's own files in a folder with no run"),
+    Plant("overwrite-deletes-the-user-s", "pipeline/runs.py",
+          "    if not (out / RUN_RECORD).is_file():\n        return removed\n", "", (USER_FOLDER,),
+          "--overwrite_output_dir deletes a user's folder whose name the run also uses"),
+    Plant("export-data-unchecked", "export_onnx.py", "            check_same_data(cfg.output_dir, table)\n", "",
+          (RUNS + "resume_after_new_works_is_refused_naming_what_changed",),
+          "export_onnx.py exports a run whose data changed since training (evaluate.py refuses the same data)"),
+    Plant("export-staging-left", "pipeline/export.py", 'for killed in out.glob(".export-*"):', "for killed in []:",
+          ("tests/test_export_onnx.py::test_an_export_of_another_checkpoint_ships_no_calibration_of_the_best_and_"
+           "clears_a_killed_staging",), "a killed export's staging folder (gigabytes for ViT-L) stays for ever"),
+    Plant("reader-builds-a-backbone", "artrank.py", 'output_dir=str(path), random_backbone="")',
+          "output_dir=str(path))",
+          ("tests/test_artrank.py::test_loading_a_run_from_another_folder_never_builds_a_backbone_there",),
+          "artrank.load(RUN, backend='torch') builds a random backbone into the caller's folder"),
+    Plant("graph-input-unchecked", "pipeline/scoring.py", "    check_graph(session, description, path, meta_path)\n",
+          "",
+          ("tests/test_predict.py::test_bad_model_is_a_one_line_error",),
+          "a model.json whose preprocessing size disagrees with the graph's input scores other pixels"),
+    Plant("cells-not-keyed-by-preprocessing", "pipeline/selection.py",
+          ",\n                   preprocessing=PREPROCESSING_VERSION)", ")", ("tests/test_selection.py",),
+          "crossval.py reuses cells computed with another preprocessing"),
+    Plant("first-frame-scored", "pipeline/images.py",
+          'if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":', "if False:", (IMAGES,),
+          "a multi-page TIFF or an animated image is scored by its first frame without a word"),
+    Plant("disk-full-traceback", "pipeline/cli.py",
+          "        if err.errno not in ENVIRONMENT_ERRNOS:\n            raise\n", "        raise\n",
+          ("tests/test_cli.py",),
+          "a full disk or a folder named as --out ends in a traceback"),
 ]
 
 
