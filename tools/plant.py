@@ -65,6 +65,7 @@ PROCEDURE = ("tests/test_model.py::test_training_stops_after_patience_epochs_wit
              "the_first_highest", "tests/test_model.py::test_top_k_keeps_the_best_and_an_earlier_epoch_wins_a_tie")
 IMAGES, SCORING = "tests/test_images.py", "tests/test_scoring.py"
 LAYOUT = "tests/test_layout.py"
+RUN_FOLDER = ("tests/test_config.py", "-m", "not slow")
 SOURCES = "tests/test_sources.py::test_a_saved_dataset_a_parquet_file_and_a_jsonl_folder_give_the_folder_s_table"
 
 PLANTS = [
@@ -240,6 +241,23 @@ PLANTS = [
           "a dataset's relative image paths read from wherever the command runs, not beside the dataset"),
     Plant("dataset-class-labels-reversed", "pipeline/sources.py", "tier = tier_names[tier] if",
           "tier = tier_names[::-1][tier] if", (SOURCES,), "a dataset's tier class labels read back to front"),
+    # ---- a run folder is enough
+    Plant("run-config-ignored", "pipeline/config.py", "if recorded is not None and recorded.is_file():",
+          "if False:", RUN_FOLDER, "evaluate.py RUN reads the default config instead of the run's"),
+    Plant("run-key-disagreement-allowed", "pipeline/config.py",
+          "if name in KEYS and KEYS[name].role != RUNTIME and value != values.get(name, FIELD_DEFAULTS[name]):",
+          "if False:", RUN_FOLDER, "a flag that describes another run is applied to this run's files"),
+    Plant("default-config-from-the-working-folder", "pipeline/config.py",
+          'DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "baseline.json"',
+          'DEFAULT_CONFIG = Path("configs") / "baseline.json"', RUN_FOLDER,
+          "predict.py --model X.onnx from another folder fails to read configs/baseline.json"),
+    Plant("card-usage-names-the-machine-s-path", "pipeline/card.py",
+          "out = Path(out.name) if out.is_absolute() else out", "out = out.resolve()",
+          ("tests/test_card.py::test_train_writes_the_model_card_with_its_figures",),
+          "the model card tells its readers to load a folder of the machine it was made on"),
+    Plant("run-paths-relative-to-the-caller", "pipeline/config.py",
+          "return {name: absolute(name, value) for name, value in values.items()}", "return values", RUN_FOLDER,
+          "a run records data_dir as given, so evaluate.py RUN from another folder reads other data"),
 ]
 
 
