@@ -17,21 +17,21 @@ import dataclasses
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from data import load_images, split_rows
-from model import load_ranker
 from pipeline import cli
 from pipeline.calibration import read_calibration
 from pipeline.config import EXPORT, parse_config, print_config
 from pipeline.errors import ArtrankError
-from pipeline.export import export_run
 from pipeline.images import input_size, load_pixels
 from pipeline.runs import check_reader, check_same_data, locked_run_folder
 from pipeline.scoring import FILE_NAMES
 from pipeline.tables import frame
+
+if TYPE_CHECKING:
+    import torch
 
 
 def add_arguments(parser) -> None:
@@ -41,8 +41,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bench_seconds", type=float, default=10.0, help="time for the latency figures; 0: none")
 
 
-def parity_images(table, count: int, *, image_size: int, patch_size: int) -> tuple[list[str], torch.Tensor]:
+def parity_images(table, count: int, *, image_size: int, patch_size: int) -> tuple[list[str], "torch.Tensor"]:
     """`count` validation images of the run, spread over the tiers, preprocessed the one way."""
+    import torch
+
+    from data import split_rows
+
     rows = frame(split_rows(table, "val")).sort_values(["tier", "image_id"])
     rows = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, count).round().astype(int))]
     pixels = []
@@ -60,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         print_config(cfg)
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # a warning per optional torchvision op it lacks
         warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)  # torch.export's own
+        from data import load_images
+        from model import load_ranker
+        from pipeline.export import export_run
+
         accelerator = cli.make_accelerator(cfg)
         with locked_run_folder(cfg.output_dir, accelerator, "export_onnx.py"):
             check_reader(cfg.output_dir, dataclasses.asdict(cfg), what="export it")  # before the backbone: cheap

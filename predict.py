@@ -18,10 +18,11 @@ validation cross-tier pairs, each pair in both orders, so P(A better) + P(B bett
 An unreadable image is reported on one line and the others are still scored; the exit status is then 1.
 """
 
+import csv
+import io
 import sys
 from pathlib import Path
 
-import pandas as pd
 from tqdm.auto import tqdm
 
 from artrank import Ranker, run_scorer
@@ -102,19 +103,28 @@ def rank(scorer: Scorer, named: list[tuple[str, str]], *, batch_size: int, top: 
     that could not be scored."""
     with tqdm(total=len(named), desc="scoring", leave=False, disable=len(named) < 2 * batch_size) as bar:
         scores, errors = score_images(scorer, [path for path, _ in named], batch_size=batch_size, track=bar.update)
-    table = pd.DataFrame([(name, score) for (_, name), score in zip(named, scores) if score is not None],
-                         columns=["file_name", "score"]).sort_values("score", ascending=False, kind="stable")
-    if scorer.calibration is not None and table.size:
-        table["tier_hint"] = [tier_hint(s, scorer.calibration) for s in table.score]
-    if table.size:
-        ranked = table.assign(rank=range(1, len(table) + 1))[["rank", *table.columns]]
-        shown = ranked if top <= 0 or len(ranked) <= 2 * top else pd.concat([ranked.head(top), ranked.tail(top)])
-        print(shown.to_string(index=False, formatters={"score": "{:+.4f}".format}))
-        if len(shown) < len(ranked):
-            print(f"(the {top} best and {top} worst of {len(ranked)}; --top 0 shows all)")
-    if out and table.size:
-        atomic_write_text(out, table.to_csv(index=False, float_format="%.6f"))
-        print(f"wrote {out} ({len(table)} images)")
+    # Plain Python, not pandas: a table of names and numbers is not worth a third of a second of start-up.
+    ranked = sorted(((name, score) for (_, name), score in zip(named, scores) if score is not None),
+                    key=lambda row: -row[1])  # stable: equal scores keep the order given
+    hints = [tier_hint(score, scorer.calibration) for _, score in ranked] if scorer.calibration else None
+    columns = ["rank", "file_name", "score"] + (["tier_hint"] if hints else [])
+    rows = [[str(i + 1), name, f"{score:+.4f}"] + ([hints[i]] if hints else []) for i, (name, score) in
+            enumerate(ranked)]
+    if rows:
+        shown = rows if top <= 0 or len(rows) <= 2 * top else rows[:top] + rows[-top:]
+        widths = [max(len(cell) for cell in column) for column in zip(columns, *shown)]
+        for line in [columns, *shown]:
+            print(" ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+        if len(shown) < len(rows):
+            print(f"(the {top} best and {top} worst of {len(rows)}; --top 0 shows all)")
+    if out and rows:
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(columns[1:])
+        writer.writerows([name, f"{score:.6f}"] + ([hints[i]] if hints else []) for i, (name, score) in
+                         enumerate(ranked))
+        atomic_write_text(out, table.getvalue())
+        print(f"wrote {out} ({len(rows)} images)")
     return errors
 
 

@@ -16,24 +16,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from accelerate.utils import set_seed
 
-from data import SPLITS, check_data_dir, check_no_test_leak, load_images, split_rows, tiers_of
-from model import (
-    HeadTraining,
-    features_of,
-    head_identity,
-    head_meta,
-    load_backbone,
-    load_head,
-    save_head,
-    score_features,
-)
 from pipeline import cli, runs
 from pipeline.calibration import fit_calibration, write_calibration
 from pipeline.card import write_model_card
 from pipeline.config import TRAIN, parse_config, print_config, save_config
 from pipeline.metrics import pairwise_accuracy
+from pipeline.tables import SPLITS
 from pipeline.tracking import sample_pairs_table, start_tracking
 
 
@@ -45,6 +34,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def train(cfg, phase) -> None:
     """Check everything that can be checked cheaply first, record the run, then train and test it."""
+    # torch, transformers and datasets load here, after the flags were parsed: --help and a typo answer at once.
+    from accelerate.utils import set_seed
+
+    from data import check_data_dir, check_no_test_leak, load_images, split_rows
+    from model import load_backbone
+
     accelerator = cli.make_accelerator(cfg)
     out, config, log = Path(cfg.output_dir), dataclasses.asdict(cfg), accelerator.print
     cli.cpu_fallback_note(cfg, accelerator)
@@ -92,6 +87,9 @@ def train(cfg, phase) -> None:
 def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
     """The head's training (from the saved state when resuming), with a checkpoint after each best
     validation, the top-k kept, a log line per epoch and the state saved after every epoch."""
+    from data import split_rows, tiers_of
+    from model import HeadTraining, features_of, head_meta, save_head
+
     out, log = Path(cfg.output_dir), accelerator.print
     train_rows, val_rows = split_rows(table, "train"), split_rows(table, "val")
     train_x, val_x = features_of(cfg, [train_rows, val_rows], accelerator, backbone=backbone)
@@ -145,6 +143,9 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
 def test_best(cfg, accelerator, table, backbone, progress) -> None:
     """The test split is touched once, after training, with the best checkpoint; the calibration is fitted
     on its validation scores."""
+    from data import split_rows, tiers_of
+    from model import features_of, head_identity, load_head, score_features
+
     out, frames = Path(cfg.output_dir), [split_rows(table, s) for s in SPLITS]
     best, best_meta = load_head(runs.best_checkpoint(out), identity=head_identity(cfg, backbone))
     features = features_of(cfg, frames, accelerator, backbone=backbone)

@@ -9,14 +9,15 @@ refused rather than scored.
 import itertools
 import json
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .errors import ArtrankError
@@ -31,6 +32,9 @@ from .images import (
     on_canvas,
     to_rgb,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_FORMAT = 1  # of model.json; bumped when its meaning changes, so old readers refuse instead of misreading
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "score"
@@ -53,7 +57,8 @@ def onnx_session(path: str | Path):
     import onnxruntime
 
     providers = ["CPUExecutionProvider"]
-    gpu = torch.cuda.is_available() or Path("/dev/nvidiactl").exists()
+    # Asked of torch only when something else loaded it: the ONNX path never imports it.
+    gpu = Path("/dev/nvidiactl").exists() or "torch" in sys.modules and sys.modules["torch"].cuda.is_available()
     if gpu and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         if hasattr(onnxruntime, "preload_dlls"):  # CUDA and cuDNN from the pip wheels PyTorch brought
             onnxruntime.preload_dlls()
@@ -96,9 +101,11 @@ def onnx_scorer(path: str | os.PathLike) -> Scorer:
                               f"checkpoint epoch {meta['checkpoint']['epoch']})")
 
 
-def torch_scorer(ranker: torch.nn.Module, *, device: torch.device, image_size: int, patch_size: int,
+def torch_scorer(ranker: "torch.nn.Module", *, device: "torch.device", image_size: int, patch_size: int,
                  calibration: dict | None, description: str) -> Scorer:
     """A PyTorch ranker (pixels -> score) as a Scorer, fp32 on `device`."""
+    import torch
+
     ranker = ranker.to(device).eval()
 
     @torch.inference_mode()
@@ -109,11 +116,16 @@ def torch_scorer(ranker: torch.nn.Module, *, device: torch.device, image_size: i
                   description=description)
 
 
-def picture_of(image: ImageLike, scorer: Scorer) -> torch.Tensor:
+def picture_of(image: ImageLike, scorer: Scorer) -> np.ndarray:
     """The letterboxed picture of one image, uint8: a path is decoded the one way every script decodes it."""
     if isinstance(image, Image.Image):
         return letterbox(to_rgb(image), scorer.image_size)
     return load_picture(image, scorer.image_size)
+
+
+def one_torch_thread() -> None:
+    if "torch" in sys.modules:  # torch's resize then runs in this decoding thread; else numpy's does
+        sys.modules["torch"].set_num_threads(1)
 
 
 def score_images(scorer: Scorer, images: Sequence[ImageLike], *, batch_size: int, workers: int | None = None,
@@ -139,8 +151,7 @@ def score_images(scorer: Scorer, images: Sequence[ImageLike], *, batch_size: int
     scores: list[float | None] = [None] * len(images)
     errors = []
     # One torch thread per decoding thread: nested OpenMP teams would spin on cores that other threads decode on.
-    pool = ThreadPoolExecutor(max_workers=workers or default_workers(), initializer=torch.set_num_threads,
-                              initargs=(1,))
+    pool = ThreadPoolExecutor(max_workers=workers or default_workers(), initializer=one_torch_thread)
     upcoming, decoding = iter(images), deque()
 
     def decode_next(count: int) -> None:

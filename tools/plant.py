@@ -65,6 +65,7 @@ PROCEDURE = ("tests/test_model.py::test_training_stops_after_patience_epochs_wit
              "the_first_highest", "tests/test_model.py::test_top_k_keeps_the_best_and_an_earlier_epoch_wins_a_tie")
 IMAGES, SCORING = "tests/test_images.py", "tests/test_scoring.py"
 LAYOUT = "tests/test_layout.py"
+STARTUP = "tests/test_startup.py::test_help_loads_no_heavy_library"
 RUN_FOLDER = ("tests/test_config.py", "-m", "not slow")
 SOURCES = "tests/test_sources.py::test_a_saved_dataset_a_parquet_file_and_a_jsonl_folder_give_the_folder_s_table"
 
@@ -241,6 +242,22 @@ PLANTS = [
           "a dataset's relative image paths read from wherever the command runs, not beside the dataset"),
     Plant("dataset-class-labels-reversed", "pipeline/sources.py", "tier = tier_names[tier] if",
           "tier = tier_names[::-1][tier] if", (SOURCES,), "a dataset's tier class labels read back to front"),
+    # ---- start-up and the ONNX path
+    Plant("resample-truncates", "pipeline/resample.py", "np.full((n_out, *pixels.shape[1:]), 1 << (bits - 1),",
+          "np.full((n_out, *pixels.shape[1:]), 0,", ("tests/test_resample.py",),
+          "the numpy resize truncates its sums where torch's rounds: the ONNX path sees other pixels"),
+    Plant("resample-window-unwidened", "pipeline/resample.py", "support = SUPPORT * max(scale, 1.0)",
+          "support = SUPPORT", ("tests/test_resample.py",),
+          "the numpy resize does not widen its window when reducing: aliasing torch's resize does not have"),
+    Plant("onnx-path-imports-torch", "pipeline/scoring.py", "from PIL import Image\n",
+          "import torch  # noqa: F401\nfrom PIL import Image\n",
+          ("tests/test_startup.py::test_the_onnx_path_scores_without_torch_and_gives_the_scores_torch_s_resize_gives",),
+          "predict.py --model and the API on an export load torch"),
+    Plant("help-imports-the-model", "train.py", "from pipeline import cli, runs\n",
+          "import model  # noqa: F401\nfrom pipeline import cli, runs\n", (STARTUP,),
+          "train.py --help waits for torch and transformers to load"),
+    Plant("selection-imports-pandas", "pipeline/selection.py", "import numpy as np\n",
+          "import numpy as np\nimport pandas  # noqa: F401\n", (STARTUP,), "crossval.py --help waits for pandas"),
     # ---- a run folder is enough
     Plant("run-config-ignored", "pipeline/config.py", "if recorded is not None and recorded.is_file():",
           "if False:", RUN_FOLDER, "evaluate.py RUN reads the default config instead of the run's"),
