@@ -29,6 +29,7 @@ from pipeline.metrics import (
     GATES,
     artist_bootstrap_ci,
     gate_results,
+    gates_legend,
     pairwise_accuracy,
     per_tier_pair_accuracy,
     rank_correlations,
@@ -95,6 +96,7 @@ def console_report(results: dict[str, dict], split: str, out: Path, written: lis
         cells = [f"{r['gates'][s]['value']:.4f} {'PASS' if r['gates'][s]['passed'] else 'FAIL'}"
                  for r in results.values()]
         lines.append(f"  {s:16s}" + "".join(f"{cell:>24s}" for cell in cells) + f"   {op} {bound:.2f}")
+    lines.append(f"  ({gates_legend()})")
     for name, r in results.items():
         tau, rho = (f"{v:.3f}" if math.isfinite(v) else "undefined" for v in (r["kendall_tau"], r["spearman"]))
         lines += [f"{split}, {name}: accuracy {r['pairwise_accuracy']:.4f} over {r['n_pairs']} pairs "
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         accelerator = cli.make_accelerator(cfg)
         with locked_run_folder(cfg.output_dir, accelerator, "evaluate.py"):
             check_reader(cfg.output_dir, dataclasses.asdict(cfg), what="evaluate it")
-            if accelerator.is_main_process:
+            if cfg.verbose and accelerator.is_main_process:  # train.py prints it, once per run
                 print_config(cfg)
             results, scores, rows = evaluate(cfg, accelerator)
             report_and_write(cfg, accelerator, results, scores, rows)

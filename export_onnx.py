@@ -61,7 +61,8 @@ def parity_images(table, count: int, *, image_size: int, patch_size: int) -> tup
 def main(argv: list[str] | None = None) -> None:
     with cli.one_line_errors() as phase:
         cfg, args = parse_config(__doc__, argv, script=EXPORT, add_arguments=add_arguments)
-        print_config(cfg)
+        if cfg.verbose:  # train.py prints it, once per run
+            print_config(cfg)
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # a warning per optional torchvision op it lacks
         warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)  # torch.export's own
         from data import load_images

@@ -45,7 +45,8 @@ def summary(table, pairs) -> str:
 def main(argv: list[str] | None = None) -> None:
     with cli.one_line_errors():
         cfg, _ = parse_config(__doc__, argv, script=MAKE_PAIRS)
-        print_config(cfg)
+        if cfg.verbose:  # train.py prints it, once per run
+            print_config(cfg)
         from data import load_images, pair_table
 
         out, config = Path(cfg.output_dir), dataclasses.asdict(cfg)

@@ -78,7 +78,8 @@ def add_arguments(parser) -> None:
 def main(argv: list[str] | None = None) -> None:
     with cli.one_line_errors():
         cfg, args = parse_config(__doc__, argv, script=PREDICT, add_arguments=add_arguments)
-        print_config(cfg, file=sys.stderr)  # stdout is the ranked table people read and pipe
+        if cfg.verbose:  # train.py prints it, once per run; stdout is the ranked table people read and pipe
+            print_config(cfg, file=sys.stderr)
         if args.compare and (args.images or args.dir):
             raise ArtrankError("--compare takes exactly two images and no others")
         if not (args.compare or args.images or args.dir):

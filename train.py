@@ -88,7 +88,7 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
     """The head's training (from the saved state when resuming), with a checkpoint after each best
     validation, the top-k kept, a log line per epoch and the state saved after every epoch."""
     from data import split_rows, tiers_of
-    from model import HeadTraining, features_of, head_meta, save_head
+    from model import HeadTraining, features_of, head_meta, save_head, selection_rules
 
     out, log = Path(cfg.output_dir), accelerator.print
     train_rows, val_rows = split_rows(table, "train"), split_rows(table, "val")
@@ -122,13 +122,14 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
             for epoch in dropped:
                 shutil.rmtree(runs.top_checkpoints(out) / f"epoch{epoch:04d}", ignore_errors=True)
         accelerator.log({k: v for k, v in record.items() if k not in ("epoch", "best")}, step=progress.epoch)
-        best = " | best" if "best" in record else ""
+        best = " | best val acc" if "best" in record else ""
         log(f"epoch {progress.epoch:3d} | train loss {record['train/loss']:.4f} | val loss {record['val/loss']:.4f} "
             f"| val acc {record['val/pairwise_acc']:.4f} | lr {record['lr']:.2e}{best}")
         if accelerator.is_main_process:
             records.append(record)
             runs.write_train_log(out, records)
 
+    log(selection_rules(cfg))
     with cli.deferred_interrupts() as interruption:
         finished = training.run(train_x, tiers_of(train_rows), val_x, val_tiers, after_epoch=after_epoch,
                                 after_step=lambda: runs.save_state(accelerator, progress, out),

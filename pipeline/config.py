@@ -14,6 +14,7 @@ range is refused with one line that names the key.
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -137,6 +138,8 @@ class Config:
                                       RUNTIME, (TRAIN,), path=LOCAL)
     overwrite_output_dir: bool = key(False, "a fresh run into a folder holding another run deletes that run", RUNTIME,
                                      (MAKE_PAIRS, TRAIN))
+    verbose: bool = key(False, "print the resolved config first (train.py and crossval.py always do, once per run)",
+                        RUNTIME, (MAKE_PAIRS, EVALUATE, EXPORT, PREDICT))
     wandb_project: str = key("artrank", "wandb project", RUNTIME, TRACKED, not_empty=True)
     wandb_mode: str = key("", "online or offline; empty: online when wandb credentials exist", RUNTIME,
                           TRACKED, choices=("", "online", "offline"))
@@ -259,9 +262,36 @@ def _flag(text: str, name: str):
         raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
 
 
+# Hugging Face Trainer's names of our keys: what people who know that ecosystem type first.
+HUB_NAMES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+             "train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum_steps",
+             "early_stopping_patience": "patience", "save_total_limit": "top_k", "dataloader_num_workers":
+             "num_workers", "per_device_eval_batch_size": "extract_batch_size", "model_name_or_path": "backbone",
+             "dataset_name": "data_dir", "fp16": "mixed_precision", "bf16": "mixed_precision"}
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            hints = [hint for word in unknown if word.startswith("--") and (hint := self.did_you_mean(word))]
+            self.error(f"unrecognized arguments: {' '.join(unknown)}" + "".join(f"; {hint}" for hint in hints))
+        return namespace
+
+    def did_you_mean(self, word: str) -> str | None:
+        """A hint for one unknown flag: our name of a Hugging Face name, a key of another script, a near miss."""
+        name = word[2:].split("=", 1)[0]
+        flags = [option[2:] for option in self._option_string_actions if option.startswith("--")]
+        if HUB_NAMES.get(name) in flags:
+            value = f" {name}" if name in ("fp16", "bf16") else ""
+            return f"--{name} is Hugging Face's name: here it is --{HUB_NAMES[name]}{value}"
+        if name in KEYS:
+            return f"--{name} is a key of {', '.join(s + '.py' for s in KEYS[name].scripts)}, not of this script"
+        close = difflib.get_close_matches(name, flags, n=1, cutoff=0.7)
+        return f"did you mean --{close[0]}?" if close else None
 
 
 def script_keys(script: str | None) -> list[str]:

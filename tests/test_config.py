@@ -284,3 +284,25 @@ def test_a_run_records_local_paths_absolute_and_hub_ids_as_they_are(tmp_path, mo
     assert (recorded["data_dir"], recorded["cache_dir"], recorded["output_dir"]) == (
         str(work / "drawings"), str(work / "cache"), str(work / "runs" / "mine"))
     assert recorded["backbone"] == "facebook/dinov2-large" and recorded["checkpoint"] == ""
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["--learning_rate", "1e-4"], "--learning_rate is Hugging Face's name: here it is --lr"),
+    (["--num_train_epochs", "3"], "--num_train_epochs is Hugging Face's name: here it is --epochs"),
+    (["--per_device_train_batch_size", "8"],
+     "--per_device_train_batch_size is Hugging Face's name: here it is --batch_size"),
+    (["--bf16"], "--bf16 is Hugging Face's name: here it is --mixed_precision bf16"),
+    (["--bootstrap", "5"], "--bootstrap is a key of evaluate.py, not of this script"),
+    (["--weight_decy", "0.1"], "did you mean --weight_decay?"),
+])
+def test_an_unknown_flag_gets_our_name_for_it(tmp_path, argv, hint, capsys):
+    with pytest.raises(SystemExit):
+        parse_config("", ["--config", write_config(tmp_path, {}), *argv], script="train")
+    error = capsys.readouterr().err
+    assert f"unrecognized arguments: {' '.join(argv)}; {hint}" in error and len(error.strip().splitlines()) == 1
+
+
+def test_a_value_of_the_wrong_type_names_the_type_expected(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_config("", ["--config", write_config(tmp_path, {}), "--epochs", "1.5"], script="train")
+    assert "argument --epochs: int expected, got '1.5'" in capsys.readouterr().err

@@ -101,3 +101,17 @@ def test_no_calibration_means_no_tier_hint_and_no_probability(exported, tmp_path
     predict.main([*exported["args"], "--output_dir", str(out), "--compare", first, second])
     output = capsys.readouterr().out
     assert "P(A better) unavailable" in output and "P(A better than B)" not in output
+
+
+def test_the_resolved_config_is_printed_by_train_once_and_by_predict_only_with_verbose(exported, capsys):
+    image = val_images(exported)[0]
+    predict.main([*exported["args"], image])
+    quiet = capsys.readouterr()
+    predict.main([*exported["args"], image, "--verbose"])
+    verbose = capsys.readouterr()
+    recorded = json.loads((exported["out"] / "config.json").read_text())
+    assert '"backbone":' not in quiet.out + quiet.err and verbose.err.count('"backbone":') == 1
+    shown = json.loads(verbose.err[:verbose.err.index("}") + 1])
+    assert {k: shown[k] for k in ("image_size", "feature", "score_head")} == {
+        k: recorded[k] for k in ("image_size", "feature", "score_head")}
+

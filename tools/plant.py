@@ -67,6 +67,7 @@ IMAGES, SCORING = "tests/test_images.py", "tests/test_scoring.py"
 LAYOUT = "tests/test_layout.py"
 STARTUP = "tests/test_startup.py::test_help_loads_no_heavy_library"
 RUN_FOLDER = ("tests/test_config.py", "-m", "not slow")
+MESSAGES_CONFIG = ("tests/test_config.py::test_an_unknown_flag_gets_our_name_for_it",)
 SOURCES = "tests/test_sources.py::test_a_saved_dataset_a_parquet_file_and_a_jsonl_folder_give_the_folder_s_table"
 
 PLANTS = [
@@ -275,6 +276,34 @@ PLANTS = [
     Plant("run-paths-relative-to-the-caller", "pipeline/config.py",
           "return {name: absolute(name, value) for name, value in values.items()}", "return values", RUN_FOLDER,
           "a run records data_dir as given, so evaluate.py RUN from another folder reads other data"),
+    # ---- messages a user can act on
+    Plant("unknown-flag-without-hint", "pipeline/config.py",
+          'hints = [hint for word in unknown if word.startswith("--") and (hint := self.did_you_mean(word))]',
+          "hints = []", MESSAGES_CONFIG, "--learning_rate is refused without saying that here it is --lr"),
+    Plant("hub-names-not-mapped", "pipeline/config.py", "if HUB_NAMES.get(name) in flags:", "if False:",
+          MESSAGES_CONFIG, "Hugging Face's names of our keys get no hint, or a wrong one"),
+    Plant("few-artists-unwarned", "data.py", "if artists < FEW_ARTISTS:", "if artists < 0:",
+          ("tests/test_data.py::test_a_held_out_split_of_fewer_than_five_artists_is_warned_about",),
+          "a validation split of 2 artists draws no warning"),
+    Plant("gates-unexplained", "evaluate.py", 'lines.append(f"  ({gates_legend()})")', 'lines.append("")',
+          ("tests/test_evaluate.py::test_the_console_says_what_each_gate_means_and_where_it_comes_from",),
+          "the console prints PASS/FAIL against bare numbers, with no word of what each gate means"),
+    Plant("criteria-unsaid", "train.py", "    log(selection_rules(cfg))\n", "",
+          ("tests/test_train.py::test_req_s_002_early_stop_when_val_loss_stalls",),
+          "the best marker follows val accuracy and patience val loss, and the console does not say so"),
+    Plant("header-case-sensitive", "pipeline/sources.py", 'key = re.sub(r"[\\s_-]+", "_", name.strip().lower())',
+          "key = name.strip()", ("tests/test_sources.py", "-m", "not slow"),
+          "a header File_Name,Tier,Artist is refused as missing its columns"),
+    Plant("separator-commas-only", "pipeline/sources.py", "separator = sniff_separator(text)", 'separator = ","',
+          ("tests/test_sources.py", "-m", "not slow"), "a ;-separated sheet is refused as missing its columns"),
+    Plant("missing-files-cause-unsaid", "data.py",
+          'cause = missing_files_cause(missing, Path(source.source).parent) if source.names_are_files else None',
+          "cause = None", ("tests/test_data.py::test_missing_files_that_share_one_fixable_cause_are_said_in_one_line",),
+          "80 'file not found' lines and no word that each file_name carries the data folder's name"),
+    Plant("config-printed-by-every-script", "predict.py", "        if cfg.verbose:  # train.py prints it",
+          "        if True:  # train.py prints it",
+          ("tests/test_predict.py::test_the_resolved_config_is_printed_by_train_once_and_by_predict_only_with_verbose",),
+          "every script prints the whole config on every start"),
 ]
 
 
