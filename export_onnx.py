@@ -1,6 +1,7 @@
 """Export the trained ranker as one ONNX graph, preprocessed pixels -> score, and check it.
 
     python export_onnx.py --config configs/demo.json [--fp16] [--parity_images 4] [--bench_seconds 10]
+    python export_onnx.py RUN --fp16 --push_to_hub OWNER/NAME [--license mit]
 
 Reads the best checkpoint (OUTPUT_DIR/checkpoints/best, or --checkpoint), the backbone, the run's data (a
 few validation images for the parity check; the data must still be the run's) and OUTPUT_DIR/calibration.json.
@@ -39,6 +40,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--parity_images", type=int, default=4, help="validation images for the parity check")
     parser.add_argument("--latency_batch", type=int, default=32, help="batch size of the throughput figure")
     parser.add_argument("--bench_seconds", type=float, default=10.0, help="time for the latency figures; 0: none")
+    parser.add_argument("--push_to_hub", metavar="REPO_ID", help="then upload model.onnx, model.json and the model "
+                                                                  "card to this hub repository (created if missing)")
+    parser.add_argument("--license", default="other", help="the license the uploaded model card states")
 
 
 def parity_images(table, count: int, *, image_size: int, patch_size: int) -> tuple[list[str], "torch.Tensor"]:
@@ -68,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
         from data import load_images
         from model import load_ranker
         from pipeline.export import export_run
+        from pipeline.sharing import check_hub, push_export
+
+        if args.push_to_hub:
+            check_hub(args.push_to_hub)  # now, not after the export: an unreachable hub is known in a second
 
         accelerator = cli.make_accelerator(cfg)
         with locked_run_folder(cfg.output_dir, accelerator, "export_onnx.py"):
@@ -87,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     written = [str(out / FILE_NAMES[p]) for p in description["files"]]
     print(f"wrote {', '.join(written)} and {out / 'model.json'}"
           + ("" if description["calibration"] else " (no calibration.json: predictions get no tier hint)"))
+    if args.push_to_hub:
+        with cli.one_line_errors():
+            print(f"uploaded to {push_export(out, args.push_to_hub, license=args.license)}")
 
 
 if __name__ == "__main__":

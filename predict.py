@@ -3,6 +3,7 @@
     python predict.py --config configs/demo.json IMAGE... [--dir DIR] [--out scores.csv]
     python predict.py --config configs/demo.json --compare A.png B.png
     python predict.py --model runs/demo/model.onnx IMAGE...   (or model_fp16.onnx, or the folder)
+    python predict.py --output_dir runs/demo --fp16 --provider cuda IMAGE...
     python predict.py --config configs/demo.json --torch IMAGE...
 
 Reads OUTPUT_DIR/model.onnx and model.json (export_onnx.py) and runs them with onnxruntime; with --torch,
@@ -31,7 +32,7 @@ from pipeline.calibration import tier_hint
 from pipeline.config import PREDICT, parse_config, print_config
 from pipeline.errors import ArtrankError
 from pipeline.files import atomic_write_text
-from pipeline.scoring import FILE_NAMES, Scorer, onnx_scorer, score_images
+from pipeline.scoring import FILE_NAMES, PROVIDERS, Scorer, onnx_scorer, score_images
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -72,6 +73,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="say which of two images is better")
     parser.add_argument("--model", help="an ONNX model with its model.json (default: OUTPUT_DIR/model.onnx)")
     parser.add_argument("--torch", action="store_true", help="run the PyTorch checkpoint instead of ONNX")
+    parser.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS],
+                        help="onnxruntime execution provider (default: CUDA when a GPU is present, else CPU)")
+    parser.add_argument("--fp16", action="store_true", help="run model_fp16.onnx beside model.onnx (GPUs)")
     parser.add_argument("--top", type=int, default=0, help="print only the N best and N worst (default: all)")
 
 
@@ -86,7 +90,10 @@ def main(argv: list[str] | None = None) -> None:
             raise ArtrankError("nothing to score: give IMAGE..., --dir DIR or --compare A B")
         if args.torch and args.model:
             raise ArtrankError("--model is an ONNX file; --torch runs the checkpoint of --config instead")
-        scorer = run_scorer(cfg) if args.torch else onnx_scorer(args.model or Path(cfg.output_dir) / FILE_NAMES["fp32"])
+        if args.torch and (args.fp16 or args.provider != "auto"):
+            raise ArtrankError("--fp16 and --provider choose how the ONNX export runs; --torch runs the checkpoint")
+        scorer = run_scorer(cfg) if args.torch else onnx_scorer(args.model or Path(cfg.output_dir) / FILE_NAMES["fp32"],
+                                                                provider=args.provider, fp16=args.fp16)
         print(f"model: {scorer.description}")
         if args.compare:
             compare(scorer, *args.compare)

@@ -19,5 +19,6 @@
     card         the run's model card
     export       the ONNX export and its parity check
     scoring      an export or a checkpoint as a scorer of image files
+    sharing      an export published on the model hub, and loaded back from it
     demo_data    the synthetic demo data set
 """

@@ -115,3 +115,23 @@ def test_the_resolved_config_is_printed_by_train_once_and_by_predict_only_with_v
     assert {k: shown[k] for k in ("image_size", "feature", "score_head")} == {
         k: recorded[k] for k in ("image_size", "feature", "score_head")}
 
+
+def test_the_execution_provider_and_the_fp16_file_are_chosen_and_a_missing_provider_is_one_line(exported, capsys):
+    import onnxruntime
+
+    import artrank
+
+    image = val_images(exported)[0]
+    predict.main([*exported["args"], "--fp16", "--provider", "cpu", image])
+    assert "model_fp16.onnx (onnxruntime, CPUExecutionProvider" in capsys.readouterr().out
+    model = artrank.load(exported["out"], fp16=True, provider="cpu")
+    assert "model_fp16.onnx (onnxruntime, CPUExecutionProvider" in repr(model)
+    assert artrank.load(exported["out"], provider="cpu").score(image) != model.score(image)  # another graph
+    if not Path("/dev/nvidiactl").exists():  # no GPU: cuda is refused, listed by onnxruntime or not
+        with pytest.raises(SystemExit) as refusal:
+            predict.main([*exported["args"], "--provider", "cuda", image])
+        listed = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        assert re.match(r"error: .*execution provider cuda did not start here" if listed else
+                        r"error: execution provider cuda: this onnxruntime has ", str(refusal.value))
+        with pytest.raises(artrank.ArtrankError, match="execution provider cuda"):
+            artrank.load(exported["out"], provider="cuda")

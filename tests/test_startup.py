@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, val_images
@@ -72,3 +73,16 @@ def test_the_onnx_path_scores_without_torch_and_gives_the_scores_torch_s_resize_
     assert set(loaded).isdisjoint(NOT_ON_THE_ONNX_PATH), (loaded, output)
     written = {line.split(",")[0]: float(line.split(",")[1]) for line in out.read_text().splitlines()[1:]}
     assert written == pytest.approx(dict(zip(images, scores)), abs=1e-6)
+
+
+def test_every_script_is_a_console_command_that_answers_help_from_any_folder(tmp_path):
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    commands = project["project"]["scripts"]
+    assert sorted(commands.values()) == sorted(f"{script}:main" for script in SCRIPTS)
+    assert set(SCRIPTS) <= set(project["tool"]["setuptools"]["py-modules"])
+    installed = Path(sys.executable).parent / "artrank-predict"
+    if installed.exists():  # made by pip install -e . (make install); a checkout without it still runs the rest
+        result = subprocess.run([str(installed), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and result.stdout.startswith("usage: artrank-predict")

@@ -67,6 +67,9 @@ IMAGES, SCORING = "tests/test_images.py", "tests/test_scoring.py"
 LAYOUT = "tests/test_layout.py"
 STARTUP = "tests/test_startup.py::test_help_loads_no_heavy_library"
 RUN_FOLDER = ("tests/test_config.py", "-m", "not slow")
+PROVIDER = ("tests/test_predict.py::test_the_execution_provider_and_the_fp16_file_are_chosen_and_a_missing_provider_"
+            "is_one_line")
+SHARING = "tests/test_sharing.py::test_"
 MESSAGES_CONFIG = ("tests/test_config.py::test_an_unknown_flag_gets_our_name_for_it",)
 SOURCES = "tests/test_sources.py::test_a_saved_dataset_a_parquet_file_and_a_jsonl_folder_give_the_folder_s_table"
 
@@ -304,6 +307,21 @@ PLANTS = [
           "        if True:  # train.py prints it",
           ("tests/test_predict.py::test_the_resolved_config_is_printed_by_train_once_and_by_predict_only_with_verbose",),
           "every script prints the whole config on every start"),
+    # ---- installable and shareable
+    Plant("provider-ignored", "pipeline/scoring.py",
+          "    available, asked = onnxruntime.get_available_providers(), provider\n",
+          '    available, asked = onnxruntime.get_available_providers(), provider\n    provider = "auto"\n',
+          (PROVIDER,), "--provider cuda on a machine without it runs on the CPU, unsaid"),
+    Plant("fp16-file-ignored", "pipeline/scoring.py", 'chosen = FILE_NAMES["fp16" if fp16 else "fp32"]',
+          'chosen = FILE_NAMES["fp32"]', (PROVIDER,), "--fp16 scores with model.onnx"),
+    Plant("card-without-license", "pipeline/sharing.py", "    card.data.license = license\n", "",
+          (SHARING + "the_upload_folder_holds_the_export_and_the_card_with_license_base_model_and_metrics",),
+          "the model card uploaded to the hub states no license"),
+    Plant("upload-before-asking-the-hub", "pipeline/sharing.py", "        check_hub(repo_id)\n        api = HfApi()",
+          "        api = HfApi()", (SHARING + "an_export_missing_a_file_or_an_unreachable_hub_uploads_nothing",),
+          "with the hub out of reach, the upload starts anyway"),
+    Plant("hub-id-not-loaded", "artrank.py", "        path = hub_export(str(path))", "        pass",
+          (SHARING + "artrank_loads_an_export_by_its_hub_id",), "artrank.load('owner/name') says no such folder"),
 ]
 
 
