@@ -51,10 +51,12 @@ def resample_rows(pixels: np.ndarray, n_out: int) -> np.ndarray:
         return pixels
     index, weights, bits = window_weights(pixels.shape[0], n_out)
     total = np.full((n_out, *pixels.shape[1:]), 1 << (bits - 1), dtype=np.int32)
-    spread = (n_out,) + (1,) * (pixels.ndim - 1)
+    product, spread = np.empty_like(total), (n_out,) + (1,) * (pixels.ndim - 1)
     for tap in range(index.shape[1]):  # whole rows gathered per tap: contiguous copies, no per-pixel loop
-        total += pixels[index[:, tap]].astype(np.int32) * weights[:, tap].reshape(spread)
-    return np.clip(total >> bits, 0, 255).astype(np.uint8)
+        np.multiply(pixels[index[:, tap]], weights[:, tap].reshape(spread), out=product, dtype=np.int32)
+        total += product
+    total >>= bits
+    return np.clip(total, 0, 255, out=total).astype(np.uint8)
 
 
 def resize_bicubic(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
