@@ -2,6 +2,7 @@
 
     import artrank
     model = artrank.load("runs/demo")                  # the export (model.onnx + model.json), else the checkpoint
+    model = artrank.load("owner/name")                 # an export on the model hub (export_onnx.py --push_to_hub)
     model.score(["a.png", "b.jpg"])                    # [1.83, 0.41]: higher is better; PIL images work too
     model.compare("a.png", "b.jpg")                    # Comparison(better='A', p_a_better=0.81, ...)
 
@@ -103,22 +104,31 @@ class Ranker:
                           tier_hint_a=self.tier_hint(score_a), tier_hint_b=self.tier_hint(score_b))
 
 
-def load(path: str | os.PathLike, *, backend: str = "auto", batch_size: int = 16) -> Ranker:
+def load(path: str | os.PathLike, *, backend: str = "auto", batch_size: int = 16, provider: str = "auto",
+         fp16: bool = False) -> Ranker:
     """A Ranker from a run folder, an ONNX file, or a folder holding model.onnx and model.json.
 
     backend "onnx" or "torch" chooses; "auto" takes the export when the folder has one, else the
-    checkpoint of the run (its config.json, checkpoints/best and backbone).
+    checkpoint of the run (its config.json, checkpoints/best and backbone). An export runs on `provider`
+    (auto, cpu, cuda or tensorrt), from model_fp16.onnx with `fp16`.
     """
     from pipeline.config import load_config
+    from pipeline.sharing import HUB_ID, hub_export
 
-    path = Path(path)
     if backend not in ("auto", "onnx", "torch"):
         raise ArtrankError(f"backend must be auto, onnx or torch, got {backend!r}")
+    hub_id = HUB_ID.fullmatch(str(path)) and not Path(path).parent.is_dir()  # runs/x, with runs/ here, is a path
+    if not Path(path).exists() and hub_id and backend != "torch":
+        path = hub_export(str(path))  # an export published with export_onnx.py --push_to_hub
+    path = Path(path)
     if not path.exists():
         raise ArtrankError(f"{path}: no such run folder or model file")
     has_export = path.is_file() or (path / "model.onnx").is_file()
     if backend == "onnx" or (backend == "auto" and has_export):
-        return Ranker(onnx_scorer(path), batch_size=batch_size)
+        return Ranker(onnx_scorer(path, provider=provider, fp16=fp16), batch_size=batch_size)
+    if fp16 or provider != "auto":
+        raise ArtrankError(f"{path}: fp16 and provider choose how an export runs, and this loads the checkpoint; "
+                           "export with export_onnx.py first")
     if not (path / "config.json").is_file():
         raise ArtrankError(f"{path}: neither a trained run (config.json, checkpoints/best) nor an export "
                            "(model.onnx, model.json); train with train.py, export with export_onnx.py")

@@ -23,13 +23,11 @@ import dataclasses
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from data import check_no_test_leak, load_images, split_rows, tiers_of
-from model import HeadTraining, features_of, load_backbone, score_features
 from pipeline import cli, selection
 from pipeline.config import CROSSVAL, Config, parse_config, print_config, save_config
 from pipeline.files import atomic_write_json
@@ -38,15 +36,21 @@ from pipeline.runs import locked_run_folder
 from pipeline.tables import frame
 from pipeline.tracking import choose_mode
 
+if TYPE_CHECKING:
+    import torch
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--folds", type=int, default=5, help="artist folds (default: %(default)s)")
     parser.add_argument("--grid", default="", help="JSON grid {key: [values]} (default: the config alone)")
 
 
-def fit_head(cfg: Config, fit_x: torch.Tensor, fit_tiers: np.ndarray, stop_x: torch.Tensor, stop_tiers: np.ndarray):
+def fit_head(cfg: Config, fit_x: "torch.Tensor", fit_tiers: np.ndarray, stop_x: "torch.Tensor",
+             stop_tiers: np.ndarray):
     """The head train.py would train, on the fitting folds, stopped and chosen on the stopping fold; kept in
     memory. Returns (best head, best epoch, epochs run)."""
+    from model import HeadTraining
+
     accelerator = cli.make_accelerator(cfg)  # one per head: its step counter then starts at zero
     training = HeadTraining(cfg, accelerator, input_dim=fit_x.shape[1])
     best = {}
@@ -61,8 +65,12 @@ def fit_head(cfg: Config, fit_x: torch.Tensor, fit_tiers: np.ndarray, stop_x: to
     return head.eval(), best["epoch"], training.progress.epoch
 
 
-def run_cell(cfg: Config, *, rows, table, features: torch.Tensor, fold_of: np.ndarray, fold: int, folds: int) -> dict:
+def run_cell(cfg: Config, *, rows, table, features: "torch.Tensor", fold_of: np.ndarray, fold: int,
+             folds: int) -> dict:
     """Train on all folds but two, stop early on one, score the held-out one."""
+    from data import check_no_test_leak, tiers_of
+    from model import score_features
+
     started = time.perf_counter()
     held, stopping = selection.fold_roles(fold, folds)
     parts = {name: np.flatnonzero(mask) for name, mask in (
@@ -95,6 +103,9 @@ def train_val_features(cfg: Config, settings: list[dict], accelerator) -> tuple:
 
     Returns (rows, table, {feature: tensor}, what the features depend on).
     """
+    from data import check_no_test_leak, load_images, split_rows
+    from model import features_of, load_backbone
+
     table = load_images(cfg, accelerator)
     rows = split_rows(table, "train", "val")  # the test split goes no further
     check_no_test_leak(rows, table)
@@ -174,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
             phase.kept = f"every finished (setting, fold) in {out}; a rerun continues from there"
             # A head's small matrices gain nothing from more threads (on a busy CPU they cost many times over),
             # and one thread makes the table independent of the core count.
+            import torch
+
             torch.set_num_threads(1)
             results = sweep(cfg, settings, folds=args.folds, rows=rows, table=table, features=features,
                             source=source, out=out)

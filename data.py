@@ -64,7 +64,7 @@ def checked_rows(source: Rows) -> tuple[pd.DataFrame, list[tuple[int, str]], lis
     """
     df, problems = source.rows.copy(), list(source.problems)
     df["tier"] = df["tier"].str.upper()
-    notes = merge_artist_spellings(df)
+    notes = list(source.notes) + merge_artist_spellings(df)
     first_file, first_id = {}, {}
     for r in df.itertuples():
         where = f"row {r.row} ({r.file_name})" if r.file_name else f"row {r.row}"
@@ -81,13 +81,37 @@ def checked_rows(source: Rows) -> tuple[pd.DataFrame, list[tuple[int, str]], lis
     return df, problems, notes
 
 
-def bad_rows(problems: Sequence[tuple[int, str]], *, source: str, skip_bad_images: bool) -> list[str]:
-    """Every problem, in row order; a DataError listing them all unless skip_bad_images."""
+def bad_rows(problems: Sequence[tuple[int, str]], *, source: str, skip_bad_images: bool,
+             cause: str | None = None) -> list[str]:
+    """Every problem, in row order; a DataError listing them all (after their common cause, when there is
+    one) unless skip_bad_images."""
     messages = [message for _, message in sorted(problems, key=lambda p: p[0])]
     if messages and not skip_bad_images:
         raise DataError(f"{source}: {len({row for row, _ in problems})} bad row(s); fix or remove them, or pass "
-                        "--skip_bad_images true to drop them:\n  " + "\n  ".join(messages))
+                        "--skip_bad_images true to drop them:\n  " + "\n  ".join(([cause] if cause else []) + messages))
     return messages
+
+
+def missing_files_cause(names: list[str], data_dir: Path) -> str | None:
+    """The one fixable cause every missing file shares, when there is one: a file_name that starts with the
+    data folder's own name, or a file on disk whose extension is in another case (names are case-sensitive)."""
+    if len(names) < 2:
+        return None
+    prefix = data_dir.name + "/"
+    if all(name.startswith(prefix) and (data_dir / name[len(prefix):]).is_file() for name in names):
+        return (f"all {len(names)} missing files start with the data folder's own name {prefix!r}: a file_name is "
+                f"relative to the data folder ({names[0][len(prefix):]!r}, not {names[0]!r})")
+    found = []
+    for name in names:
+        path = data_dir / name
+        stem, suffix = os.path.splitext(path.name)
+        others = [p for p in (os.listdir(path.parent) if path.parent.is_dir() else [])
+                  if os.path.splitext(p)[0] == stem and os.path.splitext(p)[1].lower() == suffix.lower()]
+        if not others:
+            return None
+        found.append(others[0])
+    return (f"all {len(names)} missing files exist with the extension in another case ({names[0]!r} is "
+            f"{found[0]!r} on disk): file names are case-sensitive; correct the file_names or rename the files")
 
 
 def read_metadata(data_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -122,7 +146,9 @@ def scan_images(df: pd.DataFrame, *, source: Rows, problems: list[tuple[int, str
         if not source.names_are_files or original.file_name != r.file_name:  # a name twice: "listed twice"
             problems.append((r.row, f"row {r.row} ({r.file_name}): same image content as row {original.row} "
                                     f"({original.file_name})"))
-    messages = bad_rows(problems, source=source.source, skip_bad_images=skip_bad_images)
+    missing = list(df.loc[errors == "file not found", "file_name"])
+    cause = missing_files_cause(missing, Path(source.source).parent) if source.names_are_files else None
+    messages = bad_rows(problems, source=source.source, skip_bad_images=skip_bad_images, cause=cause)
     return df[~df["row"].isin({row for row, _ in problems})].reset_index(drop=True), messages
 
 
@@ -233,9 +259,25 @@ def load_images(cfg, accelerator):
     table, notes = image_table(cfg.data_dir, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                                seed=cfg.seed, skip_bad_images=cfg.skip_bad_images,
                                track=bar(accelerator, "checking images"), cache_dir=cfg.cache_dir)
-    for message in notes:
+    for message in notes + few_artist_warnings(table):
         accelerator.print(f"warning: {message}")
     return table
+
+
+FEW_ARTISTS = 5
+
+
+def few_artist_warnings(table) -> list[str]:
+    """The held-out splits whose works come from fewer than FEW_ARTISTS artists: their accuracy then says how
+    those few artists' works rank, and one artist more or less moves it by tenths."""
+    warnings = []
+    for name in ("val", "test"):
+        artists = len(set(split_rows(table, name)["artist"]))
+        if artists < FEW_ARTISTS:
+            warnings.append(f"the {name} split holds the works of {artists} artist(s), fewer than {FEW_ARTISTS}: its "
+                            "accuracy measures those few artists, not drawing in general; add artists, or raise "
+                            f"{name}_fraction")
+    return warnings
 
 
 def tiers_of(rows) -> np.ndarray:

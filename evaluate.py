@@ -16,30 +16,33 @@ figures/tier_pair_accuracy_<split>.png, figures/extremes_<split>.png, and the wa
 import dataclasses
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from data import SPLITS, load_images, split_rows, tiers_of
-from model import RankingHead, features_of, head_identity, load_backbone, load_head, score_features
 from pipeline import cli
 from pipeline.card import RANDOM_BACKBONE, write_model_card
 from pipeline.config import EVALUATE, Config, parse_config, print_config
 from pipeline.errors import ArtrankError
-from pipeline.figures import extremes_sheet, score_by_tier, tier_pair_heatmap
 from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.metrics import (
     GATES,
     artist_bootstrap_ci,
     gate_results,
+    gates_legend,
     pairwise_accuracy,
     per_tier_pair_accuracy,
     rank_correlations,
 )
 from pipeline.provenance import MADE_FROM, made_from, run_origin
 from pipeline.runs import check_reader, check_same_data, chosen_checkpoint, locked_run_folder, top_checkpoints
-from pipeline.tables import frame
+from pipeline.tables import SPLITS, frame
 from pipeline.tracking import start_tracking, wandb_run
+
+if TYPE_CHECKING:
+    import torch
+
+    from model import RankingHead
 
 
 def checkpoint_dirs(cfg) -> tuple[Path, list[Path]]:
@@ -53,13 +56,19 @@ def checkpoint_dirs(cfg) -> tuple[Path, list[Path]]:
     return single, members
 
 
-def head_scores(heads: list[RankingHead], features: torch.Tensor) -> np.ndarray:
+def head_scores(heads: list["RankingHead"], features: "torch.Tensor") -> np.ndarray:
     """One score per image; an ensemble averages its members' scores."""
+    import torch
+
+    from model import score_features
+
     return torch.stack([score_features(head, features) for head in heads]).mean(dim=0).numpy()
 
 
 def split_report(scores: np.ndarray, rows, *, resamples: int, seed: int) -> dict:
     """Every figure of merit of one split, from one score per image."""
+    from data import tiers_of
+
     tiers, artists = tiers_of(rows), np.asarray(rows["artist"], dtype=object)
     accuracy, pairs = pairwise_accuracy(scores, tiers)
     tau, rho = rank_correlations(scores, tiers)
@@ -88,6 +97,7 @@ def console_report(results: dict[str, dict], split: str, out: Path, written: lis
         cells = [f"{r['gates'][s]['value']:.4f} {'PASS' if r['gates'][s]['passed'] else 'FAIL'}"
                  for r in results.values()]
         lines.append(f"  {s:16s}" + "".join(f"{cell:>24s}" for cell in cells) + f"   {op} {bound:.2f}")
+    lines.append(f"  ({gates_legend()})")
     for name, r in results.items():
         tau, rho = (f"{v:.3f}" if math.isfinite(v) else "undefined" for v in (r["kendall_tau"], r["spearman"]))
         lines += [f"{split}, {name}: accuracy {r['pairwise_accuracy']:.4f} over {r['n_pairs']} pairs "
@@ -110,6 +120,9 @@ def tracker_metrics(report: dict, prefix: str) -> dict[str, float]:
 def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, object]:
     """Reports per model (the ensemble first when there is one, then the best single checkpoint), and the
     first model's scores of the rows of cfg.split."""
+    from data import load_images, split_rows, tiers_of
+    from model import features_of, head_identity, load_backbone, load_head
+
     table = load_images(cfg, accelerator)
     check_same_data(cfg.output_dir, table)  # "test" must be the test split the head never saw
     single, members = checkpoint_dirs(cfg)
@@ -146,6 +159,9 @@ def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, obj
 
 def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows) -> dict[str, Path]:
     """The JSON, the scores CSV and the figures; returns what was written, by name."""
+    from data import tiers_of
+    from pipeline.figures import extremes_sheet, score_by_tier, tier_pair_heatmap
+
     out, tag = Path(cfg.output_dir), cfg.split + ("_ensemble" if report["ensemble"] else "")
     atomic_write_text(out / f"scores_{tag}.csv", frame(rows)[["image_id", "file_name", "tier", "artist"]]
                       .assign(score=scores.astype(np.float32)).to_csv(index=False))
@@ -175,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         accelerator = cli.make_accelerator(cfg)
         with locked_run_folder(cfg.output_dir, accelerator, "evaluate.py"):
             check_reader(cfg.output_dir, dataclasses.asdict(cfg), what="evaluate it")
-            if accelerator.is_main_process:
+            if cfg.verbose and accelerator.is_main_process:  # train.py prints it, once per run
                 print_config(cfg)
             results, scores, rows = evaluate(cfg, accelerator)
             report_and_write(cfg, accelerator, results, scores, rows)

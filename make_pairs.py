@@ -14,7 +14,6 @@ and prints images, artists and pairs per split and tier. train.py computes the s
 import dataclasses
 from pathlib import Path
 
-from data import load_images, pair_table
 from pipeline import cli
 from pipeline.config import MAKE_PAIRS, parse_config, print_config
 from pipeline.files import atomic_dir
@@ -46,7 +45,10 @@ def summary(table, pairs) -> str:
 def main(argv: list[str] | None = None) -> None:
     with cli.one_line_errors():
         cfg, _ = parse_config(__doc__, argv, script=MAKE_PAIRS)
-        print_config(cfg)
+        if cfg.verbose:  # train.py prints it, once per run
+            print_config(cfg)
+        from data import load_images, pair_table
+
         out, config = Path(cfg.output_dir), dataclasses.asdict(cfg)
         accelerator = cli.make_accelerator(cfg)
         with locked_run_folder(out, accelerator, "make_pairs.py"):

@@ -184,6 +184,12 @@ class Progress:
         return True, dropped
 
 
+def selection_rules(cfg) -> str:
+    """The two criteria of the procedure, said once: they differ, and a reader of the epoch lines should know."""
+    return (f"best checkpoint: the epoch of highest val accuracy (the first of equals); early stop: "
+            f"{cfg.patience} epochs without a lower val loss")
+
+
 def stop_reason(progress: Progress, cfg, next_lr: float) -> str | None:
     """Why training ends after the epoch just done, or None to go on."""
     if progress.epoch >= cfg.epochs:

@@ -3,6 +3,7 @@
     python predict.py --config configs/demo.json IMAGE... [--dir DIR] [--out scores.csv]
     python predict.py --config configs/demo.json --compare A.png B.png
     python predict.py --model runs/demo/model.onnx IMAGE...   (or model_fp16.onnx, or the folder)
+    python predict.py --output_dir runs/demo --fp16 --provider cuda IMAGE...
     python predict.py --config configs/demo.json --torch IMAGE...
 
 Reads OUTPUT_DIR/model.onnx and model.json (export_onnx.py) and runs them with onnxruntime; with --torch,
@@ -18,10 +19,11 @@ validation cross-tier pairs, each pair in both orders, so P(A better) + P(B bett
 An unreadable image is reported on one line and the others are still scored; the exit status is then 1.
 """
 
+import csv
+import io
 import sys
 from pathlib import Path
 
-import pandas as pd
 from tqdm.auto import tqdm
 
 from artrank import Ranker, run_scorer
@@ -30,7 +32,7 @@ from pipeline.calibration import tier_hint
 from pipeline.config import PREDICT, parse_config, print_config
 from pipeline.errors import ArtrankError
 from pipeline.files import atomic_write_text
-from pipeline.scoring import FILE_NAMES, Scorer, onnx_scorer, score_images
+from pipeline.scoring import FILE_NAMES, PROVIDERS, Scorer, onnx_scorer, score_images
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -71,20 +73,27 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="say which of two images is better")
     parser.add_argument("--model", help="an ONNX model with its model.json (default: OUTPUT_DIR/model.onnx)")
     parser.add_argument("--torch", action="store_true", help="run the PyTorch checkpoint instead of ONNX")
+    parser.add_argument("--provider", default="auto", choices=["auto", *PROVIDERS],
+                        help="onnxruntime execution provider (default: CUDA when a GPU is present, else CPU)")
+    parser.add_argument("--fp16", action="store_true", help="run model_fp16.onnx beside model.onnx (GPUs)")
     parser.add_argument("--top", type=int, default=0, help="print only the N best and N worst (default: all)")
 
 
 def main(argv: list[str] | None = None) -> None:
     with cli.one_line_errors():
         cfg, args = parse_config(__doc__, argv, script=PREDICT, add_arguments=add_arguments)
-        print_config(cfg, file=sys.stderr)  # stdout is the ranked table people read and pipe
+        if cfg.verbose:  # train.py prints it, once per run; stdout is the ranked table people read and pipe
+            print_config(cfg, file=sys.stderr)
         if args.compare and (args.images or args.dir):
             raise ArtrankError("--compare takes exactly two images and no others")
         if not (args.compare or args.images or args.dir):
             raise ArtrankError("nothing to score: give IMAGE..., --dir DIR or --compare A B")
         if args.torch and args.model:
             raise ArtrankError("--model is an ONNX file; --torch runs the checkpoint of --config instead")
-        scorer = run_scorer(cfg) if args.torch else onnx_scorer(args.model or Path(cfg.output_dir) / FILE_NAMES["fp32"])
+        if args.torch and (args.fp16 or args.provider != "auto"):
+            raise ArtrankError("--fp16 and --provider choose how the ONNX export runs; --torch runs the checkpoint")
+        scorer = run_scorer(cfg) if args.torch else onnx_scorer(args.model or Path(cfg.output_dir) / FILE_NAMES["fp32"],
+                                                                provider=args.provider, fp16=args.fp16)
         print(f"model: {scorer.description}")
         if args.compare:
             compare(scorer, *args.compare)
@@ -102,19 +111,28 @@ def rank(scorer: Scorer, named: list[tuple[str, str]], *, batch_size: int, top: 
     that could not be scored."""
     with tqdm(total=len(named), desc="scoring", leave=False, disable=len(named) < 2 * batch_size) as bar:
         scores, errors = score_images(scorer, [path for path, _ in named], batch_size=batch_size, track=bar.update)
-    table = pd.DataFrame([(name, score) for (_, name), score in zip(named, scores) if score is not None],
-                         columns=["file_name", "score"]).sort_values("score", ascending=False, kind="stable")
-    if scorer.calibration is not None and table.size:
-        table["tier_hint"] = [tier_hint(s, scorer.calibration) for s in table.score]
-    if table.size:
-        ranked = table.assign(rank=range(1, len(table) + 1))[["rank", *table.columns]]
-        shown = ranked if top <= 0 or len(ranked) <= 2 * top else pd.concat([ranked.head(top), ranked.tail(top)])
-        print(shown.to_string(index=False, formatters={"score": "{:+.4f}".format}))
-        if len(shown) < len(ranked):
-            print(f"(the {top} best and {top} worst of {len(ranked)}; --top 0 shows all)")
-    if out and table.size:
-        atomic_write_text(out, table.to_csv(index=False, float_format="%.6f"))
-        print(f"wrote {out} ({len(table)} images)")
+    # Plain Python, not pandas: a table of names and numbers is not worth a third of a second of start-up.
+    ranked = sorted(((name, score) for (_, name), score in zip(named, scores) if score is not None),
+                    key=lambda row: -row[1])  # stable: equal scores keep the order given
+    hints = [tier_hint(score, scorer.calibration) for _, score in ranked] if scorer.calibration else None
+    columns = ["rank", "file_name", "score"] + (["tier_hint"] if hints else [])
+    rows = [[str(i + 1), name, f"{score:+.4f}"] + ([hints[i]] if hints else []) for i, (name, score) in
+            enumerate(ranked)]
+    if rows:
+        shown = rows if top <= 0 or len(rows) <= 2 * top else rows[:top] + rows[-top:]
+        widths = [max(len(cell) for cell in column) for column in zip(columns, *shown)]
+        for line in [columns, *shown]:
+            print(" ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+        if len(shown) < len(rows):
+            print(f"(the {top} best and {top} worst of {len(rows)}; --top 0 shows all)")
+    if out and rows:
+        table = io.StringIO()
+        writer = csv.writer(table, lineterminator="\n")
+        writer.writerow(columns[1:])
+        writer.writerows([name, f"{score:.6f}"] + ([hints[i]] if hints else []) for i, (name, score) in
+                         enumerate(ranked))
+        atomic_write_text(out, table.getvalue())
+        print(f"wrote {out} ({len(rows)} images)")
     return errors
 
 

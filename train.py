@@ -16,25 +16,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from accelerate.utils import set_seed
 
-from data import SPLITS, check_data_dir, check_no_test_leak, load_images, split_rows, tiers_of
-from model import (
-    HeadTraining,
-    features_of,
-    head_identity,
-    head_meta,
-    load_backbone,
-    load_head,
-    save_head,
-    score_features,
-)
 from pipeline import cli, runs
 from pipeline.calibration import fit_calibration, write_calibration
 from pipeline.card import write_model_card
 from pipeline.config import TRAIN, parse_config, print_config, save_config
 from pipeline.metrics import pairwise_accuracy
 from pipeline.provenance import remove_stale, run_origin
+from pipeline.tables import SPLITS
 from pipeline.tracking import sample_pairs_table, start_tracking
 
 
@@ -46,6 +35,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def train(cfg, phase) -> None:
     """Check everything that can be checked cheaply first, record the run, then train and test it."""
+    # torch, transformers and datasets load here, after the flags were parsed: --help and a typo answer at once.
+    from accelerate.utils import set_seed
+
+    from data import check_data_dir, check_no_test_leak, load_images, split_rows
+    from model import load_backbone
+
     accelerator = cli.make_accelerator(cfg)
     out, config, log = Path(cfg.output_dir), dataclasses.asdict(cfg), accelerator.print
     cli.cpu_fallback_note(cfg, accelerator)
@@ -96,6 +91,9 @@ def train(cfg, phase) -> None:
 def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
     """The head's training (from the saved state when resuming), with a checkpoint after each best
     validation, the top-k kept, a log line per epoch and the state saved after every epoch."""
+    from data import split_rows, tiers_of
+    from model import HeadTraining, features_of, head_meta, save_head, selection_rules
+
     out, log = Path(cfg.output_dir), accelerator.print
     train_rows, val_rows = split_rows(table, "train"), split_rows(table, "val")
     train_x, val_x = features_of(cfg, [train_rows, val_rows], accelerator, backbone=backbone)
@@ -127,13 +125,14 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
             for epoch in dropped:
                 shutil.rmtree(runs.top_checkpoints(out) / f"epoch{epoch:04d}", ignore_errors=True)
         accelerator.log({k: v for k, v in record.items() if k not in ("epoch", "best")}, step=progress.epoch)
-        best = " | best" if "best" in record else ""
+        best = " | best val acc" if "best" in record else ""
         log(f"epoch {progress.epoch:3d} | train loss {record['train/loss']:.4f} | val loss {record['val/loss']:.4f} "
             f"| val acc {record['val/pairwise_acc']:.4f} | lr {record['lr']:.2e}{best}")
         if accelerator.is_main_process:
             records.append(record)
             runs.write_train_log(out, records)
 
+    log(selection_rules(cfg))
     with cli.deferred_interrupts() as interruption:
         finished = training.run(train_x, tiers_of(train_rows), val_x, val_tiers, after_epoch=after_epoch,
                                 after_step=lambda: runs.save_state(accelerator, progress, out,
@@ -149,6 +148,9 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
 def test_best(cfg, accelerator, table, backbone, progress) -> None:
     """The test split is touched once, after training, with the best checkpoint; the calibration is fitted
     on its validation scores."""
+    from data import split_rows, tiers_of
+    from model import features_of, head_identity, load_head, score_features
+
     out, frames = Path(cfg.output_dir), [split_rows(table, s) for s in SPLITS]
     best, best_meta = load_head(runs.best_checkpoint(out), identity=head_identity(cfg, backbone),
                                 run=run_origin(out))

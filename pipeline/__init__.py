@@ -9,6 +9,7 @@
     tables       tiers, splits, the image table's columns; cross-tier pairs; artist folds
     sources      a metadata.csv folder or a Hugging Face dataset, read as rows
     images       decoding and the one preprocessing; image checks
+    resample     torch's 8-bit antialiased bicubic resize in numpy, for the ONNX path without torch
     backbones    the frozen DINO backbones: found, loaded, keyed by their weights
     features     backbone features, extracted once and cached
     metrics      pairwise accuracy, intervals, correlations; the spec's gates
@@ -19,5 +20,6 @@
     card         the run's model card
     export       the ONNX export and its parity check
     scoring      an export or a checkpoint as a scorer of image files
+    sharing      an export published on the model hub, and loaded back from it
     demo_data    the synthetic demo data set
 """

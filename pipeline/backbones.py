@@ -74,11 +74,22 @@ def resolve_backbone(name: str, *, random_backbone: str = "", accelerator: Accel
         if accelerator.is_main_process:
             make_random_backbone(random_backbone, name)
         accelerator.wait_for_everyone()
+    if not Path(name).is_dir() and names_a_path(name):
+        raise BackboneError(f"backbone {name}: no such folder ({Path(name).expanduser().resolve()}); a local backbone "
+                            "is a folder written by save_pretrained, and a relative path is read from the folder "
+                            "the command runs in")
     path = Path(name) if Path(name).is_dir() else _hub_snapshot(name)
     config = read_config(path, name)
     _check_normalisation(path, name)
     return Backbone(path, _weights_digest(path), _square(config["patch_size"], name), config["hidden_size"],
                     config["model_type"])
+
+
+def names_a_path(name: str) -> bool:
+    """Whether `name` can only mean a local folder: it starts like a path, or its parent folder exists here
+    (a hub id is owner/name, and nobody keeps an `owner` folder beside their runs)."""
+    parent = Path(name).expanduser().parent
+    return name.startswith(("/", ".", "~")) or (parent != Path(".") and parent.is_dir())
 
 
 def _hub_snapshot(name: str) -> Path:

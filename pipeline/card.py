@@ -150,6 +150,8 @@ def metadata_yaml(out: Path, cfg: dict, accuracy: dict[str, float], report: dict
 
 
 def usage_section(out: Path) -> str:
+    # The card travels with the folder (copied, uploaded): an absolute path would name the machine it was made on.
+    out = Path(out.name) if out.is_absolute() else out
     return f"""```python
 import artrank
 

@@ -14,6 +14,7 @@ range is refused with one line that names the key.
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -42,6 +43,10 @@ RUNS_BACKBONE = (TRAIN, EVALUATE, EXPORT, PREDICT, CROSSVAL)
 EXTRACTS = (TRAIN, EVALUATE, CROSSVAL)
 TRAINS = (TRAIN, CROSSVAL)
 TRACKED = (TRAIN, EVALUATE, CROSSVAL)
+# The scripts that work on a trained run: its folder's config.json gives every key they do not set.
+READS_RUN = (EVALUATE, EXPORT, PREDICT, CROSSVAL)
+# The default settings are the repository's own, wherever the command is run from.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "baseline.json"
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,14 @@ class Key:
     bounds: tuple | None = None  # (predicate, how the refusal says it)
     searchable: bool = False
     not_empty: bool = False
+    path: str = ""  # LOCAL: always a local path; LOCAL_OR_HUB: a local path when one exists, else a hub id
 
 
 def key(default, help: str, role: str, scripts: tuple[str, ...], **rules):
     return field(default=default, metadata={"key": Key(help, role, scripts, **rules)})
+
+
+LOCAL, LOCAL_OR_HUB = "local", "local or hub"
 
 
 def at_least(low, text: str | None = None):
@@ -67,10 +76,11 @@ def at_least(low, text: str | None = None):
 @dataclass
 class Config:
     # data
-    data_dir: str = key("data/demo", "folder with metadata.csv and the images", RUNTIME, READS_DATA, not_empty=True)
-    output_dir: str = key("runs/baseline", "the run folder", RUNTIME, SCRIPTS, not_empty=True)
+    data_dir: str = key("data/demo", "folder with metadata.csv and the images", RUNTIME, READS_DATA, not_empty=True,
+                        path=LOCAL_OR_HUB)
+    output_dir: str = key("runs/baseline", "the run folder", RUNTIME, SCRIPTS, not_empty=True, path=LOCAL)
     cache_dir: str = key("cache", "feature and image-check cache, shared between runs", RUNTIME, READS_DATA,
-                         not_empty=True)
+                         not_empty=True, path=LOCAL)
     demo_data: bool = key(False, "generate the synthetic demo data set into data_dir when it is missing", RUNTIME,
                           READS_DATA)
     skip_bad_images: bool = key(False, "drop bad rows with a warning instead of refusing to start", RUNTIME,
@@ -80,7 +90,8 @@ class Config:
     test_fraction: float = key(0.1, "share of the artists held out for the test (whole tenths)", SPLIT, READS_DATA,
                                bounds=((lambda v: 0.1 <= v <= 0.8), "from 0.1 to 0.8"))
     # backbone and preprocessing
-    backbone: str = key("facebook/dinov2-large", "hub id or local directory", RUNTIME, RUNS_BACKBONE, not_empty=True)
+    backbone: str = key("facebook/dinov2-large", "hub id or local directory", RUNTIME, RUNS_BACKBONE, not_empty=True,
+                        path=LOCAL_OR_HUB)
     random_backbone: str = key("", "build a random DINOv2 of this architecture into `backbone` when missing",
                                RUNTIME, RUNS_BACKBONE, choices=("", "tiny", "large"))
     image_size: int = key(768, "long side of the letterboxed image", FEATURES, RUNS_BACKBONE,
@@ -124,9 +135,11 @@ class Config:
     top_k: int = key(3, "best checkpoints kept for ensembles", CHECKPOINTS, (TRAIN,), bounds=at_least(0))
     resume: bool = key(False, "continue the run in output_dir from its latest saved state", RUNTIME, (TRAIN,))
     resume_from_checkpoint: str = key("", "continue from this saved state folder (output_dir/state/epoch...)",
-                                      RUNTIME, (TRAIN,))
+                                      RUNTIME, (TRAIN,), path=LOCAL)
     overwrite_output_dir: bool = key(False, "a fresh run into a folder holding another run deletes that run", RUNTIME,
                                      (MAKE_PAIRS, TRAIN))
+    verbose: bool = key(False, "print the resolved config first (train.py and crossval.py always do, once per run)",
+                        RUNTIME, (MAKE_PAIRS, EVALUATE, EXPORT, PREDICT))
     wandb_project: str = key("artrank", "wandb project", RUNTIME, TRACKED, not_empty=True)
     wandb_mode: str = key("", "online or offline; empty: online when wandb credentials exist", RUNTIME,
                           TRACKED, choices=("", "online", "offline"))
@@ -135,7 +148,7 @@ class Config:
     # evaluation
     split: str = key("test", "split to evaluate", RUNTIME, (EVALUATE,), choices=("train", "val", "test"))
     checkpoint: str = key("", "head checkpoint folder; empty: output_dir/checkpoints/best", RUNTIME,
-                          (EVALUATE, EXPORT, PREDICT))
+                          (EVALUATE, EXPORT, PREDICT), path=LOCAL)
     ensemble: bool = key(False, "average the top-k checkpoints", RUNTIME, (EVALUATE,))
     bootstrap: int = key(1000, "artist bootstrap resamples of the confidence interval", RUNTIME, (EVALUATE,),
                          bounds=at_least(1))
@@ -143,6 +156,7 @@ class Config:
 
 KEYS: dict[str, Key] = {f.name: f.metadata["key"] for f in fields(Config)}
 TYPES: dict[str, type] = {f.name: f.type for f in fields(Config)}
+FIELD_DEFAULTS: dict = {f.name: f.default for f in fields(Config)}
 SEARCHABLE = tuple(name for name, k in KEYS.items() if k.searchable)
 DINOV2_PATCH = 14  # every facebook/dinov2-* checkpoint and both random architectures
 
@@ -248,9 +262,36 @@ def _flag(text: str, name: str):
         raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
 
 
+# Hugging Face Trainer's names of our keys: what people who know that ecosystem type first.
+HUB_NAMES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size": "batch_size",
+             "train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum_steps",
+             "early_stopping_patience": "patience", "save_total_limit": "top_k", "dataloader_num_workers":
+             "num_workers", "per_device_eval_batch_size": "extract_batch_size", "model_name_or_path": "backbone",
+             "dataset_name": "data_dir", "fp16": "mixed_precision", "bf16": "mixed_precision"}
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            hints = [hint for word in unknown if word.startswith("--") and (hint := self.did_you_mean(word))]
+            self.error(f"unrecognized arguments: {' '.join(unknown)}" + "".join(f"; {hint}" for hint in hints))
+        return namespace
+
+    def did_you_mean(self, word: str) -> str | None:
+        """A hint for one unknown flag: our name of a Hugging Face name, a key of another script, a near miss."""
+        name = word[2:].split("=", 1)[0]
+        flags = [option[2:] for option in self._option_string_actions if option.startswith("--")]
+        if HUB_NAMES.get(name) in flags:
+            value = f" {name}" if name in ("fp16", "bf16") else ""
+            return f"--{name} is Hugging Face's name: here it is --{HUB_NAMES[name]}{value}"
+        if name in KEYS:
+            return f"--{name} is a key of {', '.join(s + '.py' for s in KEYS[name].scripts)}, not of this script"
+        close = difflib.get_close_matches(name, flags, n=1, cutoff=0.7)
+        return f"did you mean --{close[0]}?" if close else None
 
 
 def script_keys(script: str | None) -> list[str]:
@@ -258,15 +299,21 @@ def script_keys(script: str | None) -> list[str]:
     return [name for name, k in KEYS.items() if script is None or script in k.scripts]
 
 
-def build_parser(doc: str, keys: list[str], defaults: dict, config_path: str,
-                 add_arguments=None) -> tuple[argparse.ArgumentParser, set[str]]:
+def build_parser(doc: str, keys: list[str], defaults: dict, config_source: str, add_arguments=None, *,
+                 run_argument: bool = False, add_help: bool = True) -> tuple[argparse.ArgumentParser, set[str]]:
     """The parser, and the names of the script's own arguments."""
-    parser = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/baseline.json", help="JSON config (default: %(default)s)")
+    parser = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=add_help)
+    shown = shown_path(DEFAULT_CONFIG)
+    parser.add_argument("--config", help=f"JSON config (default: the run's config.json with a run, else {shown})"
+                        if run_argument else f"JSON config (default: {shown})")
+    if run_argument:
+        parser.add_argument("run", nargs="?", help="a trained run's folder (the same as --output_dir RUN): its "
+                                                   "config.json gives every key not given here")
     if add_arguments is not None:
         add_arguments(parser)
     own = {action.dest for action in parser._actions}
-    group = parser.add_argument_group(f"config keys (default: the value in {config_path}, else built in)")
+    group = parser.add_argument_group(f"config keys (default: the value in {shown_path(config_source)}, "
+                                      "else built in)")
     for f in fields(Config):
         if f.name not in keys or f.name in own:
             continue
@@ -279,27 +326,75 @@ def build_parser(doc: str, keys: list[str], defaults: dict, config_path: str,
     return parser, own
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """A file of this repository by its place in it (configs/baseline.json), any other as given."""
+    try:
+        return str(Path(path).resolve().relative_to(DEFAULT_CONFIG.parents[1]))
+    except ValueError:
+        return str(path)
+
+
+def base_values(script: str | None, first: argparse.Namespace, keys: list[str]) -> tuple[dict, str, Path | None]:
+    """The values the flags start from, where they come from, and the run's config.json when they are a run's.
+
+    A script that reads a run starts from the run's recorded config when its folder (the positional RUN or
+    --output_dir) holds one; otherwise from --config, else the repository's configs/baseline.json.
+    """
+    run = getattr(first, "run", None)
+    if run and first.output_dir and Path(run) != Path(first.output_dir):
+        raise ConfigError(f"two run folders: {run} and --output_dir {first.output_dir}; give one")
+    folder = run or (first.output_dir if script in READS_RUN else None)
+    recorded = Path(folder) / "config.json" if folder else None
+    if recorded is not None and recorded.is_file():
+        return load_json(recorded) | {"output_dir": str(folder)}, str(recorded), recorded
+    if run:
+        raise ConfigError(f"{run}: not a run folder (no config.json); train it first, or give --config")
+    if first.config:
+        return load_json(first.config), first.config, None
+    return (load_json(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else {}), str(DEFAULT_CONFIG), None
+
+
+def check_agrees_with_run(recorded: Path, values: dict, given: dict, source: str) -> None:
+    """A key that makes the run what it is, given again, must be the run's: another value would describe
+    another run, and its files would be read as if they were this one's."""
+    for name, value in given.items():
+        if name in KEYS and KEYS[name].role != RUNTIME and value != values.get(name, FIELD_DEFAULTS[name]):
+            raise ConfigError(f"{source}: key {name!r} is {value!r} but the run in {recorded.parent} has "
+                              f"{values.get(name, FIELD_DEFAULTS[name])!r} ({recorded}); drop it, or train a new run")
+
+
 def parse_config(doc: str, argv: list[str] | None = None, *, script: str | None = None,
                  add_arguments=None) -> tuple[Config, argparse.Namespace]:
-    """A script's command line: --config FILE, a --key for each key the script takes, and its own arguments.
+    """A script's command line: --config FILE (or a run folder), a --key for each key the script takes, and
+    its own arguments.
 
     Returns the resolved Config and the namespace of the script's own arguments. Raises ConfigError (or
     TrackingError) for a bad file or value; a bad flag ends the program with argparse's one line.
     """
     keys = script_keys(script)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default="configs/baseline.json")
-    first, _ = pre.parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # The positional RUN where the script has no positionals of its own (predict's are images).
+    run_argument = script in READS_RUN and script != PREDICT
+    pre, _ = build_parser(doc, keys, {}, "", add_arguments, run_argument=run_argument, add_help=False)
+    first, _ = pre.parse_known_args(argv)  # what is left over is --help, or an error the real parse reports
+    if "output_dir" not in keys:
+        first.output_dir = None
     try:
-        values = load_json(first.config)
+        values, source, recorded = base_values(script, first, keys)
     except ConfigError:
-        if not {"-h", "--help"} & set(sys.argv[1:] if argv is None else argv):
+        if not {"-h", "--help"} & set(argv):
             raise
-        values = {}  # --help works from any folder: it shows the built-in values
-    parser, own = build_parser(doc, keys, values, first.config, add_arguments)
+        values, source, recorded = {}, str(DEFAULT_CONFIG), None  # --help from any folder: the built-in values
+    parser, own = build_parser(doc, keys, values, source, add_arguments, run_argument=run_argument)
     args = parser.parse_args(argv)
-    values.update({k: getattr(args, k) for k in set(keys) - own if getattr(args, k, None) is not None})
-    cfg = check_config(Config(**values), f"{first.config} with the flags given")
+    if recorded is not None and args.config:
+        check_agrees_with_run(recorded, values, load_json(args.config), args.config)
+        values |= {k: v for k, v in load_json(args.config).items() if KEYS[k].role == RUNTIME and k != "output_dir"}
+    flags = {k: getattr(args, k) for k in set(keys) - own if getattr(args, k, None) is not None}
+    if recorded is not None:
+        check_agrees_with_run(recorded, values, flags, "the flags given")
+    values.update(flags)
+    cfg = check_config(Config(**values), f"{source} with the flags given")
     if "wandb_mode" in keys:
         requested_mode(cfg.wandb_mode)  # the environment, checked before any work
     return cfg, argparse.Namespace(**{k: v for k, v in vars(args).items() if k in own})
@@ -309,5 +404,16 @@ def print_config(cfg: Config, file=sys.stdout) -> None:
     print(json.dumps(dataclasses.asdict(cfg), indent=2), file=file, flush=True)
 
 
+def recorded_paths(values: dict) -> dict:
+    """The values with every local path made absolute: a run's config.json is read from any folder, so a path
+    in it must not mean something else there (a hub id stays a hub id)."""
+    def absolute(name: str, value):
+        rule = KEYS[name].path if name in KEYS else ""
+        local = rule == LOCAL or rule == LOCAL_OR_HUB and Path(value).expanduser().exists()
+        return os.path.abspath(Path(value).expanduser()) if value and local else value
+
+    return {name: absolute(name, value) for name, value in values.items()}
+
+
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    atomic_write_json(path, dataclasses.asdict(cfg))
+    atomic_write_json(path, recorded_paths(dataclasses.asdict(cfg)))

@@ -17,6 +17,15 @@ from .tables import TIER_PAIRS, TIERS, tier_ranks
 
 # The spec's acceptance (4.5.2), per split: test and val at least, train at most (over-fitting).
 GATES = {"test": (">=", 0.60), "val": (">=", 0.62), "train": ("<=", 0.80)}
+GATE_MEANINGS = {"test": "the works of artists never seen rank well enough to use",
+                 "val": "the same on the artists that chose the checkpoint",
+                 "train": "at most: above it the head has learnt its training artists rather than drawing"}
+
+
+def gates_legend() -> str:
+    """What the gates are and where they come from, in one line."""
+    return ("gates: the requirements' acceptance targets; " + "; ".join(
+        f"{split} {op} {bound:.2f}: {GATE_MEANINGS[split]}" for split, (op, bound) in GATES.items()))
 
 
 def gate_results(accuracy_by_split: dict[str, float]) -> dict[str, dict]:

@@ -9,14 +9,15 @@ refused rather than scored.
 import itertools
 import json
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,6 +33,9 @@ from .images import (
     on_canvas,
     to_rgb,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_FORMAT = 1  # of model.json; bumped when its meaning changes, so old readers refuse instead of misreading
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "score"
@@ -107,24 +111,42 @@ class Scorer:
     description: str
 
 
-def onnx_session(path: str | Path):
-    """An onnxruntime session on CUDA when a GPU is present, else on the CPU."""
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+def onnx_session(path: str | Path, provider: str = "auto"):
+    """An onnxruntime session on `provider` (cpu, cuda or tensorrt), refused when onnxruntime here cannot run
+    it; "auto": CUDA when a GPU is present, else the CPU."""
     import onnxruntime
 
-    providers = ["CPUExecutionProvider"]
-    gpu = torch.cuda.is_available() or Path("/dev/nvidiactl").exists()
-    if gpu and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        if hasattr(onnxruntime, "preload_dlls"):  # CUDA and cuDNN from the pip wheels PyTorch brought
-            onnxruntime.preload_dlls()
-        # TF32 would round fp32 matmuls to fp16's 10-bit mantissa: the fp32 model is the exact one.
-        providers.insert(0, ("CUDAExecutionProvider", {"use_tf32": "0"}))
-    return onnxruntime.InferenceSession(str(path), providers=providers)
+    available, asked = onnxruntime.get_available_providers(), provider
+    if provider == "auto":
+        # Asked of torch only when something else loaded it: the ONNX path never imports it.
+        gpu = Path("/dev/nvidiactl").exists() or "torch" in sys.modules and sys.modules["torch"].cuda.is_available()
+        provider = "cuda" if gpu and PROVIDERS["cuda"] in available else "cpu"
+    if provider not in PROVIDERS:
+        raise ArtrankError(f"execution provider {provider!r}: choose auto, {', '.join(PROVIDERS)}")
+    if PROVIDERS[provider] not in available:
+        raise ArtrankError(f"execution provider {provider}: this onnxruntime has {', '.join(available)} only "
+                           "(the GPU providers come with the onnxruntime-gpu package)")
+    if provider != "cpu" and hasattr(onnxruntime, "preload_dlls"):  # CUDA and cuDNN from the pip wheels
+        onnxruntime.preload_dlls()
+    # TF32 would round fp32 matmuls to fp16's 10-bit mantissa: the fp32 model is the exact one.
+    chain = {"cpu": [], "cuda": [("CUDAExecutionProvider", {"use_tf32": "0"})],
+             "tensorrt": ["TensorrtExecutionProvider", ("CUDAExecutionProvider", {"use_tf32": "0"})]}[provider]
+    session = onnxruntime.InferenceSession(str(path), providers=chain + ["CPUExecutionProvider"])
+    if asked != "auto" and session.get_providers()[0] != PROVIDERS[provider]:  # onnxruntime only warns
+        raise ArtrankError(f"{path}: execution provider {provider} did not start here (onnxruntime runs it on "
+                           f"{session.get_providers()[0]}); check the CUDA libraries, or pass --provider cpu")
+    return session
 
 
-def onnx_scorer(path: str | os.PathLike) -> Scorer:
-    """model.onnx (or model_fp16.onnx) and the model.json beside it; refuses a pair it cannot trust."""
+def onnx_scorer(path: str | os.PathLike, *, provider: str = "auto", fp16: bool = False) -> Scorer:
+    """model.onnx (or model_fp16.onnx: `fp16`, or its path) and the model.json beside it, run on `provider`
+    (see onnx_session); refuses a pair it cannot trust."""
     path = Path(path)
-    path = path / FILE_NAMES["fp32"] if path.is_dir() else path
+    chosen = FILE_NAMES["fp16" if fp16 else "fp32"]
+    path = path / chosen if path.is_dir() else path.with_name(chosen) if fp16 else path
     if not path.is_file():
         raise ArtrankError(f"no ONNX model at {path}: run export_onnx.py with this config first, "
                            "or pass --model PATH/model.onnx, or --torch")
@@ -144,7 +166,9 @@ def onnx_scorer(path: str | os.PathLike) -> Scorer:
         raise ArtrankError(f"{meta_path}: preprocessing {prep['version']} with mean {prep['mean']} and std "
                            f"{prep['std']}, this code does {PREPROCESSING_VERSION} with ImageNet mean and std")
     try:
-        session = onnx_session(path)
+        session = onnx_session(path, provider)
+    except ArtrankError:
+        raise
     except Exception as err:  # onnxruntime raises its own types for a corrupt or truncated file
         raise ArtrankError(f"{path}: cannot load: {str(err).splitlines()[0]}") from None
     if session.get_modelmeta().custom_metadata_map.get("artrank.export_id") != meta["export_id"]:
@@ -157,9 +181,11 @@ def onnx_scorer(path: str | os.PathLike) -> Scorer:
                               f"checkpoint epoch {meta['checkpoint']['epoch']})")
 
 
-def torch_scorer(ranker: torch.nn.Module, *, device: torch.device, image_size: int, patch_size: int,
+def torch_scorer(ranker: "torch.nn.Module", *, device: "torch.device", image_size: int, patch_size: int,
                  calibration: dict | None, description: str) -> Scorer:
     """A PyTorch ranker (pixels -> score) as a Scorer, fp32 on `device`."""
+    import torch
+
     ranker = ranker.to(device).eval()
 
     @torch.inference_mode()
@@ -170,11 +196,16 @@ def torch_scorer(ranker: torch.nn.Module, *, device: torch.device, image_size: i
                   description=description)
 
 
-def picture_of(image: ImageLike, scorer: Scorer) -> torch.Tensor:
+def picture_of(image: ImageLike, scorer: Scorer) -> np.ndarray:
     """The letterboxed picture of one image, uint8: a path is decoded the one way every script decodes it."""
     if isinstance(image, Image.Image):
         return letterbox(to_rgb(image), scorer.image_size)
     return load_picture(image, scorer.image_size)
+
+
+def one_torch_thread() -> None:
+    if "torch" in sys.modules:  # torch's resize then runs in this decoding thread; else numpy's does
+        sys.modules["torch"].set_num_threads(1)
 
 
 def score_images(scorer: Scorer, images: Sequence[ImageLike], *, batch_size: int, workers: int | None = None,
@@ -200,8 +231,7 @@ def score_images(scorer: Scorer, images: Sequence[ImageLike], *, batch_size: int
     scores: list[float | None] = [None] * len(images)
     errors = []
     # One torch thread per decoding thread: nested OpenMP teams would spin on cores that other threads decode on.
-    pool = ThreadPoolExecutor(max_workers=workers or default_workers(), initializer=torch.set_num_threads,
-                              initargs=(1,))
+    pool = ThreadPoolExecutor(max_workers=workers or default_workers(), initializer=one_torch_thread)
     upcoming, decoding = iter(images), deque()
 
     def decode_next(count: int) -> None:

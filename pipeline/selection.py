@@ -13,16 +13,17 @@ import itertools
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
 
 from .config import FEATURES, HEAD, SEARCHABLE, SPLIT, TRAINING, ConfigError, check_value, identity
-from .figures import save_png
 from .files import atomic_write_json, atomic_write_text
 from .images import PREPROCESSING_VERSION
 from .tables import artist_folds
+
+if TYPE_CHECKING:  # pandas and matplotlib load where used: crossval.py --help and a bad grid answer at once
+    import pandas as pd
 
 CELL_FORMAT = 1  # bumped when a cell's procedure changes: older cells are recomputed, not reused
 
@@ -56,7 +57,7 @@ def setting_label(setting: dict) -> str:
     return " ".join(f"{key}={value}" for key, value in setting.items()) or "config as given"
 
 
-def crossval_folds(rows: pd.DataFrame, *, folds: int, seed: int) -> np.ndarray:
+def crossval_folds(rows: "pd.DataFrame", *, folds: int, seed: int) -> np.ndarray:
     """The fold (0 .. folds-1) of each row: grouped by artist, stratified by tier (tables.artist_folds).
 
     Raises ConfigError when a fold would hold fewer than two tiers (no pair to score).
@@ -81,7 +82,7 @@ def fold_roles(fold: int, folds: int) -> tuple[int, int]:
     return fold, (fold + 1) % folds
 
 
-def data_fingerprint(rows: pd.DataFrame) -> str:
+def data_fingerprint(rows: "pd.DataFrame") -> str:
     """A hash of the rows cross-validation sees: which images, their content, tier and artist."""
     columns = rows[["image_id", "sha256", "tier", "artist"]].sort_values("image_id")
     return hashlib.sha256(columns.to_csv(index=False).encode()).hexdigest()[:16]
@@ -115,12 +116,14 @@ def save_cell(directory: Path, key: str, result: dict) -> None:
     atomic_write_json(directory / f"{key}.json", {"key": key, **result})
 
 
-def summarize(settings: list[dict], cells: list[list[dict]]) -> pd.DataFrame:
+def summarize(settings: list[dict], cells: list[list[dict]]) -> "pd.DataFrame":
     """One row per setting: mean and sample standard deviation over folds of accuracy and Kendall tau.
 
     `cells[i]` holds setting i's fold results. `within_1se` marks the settings whose mean accuracy is
     within one standard error of the best one's: choosing among them is choosing noise.
     """
+    import pandas as pd
+
     records = []
     for setting, results in zip(settings, cells):
         accuracy = np.array([r["accuracy"] for r in results])
@@ -137,7 +140,7 @@ def summarize(settings: list[dict], cells: list[list[dict]]) -> pd.DataFrame:
     return table
 
 
-def markdown_table(table: pd.DataFrame) -> str:
+def markdown_table(table: "pd.DataFrame") -> str:
     lines = ["| setting | pairwise accuracy | Kendall tau | s per fold | |", "|---|---|---|---|---|"]
     for row in table.itertuples():
         mark = "**best**" if row.best else "within 1 SE" if row.within_1se else ""
@@ -146,16 +149,20 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(table: pd.DataFrame, directory: Path) -> None:
+def write_results(table: "pd.DataFrame", directory: Path) -> None:
     buffer = io.StringIO()
     table.to_csv(buffer, index=False, float_format="%.6f")
     atomic_write_text(directory / "results.csv", buffer.getvalue())
     atomic_write_text(directory / "results.md", markdown_table(table))
 
 
-def accuracy_figure(table: pd.DataFrame, fold_accuracy: list[list[float]], path: str | os.PathLike, *,
+def accuracy_figure(table: "pd.DataFrame", fold_accuracy: list[list[float]], path: str | os.PathLike, *,
                     title: str) -> Path:
     """One row per setting, best at the top: every fold's accuracy as a dot, the mean ± sd as a bar."""
+    from matplotlib.figure import Figure
+
+    from .figures import save_png
+
     order = np.argsort(-table["accuracy_mean"].to_numpy(), kind="stable")
     figure = Figure(figsize=(8, 1.2 + 0.38 * len(table)))
     ax = figure.subplots()

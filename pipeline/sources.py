@@ -41,6 +41,7 @@ class Rows:
     rows: pd.DataFrame  # ROW_COLUMNS, every value a string but row
     problems: list[tuple[int, str]] = field(default_factory=list)  # (row, message)
     names_are_files: bool = True  # file_name names the file read (a folder's metadata), not only a label
+    notes: list[str] = field(default_factory=list)  # how the source was read, where it took a guess to show
 
 
 def source_kind(data_dir: str) -> str:
@@ -142,13 +143,18 @@ def read_metadata_csv(data_dir: Path) -> Rows:
         line = payload[:err.start].count(b"\n") + 1
         raise DataError(f"{csv_path}: line {line} is not UTF-8 text; save the file as UTF-8 "
                         "(in Excel: 'CSV UTF-8')") from None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    separator = sniff_separator(text)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=separator)
     line = 0
+    notes = [f"{csv_path}: columns separated by {SEPARATORS[separator]}"] if separator != "," else []
     try:
-        header = [name.strip() for name in next(reader, [])]
+        given = [name.strip() for name in next(reader, [])]
+        header = [column_name(name) for name in given]
         missing = [c for c in ("file_name", "tier", "artist") if c not in header]
         if missing:
-            raise DataError(f"{csv_path}: missing column(s) {missing}; found {header}")
+            raise DataError(f"{csv_path}: missing column(s) {missing}; found {given}")
+        if matched := [f"{name!r} as {column}" for name, column in zip(given, header) if name != column]:
+            notes.append(f"{csv_path}: read column(s) {', '.join(matched)}")
         repeated = sorted({c for c in header if header.count(c) > 1 and c})
         if repeated:
             raise DataError(f"{csv_path}: column(s) {repeated} appear more than once in the header")
@@ -172,7 +178,28 @@ def read_metadata_csv(data_dir: Path) -> Rows:
                         "marks inside a field must be doubled") from None
     if not records and not problems:
         raise DataError(f"{csv_path}: no image rows")
-    return Rows(str(csv_path), folder_rows(data_dir, records, header, problems), problems)
+    return Rows(str(csv_path), folder_rows(data_dir, records, header, problems), problems, notes=notes)
+
+
+SEPARATORS = {",": "commas", ";": "semicolons (a spreadsheet's CSV in a comma-decimal locale)", "\t": "tabs"}
+COLUMNS = ("file_name", "tier", "artist", "image_id")
+
+
+def column_name(name: str) -> str:
+    """Our column a header cell means, whatever its case and spacing ('File Name', ' TIER ', 'image-id'), or
+    the cell as it is."""
+    key = re.sub(r"[\s_-]+", "_", name.strip().lower())
+    return key if key in COLUMNS else name.strip()
+
+
+def sniff_separator(text: str) -> str:
+    """The separator under which the header holds our columns: commas unless only semicolons or tabs do."""
+    first = text.split("\n", 1)[0]
+    for separator in SEPARATORS:
+        cells = {column_name(cell) for cell in next(csv.reader([first], delimiter=separator), [])}
+        if {"file_name", "tier", "artist"} <= cells:
+            return separator
+    return ","
 
 
 def read_metadata_jsonl(data_dir: Path) -> Rows:

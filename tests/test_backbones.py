@@ -281,3 +281,14 @@ def test_each_family_trains_exports_and_predicts_and_onnx_equals_automodel_token
     np.testing.assert_allclose([written[Path(p).name] if Path(p).name in written else written[p] for p in paths],
                                expected, atol=1e-4)
     assert meta["patch_size"] == patch and predicted.returncode == 0
+
+
+@pytest.mark.parametrize("given", ["absolute", "relative"])
+def test_a_missing_local_backbone_is_named_as_a_folder_not_blamed_on_the_hub(tmp_path, monkeypatch, given):
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    name = str(tmp_path / "models" / "dinov2") if given == "absolute" else "models/dinov2"
+    with pytest.raises(BackboneError) as refusal:
+        resolve_backbone(name, accelerator=Accelerator(cpu=True))
+    assert str(refusal.value).startswith(f"backbone {name}: no such folder ({tmp_path / 'models' / 'dinov2'})")
+    assert "hub" not in str(refusal.value)

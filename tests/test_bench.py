@@ -111,3 +111,15 @@ def test_photos_runs_at_its_smallest_and_prints_every_target(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Spearman" in result.stdout and "| target |" in result.stdout
+
+
+def test_startup_times_every_script_s_help_and_predict_from_start_to_score(exported):
+    result = subprocess.run([sys.executable, "-m", "bench.startup", "--run", str(exported["out"]), "--repeats", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table, summary = table_and_summary(result.stdout)
+    for script in ("make_pairs", "train", "evaluate", "export_onnx", "predict", "crossval"):
+        assert f"| {script}.py --help | " in table
+    assert "| predict.py --model RUN/model.onnx PHOTO (start to score, 12 MP JPEG) | " in table
+    assert "| python -c 'import onnxruntime, PIL' (the least a scorer loads) | " in table
+    assert summary.startswith("startup: --help ") and "predict to score" in summary

@@ -217,3 +217,92 @@ def test_each_script_takes_as_flags_exactly_the_keys_that_declare_it(script, mon
     own = {"help", "fp16", "parity_images", "latency_batch", "bench_seconds", "dir", "out", "compare", "model",
            "torch", "top", "folds", "grid"}
     assert flags - own == set(script_keys(script))
+
+
+# ---------------------------------------------------------------- a run folder is enough
+
+def recorded_run(tmp_path, **values) -> str:
+    """A run folder whose config.json records `values` over the defaults, as train.py writes it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    recorded = vars(Config()) | dict(output_dir=str(run), **values)
+    (run / "config.json").write_text(json.dumps(recorded))
+    return str(run)
+
+
+@pytest.mark.parametrize("script, how", [("evaluate", "positional"), ("export_onnx", "positional"),
+                                         ("crossval", "positional"), ("evaluate", "--output_dir"),
+                                         ("predict", "--output_dir")])
+def test_a_run_folder_gives_every_key_of_a_script_that_reads_a_run(tmp_path, monkeypatch, script, how):
+    run = recorded_run(tmp_path, image_size=64, feature="cls_mean", data_dir="/data/mine", backbone="/models/b")
+    monkeypatch.chdir(tmp_path)  # no configs/ here: nothing comes from the caller's folder
+    cfg, _ = parse_config("", [run] if how == "positional" else ["--output_dir", run], script=script)
+    assert (cfg.image_size, cfg.feature, cfg.backbone, cfg.output_dir) == (64, "cls_mean", "/models/b", run)
+    if script != "predict":
+        assert cfg.data_dir == "/data/mine"
+
+
+def test_a_key_given_again_must_agree_with_the_run_s_and_a_runtime_key_may_change(tmp_path):
+    run = recorded_run(tmp_path, image_size=64)
+    assert parse_config("", [run, "--image_size", "64"], script="evaluate")[0].image_size == 64
+    cfg, _ = parse_config("", [run, "--split", "val", "--bootstrap", "7"], script="evaluate")
+    assert (cfg.split, cfg.bootstrap, cfg.image_size) == ("val", 7, 64)
+    with pytest.raises(ConfigError, match=r"key 'image_size' is 224 but the run in .* has 64"):
+        parse_config("", [run, "--image_size", "224"], script="evaluate")
+    other = write_config(tmp_path, {"seed": 7, "data_dir": "/moved/data"})
+    with pytest.raises(ConfigError, match=r"key 'seed' is 7 but the run"):
+        parse_config("", ["--config", other, "--output_dir", run], script="export_onnx")
+    moved = write_config(tmp_path, {"image_size": 64, "data_dir": "/moved/data"})
+    assert parse_config("", ["--config", moved, run], script="evaluate")[0].data_dir == "/moved/data"
+
+
+def test_a_folder_that_holds_no_run_and_two_run_folders_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"empty: not a run folder \(no config.json\)"):
+        parse_config("", [str(tmp_path / "empty")], script="evaluate")
+    run = recorded_run(tmp_path)
+    with pytest.raises(ConfigError, match="two run folders"):
+        parse_config("", [run, "--output_dir", str(tmp_path / "other")], script="evaluate")
+
+
+def test_without_config_the_repository_s_baseline_is_the_default_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    baseline = json.loads((ROOT / "configs/baseline.json").read_text())
+    cfg, args = parse_config("", ["a.png"], script="predict", add_arguments=lambda p: p.add_argument("images",
+                                                                                                      nargs="*"))
+    assert (cfg.data_dir, cfg.output_dir, args.images) == (baseline["data_dir"], baseline["output_dir"], ["a.png"])
+
+
+def test_a_run_records_local_paths_absolute_and_hub_ids_as_they_are(tmp_path, monkeypatch):
+    from pipeline.config import save_config
+
+    (tmp_path / "work" / "drawings").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    cfg = Config(data_dir="drawings", cache_dir="cache", output_dir="runs/mine", backbone="facebook/dinov2-large")
+    save_config(cfg, tmp_path / "config.json")
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    work = tmp_path / "work"
+    assert (recorded["data_dir"], recorded["cache_dir"], recorded["output_dir"]) == (
+        str(work / "drawings"), str(work / "cache"), str(work / "runs" / "mine"))
+    assert recorded["backbone"] == "facebook/dinov2-large" and recorded["checkpoint"] == ""
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["--learning_rate", "1e-4"], "--learning_rate is Hugging Face's name: here it is --lr"),
+    (["--num_train_epochs", "3"], "--num_train_epochs is Hugging Face's name: here it is --epochs"),
+    (["--per_device_train_batch_size", "8"],
+     "--per_device_train_batch_size is Hugging Face's name: here it is --batch_size"),
+    (["--bf16"], "--bf16 is Hugging Face's name: here it is --mixed_precision bf16"),
+    (["--bootstrap", "5"], "--bootstrap is a key of evaluate.py, not of this script"),
+    (["--weight_decy", "0.1"], "did you mean --weight_decay?"),
+])
+def test_an_unknown_flag_gets_our_name_for_it(tmp_path, argv, hint, capsys):
+    with pytest.raises(SystemExit):
+        parse_config("", ["--config", write_config(tmp_path, {}), *argv], script="train")
+    error = capsys.readouterr().err
+    assert f"unrecognized arguments: {' '.join(argv)}; {hint}" in error and len(error.strip().splitlines()) == 1
+
+
+def test_a_value_of_the_wrong_type_names_the_type_expected(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_config("", ["--config", write_config(tmp_path, {}), "--epochs", "1.5"], script="train")
+    assert "argument --epochs: int expected, got '1.5'" in capsys.readouterr().err

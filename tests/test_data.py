@@ -222,3 +222,45 @@ def test_skipped_rows_are_listed_even_when_the_split_then_fails(tmp_path):
     with pytest.raises(DataError, match=r"at least 10 artists.*found 9 \(after skipping 1 bad row\(s\): row \d+ "
                                         r"\(images/a09_00.png\): not an image"):
         image_frame(data_dir, skip_bad_images=True, **SPLIT)
+
+
+def test_a_held_out_split_of_fewer_than_five_artists_is_warned_about(tmp_path):
+    from data import FEW_ARTISTS, few_artist_warnings, image_table
+
+    for artists, per_artist in ((12, 8), (60, 2)):
+        table, _ = image_table(write_dataset(tmp_path / f"data{artists}", artists=artists, per_artist=per_artist),
+                               **SPLIT)
+        rows = pd.DataFrame({"artist": table["artist"], "split": table.features["split"].int2str(table["split"])})
+        counts = {name: rows.loc[rows.split == name, "artist"].nunique() for name in ("val", "test")}
+        expected = [f"the {name} split holds the works of {n} artist(s), fewer than 5" for name, n in counts.items()
+                    if n < FEW_ARTISTS]
+        warnings = few_artist_warnings(table)
+        assert [w.split(":")[0] for w in warnings] == expected and (artists == 60) == (expected == []), counts
+
+
+@pytest.mark.parametrize("mistake", ["folder name prefixed", "extension case", "one cause of two"])
+def test_missing_files_that_share_one_fixable_cause_are_said_in_one_line(tmp_path, mistake):
+    from pipeline.sources import DataError
+
+    data_dir = write_dataset(tmp_path / "drawings")
+    metadata = pd.read_csv(data_dir / "metadata.csv")
+    if mistake == "folder name prefixed":
+        metadata["file_name"] = "drawings/" + metadata["file_name"]
+        expected = (f"all 96 missing files start with the data folder's own name 'drawings/': a file_name is relative "
+                    f"to the data folder ('{metadata.file_name[0][9:]}', not '{metadata.file_name[0]}')")
+    else:
+        for path in (data_dir / "images").iterdir():
+            path.rename(path.with_suffix(".PNG"))
+        expected = ("all 96 missing files exist with the extension in another case ('images/a00_00.png' is "
+                    "'a00_00.PNG' on disk): file names are case-sensitive")
+        if mistake == "one cause of two":
+            metadata.loc[len(metadata)] = ["images/never_made.png", "A", "artist00"]
+    metadata.to_csv(data_dir / "metadata.csv", index=False)
+    with pytest.raises(DataError) as refusal:
+        image_frame(data_dir, **SPLIT)
+    lines = str(refusal.value).splitlines()
+    assert sum("file not found" in line for line in lines) == len(metadata)
+    if mistake == "one cause of two":
+        assert not any("missing files" in line for line in lines)
+    else:
+        assert lines[1].strip().startswith(expected)

@@ -53,6 +53,21 @@ def test_checkpoint_is_the_head_evaluate_reads(tmp_path):
     assert checkpoint_dirs(Config(output_dir=str(tmp_path))) == (tmp_path / "checkpoints" / "best", [])
 
 
+def test_the_console_says_what_each_gate_means_and_where_it_comes_from(tmp_path):
+    from evaluate import console_report
+    from pipeline.metrics import GATES, gate_results
+
+    accuracy = {"test": 0.7, "val": 0.6, "train": 0.9}
+    report = dict(gates=gate_results(accuracy), kendall_tau=0.3, spearman=0.4, pairwise_accuracy=0.7, n_pairs=10,
+                  n_images=8, n_artists=2, ci95=[0.6, 0.8], bootstrap={"resamples": 5}, per_tier_pair={},
+                  per_tier_pair_n_pairs={})
+    text = console_report({"best single": report}, "test", tmp_path, [])
+    assert "0.6000 FAIL" in text and "0.9000 FAIL" in text and "0.7000 PASS" in text
+    legend = next(line for line in text.splitlines() if "gates: the requirements' acceptance targets" in line)
+    assert [f"{split} {op} {bound:.2f}: " in legend for split, (op, bound) in GATES.items()] == [True] * 3
+    assert "never seen" in legend and "chose the checkpoint" in legend and "learnt its training artists" in legend
+
+
 @pytest.mark.slow
 def test_evaluate_end_to_end(tmp_path, dataset, tiny_backbone):
     """Train, evaluate, and check the figures against the model run pair by pair as the spec does it."""

@@ -110,3 +110,37 @@ def test_no_calibration_means_no_tier_hint_and_no_probability(exported, tmp_path
     predict.main([*exported["args"], "--output_dir", str(out), "--compare", first, second])
     output = capsys.readouterr().out
     assert "P(A better) unavailable" in output and "P(A better than B)" not in output
+
+
+def test_the_resolved_config_is_printed_by_train_once_and_by_predict_only_with_verbose(exported, capsys):
+    image = val_images(exported)[0]
+    predict.main([*exported["args"], image])
+    quiet = capsys.readouterr()
+    predict.main([*exported["args"], image, "--verbose"])
+    verbose = capsys.readouterr()
+    recorded = json.loads((exported["out"] / "config.json").read_text())
+    assert '"backbone":' not in quiet.out + quiet.err and verbose.err.count('"backbone":') == 1
+    shown = json.loads(verbose.err[:verbose.err.index("}") + 1])
+    assert {k: shown[k] for k in ("image_size", "feature", "score_head")} == {
+        k: recorded[k] for k in ("image_size", "feature", "score_head")}
+
+
+def test_the_execution_provider_and_the_fp16_file_are_chosen_and_a_missing_provider_is_one_line(exported, capsys):
+    import onnxruntime
+
+    import artrank
+
+    image = val_images(exported)[0]
+    predict.main([*exported["args"], "--fp16", "--provider", "cpu", image])
+    assert "model_fp16.onnx (onnxruntime, CPUExecutionProvider" in capsys.readouterr().out
+    model = artrank.load(exported["out"], fp16=True, provider="cpu")
+    assert "model_fp16.onnx (onnxruntime, CPUExecutionProvider" in repr(model)
+    assert artrank.load(exported["out"], provider="cpu").score(image) != model.score(image)  # another graph
+    if not Path("/dev/nvidiactl").exists():  # no GPU: cuda is refused, listed by onnxruntime or not
+        with pytest.raises(SystemExit) as refusal:
+            predict.main([*exported["args"], "--provider", "cuda", image])
+        listed = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        assert re.match(r"error: .*execution provider cuda did not start here" if listed else
+                        r"error: execution provider cuda: this onnxruntime has ", str(refusal.value))
+        with pytest.raises(artrank.ArtrankError, match="execution provider cuda"):
+            artrank.load(exported["out"], provider="cuda")

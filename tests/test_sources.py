@@ -51,10 +51,30 @@ def test_metadata_with_bom_extra_columns_blank_lines_and_lower_case_tiers(tmp_pa
         "path": [str(tmp_path / n) for n in ("a.png", "b.png", "c.png")], "row": [2, 4, 6]}
 
 
+@pytest.mark.parametrize("separator, said", [(",", None), (";", "semicolons"), ("\t", "tabs")])
+def test_header_case_spacing_and_the_separator_are_matched_and_said(tmp_path, separator, said):
+    from pipeline.sources import SEPARATORS, read_rows
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    lines = [["File_Name", " TIER", "Artist ", "Image-ID", "Notes"], ["a.png", "s", "Kim", "x", "1,5"],
+             ["b.png", "A", "Lee", "", "fine"]]
+    (tmp_path / "metadata.csv").write_text("".join(separator.join(cells) + "\n" for cells in lines)
+                                           if separator != "," else 'File_Name, TIER,Artist ,Image-ID,Notes\n'
+                                           'a.png,s,Kim,x,"1,5"\nb.png,A,Lee,,fine\n')
+    rows = read_rows(str(tmp_path), cache_dir=None)
+    assert rows.rows[["file_name", "tier", "artist", "image_id"]].to_dict("list") == {
+        "file_name": ["a.png", "b.png"], "tier": ["s", "A"], "artist": ["Kim", "Lee"], "image_id": ["x", "b.png"]}
+    matched = f"{tmp_path / 'metadata.csv'}: read column(s) 'File_Name' as file_name, 'TIER' as tier, 'Artist' as " \
+              "artist, 'Image-ID' as image_id"
+    separated = [f"{tmp_path / 'metadata.csv'}: columns separated by {SEPARATORS[separator]}"] if said else []
+    assert rows.notes == separated + [matched] and (not said or said in SEPARATORS[separator])
+
+
 @pytest.mark.parametrize("text, message", [
     (None, "metadata.csv: not found"),
     ("", "missing column(s) ['file_name', 'tier', 'artist']"),
-    ("file_name;tier;artist\na.png;S;Kim\n", "missing column(s)"),
+    ("file_name;tier\na.png;S\n", "missing column(s) ['file_name', 'tier', 'artist']; found ['file_name;tier']"),
     ("file_name,tier,artist\n\n", "no image rows"),
     ("file_name,tier,artist,tier\na.png,S,Kim,A\n", "column(s) ['tier'] appear more than once"),
     ("file_name,tier,artist\na.png,S,김민지\n".encode("cp949"), "line 2 is not UTF-8"),

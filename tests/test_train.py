@@ -140,12 +140,21 @@ def test_ctrl_c_saves_mid_epoch_state_and_resume_skips_seen_batches(tmp_path, re
 
 
 def test_req_s_002_early_stop_when_val_loss_stalls(tmp_path, dataset, tiny_backbone):
-    run_script("train.py", *tiny_args(tmp_path, dataset, tiny_backbone, epochs=40, patience=2, lr=3e-2))
+    result = run_script("train.py", *tiny_args(tmp_path, dataset, tiny_backbone, epochs=40, patience=2, lr=3e-2))
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     metrics = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
     best_loss_epoch = min(range(len(log)), key=lambda i: log[i]["val/loss"])
     assert metrics["stop_reason"].startswith("early stop")
     assert len(log) == best_loss_epoch + 1 + 2 < 40
+    # The console says which criterion each follows: the best marker val accuracy, patience val loss.
+    assert ("best checkpoint: the epoch of highest val accuracy (the first of equals); early stop: 2 epochs "
+            "without a lower val loss") in result.stdout
+    marked = [int(line.split()[1]) for line in result.stdout.splitlines()
+              if line.startswith("epoch ") and line.endswith(" | best val acc")]
+    highest = [r["epoch"] for i, r in enumerate(log) if all(r["val/pairwise_acc"] > e["val/pairwise_acc"]
+                                                            for e in log[:i])]
+    assert marked == highest
+    assert result.stdout.count('"backbone":') == 1  # the resolved config, once, at the start of the run
 
 
 def test_req_s_003_stop_when_lr_below_min_lr(tmp_path, dataset, tiny_backbone):

@@ -75,6 +75,12 @@ CARD_MODELS = ("tests/test_card.py::test_the_card_shows_the_best_checkpoint_s_fi
 STALE = (PROVENANCE + "what_describes_a_checkpoint_the_run_no_longer_holds_is_removed_and_nothing_else",
          RUNS + "resume_to_the_end_removes_the_partial_run_s_results_and_writes_a_missing_card")
 USER_FOLDER = RUNS + "a_fresh_run_into_a_folder_of_the_user_s_is_refused_and_the_flag_deletes_none_of_it"
+STARTUP = "tests/test_startup.py::test_help_loads_no_heavy_library"
+RUN_FOLDER = ("tests/test_config.py", "-m", "not slow")
+PROVIDER = ("tests/test_predict.py::test_the_execution_provider_and_the_fp16_file_are_chosen_and_a_missing_provider_"
+            "is_one_line")
+SHARING = "tests/test_sharing.py::test_"
+MESSAGES_CONFIG = ("tests/test_config.py::test_an_unknown_flag_gets_our_name_for_it",)
 SOURCES = "tests/test_sources.py::test_a_saved_dataset_a_parquet_file_and_a_jsonl_folder_give_the_folder_s_table"
 CV = "tests/test_crossval.py::test_"
 CELL = CV + "a_cell_trains_on_the_other_folds_stops_on_the_next_fold_and_scores_only_the_held_out_one"
@@ -253,8 +259,8 @@ PLANTS = [
           '"ok": all(batch["max_abs_diff"] <= tolerance for batch in batches.values())',
           '"ok": batches[1]["max_abs_diff"] <= tolerance', (PARITY,),
           "an export wrong at batch N passes because batch 1 is right"),
-    Plant("predict-top-best-only", "predict.py", "pd.concat([ranked.head(top), ranked.tail(top)])",
-          "ranked.head(top)", (TOP_N,), "--top N shows the N best and not the N worst"),
+    Plant("predict-top-best-only", "predict.py", "else rows[:top] + rows[-top:]",
+          "else rows[:top]", (TOP_N,), "--top N shows the N best and not the N worst"),
     Plant("compare-hint-of-b-for-a", "predict.py", '(("A", path_a, result.score_a, result.tier_hint_a)',
           '(("A", path_a, result.score_a, result.tier_hint_b)', (COMPARE_HINT,),
           "--compare prints image B's tier hint beside A"),
@@ -434,6 +440,82 @@ PLANTS = [
           "        if err.errno not in ENVIRONMENT_ERRNOS:\n            raise\n", "        raise\n",
           ("tests/test_cli.py",),
           "a full disk or a folder named as --out ends in a traceback"),
+    # ---- start-up and the ONNX path
+    Plant("resample-truncates", "pipeline/resample.py", "np.full((n_out, *pixels.shape[1:]), 1 << (bits - 1),",
+          "np.full((n_out, *pixels.shape[1:]), 0,", ("tests/test_resample.py",),
+          "the numpy resize truncates its sums where torch's rounds: the ONNX path sees other pixels"),
+    Plant("resample-window-unwidened", "pipeline/resample.py", "support = SUPPORT * max(scale, 1.0)",
+          "support = SUPPORT", ("tests/test_resample.py",),
+          "the numpy resize does not widen its window when reducing: aliasing torch's resize does not have"),
+    Plant("onnx-path-imports-torch", "pipeline/scoring.py", "from PIL import Image\n",
+          "import torch  # noqa: F401\nfrom PIL import Image\n",
+          ("tests/test_startup.py::test_the_onnx_path_scores_without_torch_and_gives_the_scores_torch_s_resize_gives",),
+          "predict.py --model and the API on an export load torch"),
+    Plant("help-imports-the-model", "train.py", "from pipeline import cli, runs\n",
+          "import model  # noqa: F401\nfrom pipeline import cli, runs\n", (STARTUP,),
+          "train.py --help waits for torch and transformers to load"),
+    Plant("selection-imports-pandas", "pipeline/selection.py", "import numpy as np\n",
+          "import numpy as np\nimport pandas  # noqa: F401\n", (STARTUP,), "crossval.py --help waits for pandas"),
+    # ---- a run folder is enough
+    Plant("run-config-ignored", "pipeline/config.py", "if recorded is not None and recorded.is_file():",
+          "if False:", RUN_FOLDER, "evaluate.py RUN reads the default config instead of the run's"),
+    Plant("run-key-disagreement-allowed", "pipeline/config.py",
+          "if name in KEYS and KEYS[name].role != RUNTIME and value != values.get(name, FIELD_DEFAULTS[name]):",
+          "if False:", RUN_FOLDER, "a flag that describes another run is applied to this run's files"),
+    Plant("default-config-from-the-working-folder", "pipeline/config.py",
+          'DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "baseline.json"',
+          'DEFAULT_CONFIG = Path("configs") / "baseline.json"', RUN_FOLDER,
+          "predict.py --model X.onnx from another folder fails to read configs/baseline.json"),
+    Plant("card-usage-names-the-machine-s-path", "pipeline/card.py",
+          "out = Path(out.name) if out.is_absolute() else out", "out = out.resolve()",
+          ("tests/test_card.py::test_train_writes_the_model_card_with_its_figures",),
+          "the model card tells its readers to load a folder of the machine it was made on"),
+    Plant("run-paths-relative-to-the-caller", "pipeline/config.py",
+          "return {name: absolute(name, value) for name, value in values.items()}", "return values", RUN_FOLDER,
+          "a run records data_dir as given, so evaluate.py RUN from another folder reads other data"),
+    # ---- messages a user can act on
+    Plant("unknown-flag-without-hint", "pipeline/config.py",
+          'hints = [hint for word in unknown if word.startswith("--") and (hint := self.did_you_mean(word))]',
+          "hints = []", MESSAGES_CONFIG, "--learning_rate is refused without saying that here it is --lr"),
+    Plant("hub-names-not-mapped", "pipeline/config.py", "if HUB_NAMES.get(name) in flags:", "if False:",
+          MESSAGES_CONFIG, "Hugging Face's names of our keys get no hint, or a wrong one"),
+    Plant("few-artists-unwarned", "data.py", "if artists < FEW_ARTISTS:", "if artists < 0:",
+          ("tests/test_data.py::test_a_held_out_split_of_fewer_than_five_artists_is_warned_about",),
+          "a validation split of 2 artists draws no warning"),
+    Plant("gates-unexplained", "evaluate.py", 'lines.append(f"  ({gates_legend()})")', 'lines.append("")',
+          ("tests/test_evaluate.py::test_the_console_says_what_each_gate_means_and_where_it_comes_from",),
+          "the console prints PASS/FAIL against bare numbers, with no word of what each gate means"),
+    Plant("criteria-unsaid", "train.py", "    log(selection_rules(cfg))\n", "",
+          ("tests/test_train.py::test_req_s_002_early_stop_when_val_loss_stalls",),
+          "the best marker follows val accuracy and patience val loss, and the console does not say so"),
+    Plant("header-case-sensitive", "pipeline/sources.py", 'key = re.sub(r"[\\s_-]+", "_", name.strip().lower())',
+          "key = name.strip()", ("tests/test_sources.py", "-m", "not slow"),
+          "a header File_Name,Tier,Artist is refused as missing its columns"),
+    Plant("separator-commas-only", "pipeline/sources.py", "separator = sniff_separator(text)", 'separator = ","',
+          ("tests/test_sources.py", "-m", "not slow"), "a ;-separated sheet is refused as missing its columns"),
+    Plant("missing-files-cause-unsaid", "data.py",
+          'cause = missing_files_cause(missing, Path(source.source).parent) if source.names_are_files else None',
+          "cause = None", ("tests/test_data.py::test_missing_files_that_share_one_fixable_cause_are_said_in_one_line",),
+          "80 'file not found' lines and no word that each file_name carries the data folder's name"),
+    Plant("config-printed-by-every-script", "predict.py", "        if cfg.verbose:  # train.py prints it",
+          "        if True:  # train.py prints it",
+          ("tests/test_predict.py::test_the_resolved_config_is_printed_by_train_once_and_by_predict_only_with_verbose",),
+          "every script prints the whole config on every start"),
+    # ---- installable and shareable
+    Plant("provider-ignored", "pipeline/scoring.py",
+          "    available, asked = onnxruntime.get_available_providers(), provider\n",
+          '    available, asked = onnxruntime.get_available_providers(), provider\n    provider = "auto"\n',
+          (PROVIDER,), "--provider cuda on a machine without it runs on the CPU, unsaid"),
+    Plant("fp16-file-ignored", "pipeline/scoring.py", 'chosen = FILE_NAMES["fp16" if fp16 else "fp32"]',
+          'chosen = FILE_NAMES["fp32"]', (PROVIDER,), "--fp16 scores with model.onnx"),
+    Plant("card-without-license", "pipeline/sharing.py", "    card.data.license = license\n", "",
+          (SHARING + "the_upload_folder_holds_the_export_and_the_card_with_license_base_model_and_metrics",),
+          "the model card uploaded to the hub states no license"),
+    Plant("upload-before-asking-the-hub", "pipeline/sharing.py", "        check_hub(repo_id)\n        api = HfApi()",
+          "        api = HfApi()", (SHARING + "an_export_missing_a_file_or_an_unreachable_hub_uploads_nothing",),
+          "with the hub out of reach, the upload starts anyway"),
+    Plant("hub-id-not-loaded", "artrank.py", "        path = hub_export(str(path))", "        pass",
+          (SHARING + "artrank_loads_an_export_by_its_hub_id",), "artrank.load('owner/name') says no such folder"),
 ]
 
 
