@@ -29,7 +29,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline import cli, selection
-from pipeline.config import CROSSVAL, Config, parse_config, print_config, save_config
+from pipeline.arguments import parse_config
+from pipeline.config import CROSSVAL, Config, print_config, save_config
 from pipeline.files import atomic_write_json
 from pipeline.metrics import pairwise_accuracy, rank_correlations
 from pipeline.runs import locked_run_folder

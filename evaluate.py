@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import cli
+from pipeline.arguments import parse_config
 from pipeline.card import RANDOM_BACKBONE, write_model_card
-from pipeline.config import EVALUATE, Config, parse_config, print_config
+from pipeline.config import EVALUATE, Config, print_config
 from pipeline.errors import ArtrankError
 from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.metrics import (

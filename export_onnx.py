@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline import cli
+from pipeline.arguments import parse_config
 from pipeline.calibration import read_calibration
-from pipeline.config import EXPORT, parse_config, print_config
+from pipeline.config import EXPORT, print_config
 from pipeline.errors import ArtrankError
 from pipeline.images import input_size, load_pixels
 from pipeline.runs import check_reader, check_same_data, locked_run_folder

@@ -15,7 +15,8 @@ import dataclasses
 from pathlib import Path
 
 from pipeline import cli
-from pipeline.config import MAKE_PAIRS, parse_config, print_config
+from pipeline.arguments import parse_config
+from pipeline.config import MAKE_PAIRS, print_config
 from pipeline.files import atomic_dir
 from pipeline.runs import (
     check_fresh_start,

@@ -28,8 +28,9 @@ from tqdm.auto import tqdm
 
 from artrank import Ranker, run_scorer
 from pipeline import cli
+from pipeline.arguments import parse_config
 from pipeline.calibration import tier_hint
-from pipeline.config import PREDICT, parse_config, print_config
+from pipeline.config import PREDICT, print_config
 from pipeline.errors import ArtrankError
 from pipeline.files import atomic_write_text
 from pipeline.scoring import FILE_NAMES, PROVIDERS, Scorer, onnx_scorer, score_images

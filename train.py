@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import cli, runs
+from pipeline.arguments import parse_config
 from pipeline.calibration import fit_calibration, write_calibration
 from pipeline.card import write_model_card
-from pipeline.config import TRAIN, parse_config, print_config, save_config
+from pipeline.config import TRAIN, print_config, save_config
 from pipeline.metrics import pairwise_accuracy
 from pipeline.provenance import remove_stale, run_origin
 from pipeline.tables import SPLITS

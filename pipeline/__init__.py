@@ -1,7 +1,8 @@
 """What artrank's scripts share, beneath them; nothing here imports a script, model.py, data.py or artrank.py.
 
     errors       the one base class of the refusals a user can act on
-    config       the config keys: one declaration each; flags, --help, run identity and the grid follow
+    config       the config keys: one declaration each; run identity and the grid follow
+    arguments    every script's command line, derived from those declarations; a run folder's config
     cli          one-line refusals, interruption, progress bars, the Accelerator
     files        atomic writes; values remembered per file while it is unchanged
     runs         the run folder: its lock, its record, the checks against it, its checkpoints

@@ -27,9 +27,9 @@ from transformers import (
 )
 
 from pipeline import backbones
+from pipeline.arguments import parse_config
 from pipeline.backbones import BackboneError, DinoFeatureExtractor, resolve_backbone
 from pipeline.cli import quiet_libraries
-from pipeline.config import parse_config
 from pipeline.files import StatCache
 from pipeline.images import input_size, open_image, preprocess
 from pipeline.scoring import onnx_session

@@ -7,17 +7,8 @@ import sys
 import pytest
 from conftest import ROOT, run_script, write_config
 
-from pipeline.config import (
-    KEYS,
-    SCRIPTS,
-    SEARCHABLE,
-    Config,
-    ConfigError,
-    identity,
-    load_config,
-    parse_config,
-    script_keys,
-)
+from pipeline.arguments import parse_config, script_keys
+from pipeline.config import KEYS, SCRIPTS, SEARCHABLE, Config, ConfigError, identity, load_config
 
 
 @pytest.mark.parametrize("argv, expected", [(["--resume"], True), (["--resume", "false"], False),
@@ -215,7 +206,7 @@ def test_each_script_takes_as_flags_exactly_the_keys_that_declare_it(script, mon
     text = script_help(script, monkeypatch, capsys)
     flags = set(re.findall(r"^  --(\w+)", text, re.MULTILINE)) - {"config"}
     own = {"help", "fp16", "parity_images", "latency_batch", "bench_seconds", "dir", "out", "compare", "model",
-           "torch", "top", "folds", "grid"}
+           "torch", "top", "folds", "grid", "push_to_hub", "license", "provider"}
     assert flags - own == set(script_keys(script))
 
 

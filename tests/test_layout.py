@@ -99,19 +99,19 @@ def test_the_graph_sees_relative_and_lazy_imports():
 # refusal (the script's own handler must turn it into one line), then a bug (which must escape with its traceback).
 PLANTED = """
 import runpy, sys
-import pipeline.config as config
+import pipeline.arguments as arguments
 from pipeline.errors import ArtrankError
 def planted(kind):
     def check_config(cfg, source):
         raise kind("planted inside the library")
     return check_config
 sys.argv = [{script!r}, "--config", {config!r}]
-config.check_config = planted(ArtrankError)
+arguments.check_config = planted(ArtrankError)
 try:
     runpy.run_path({script!r}, run_name="__main__")
 except SystemExit as exit:
     print(f"refusal exit: {{exit.code}}", flush=True)
-config.check_config = planted(ValueError)
+arguments.check_config = planted(ValueError)
 runpy.run_path({script!r}, run_name="__main__")
 """
 

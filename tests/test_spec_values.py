@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from model import Projector, RankingHead
-from pipeline.config import parse_config
+from pipeline.arguments import parse_config
 from pipeline.metrics import gate_results
 
 SPEC_TRAINING = dict(batch_size=32, lr=1e-4, weight_decay=0.01, epochs=100, patience=10, margin=1.0, seed=42)

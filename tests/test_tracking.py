@@ -7,7 +7,8 @@ import pytest
 from conftest import write_config
 
 from pipeline import tracking
-from pipeline.config import Config, parse_config
+from pipeline.arguments import parse_config
+from pipeline.config import Config
 
 
 def test_wandb_disabled_is_refused_with_the_reason(tmp_path, monkeypatch):
