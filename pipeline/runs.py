@@ -28,6 +28,7 @@ LOCK_NAME = ".lock"
 RUN_RECORD = "run.json"
 SPLITS_CSV = "splits.csv"
 IMAGE_TABLE = "image_table"
+PAIRS = "pairs"
 TRAIN_LOG = "train_log.jsonl"
 FINAL_METRICS = "final_metrics.json"
 STATE = "state"
@@ -35,7 +36,7 @@ TRAINING_STATE = "training.json"  # in each saved state: the training progress a
 TRAINING_STATE_FORMAT = 1
 RECORD_FORMAT = 3  # 2: the rows are also kept as a Dataset (image_table/); 3: a trained run has a run_id
 # Files a run writes; --overwrite_output_dir deletes these and nothing else.
-RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, "pairs", TRAIN_LOG, STATE, "checkpoints",
+RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, PAIRS, TRAIN_LOG, STATE, "checkpoints",
              "calibration.json", FINAL_METRICS, "eval_*.json", "scores_*.csv", "figures", "model.onnx*",
              "model_fp16.onnx*", "model.json", "README.md", "wandb")
 # The files that show a head was trained here (a folder with only make_pairs.py's output holds none).

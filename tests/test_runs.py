@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, run_script, tiny_args, write_dataset
 from PIL import Image
 
+from data import read_pairs
 from pipeline.runs import (
     RunFolderError,
     RunLock,
@@ -300,6 +301,7 @@ def test_make_pairs_then_train_then_rerun_make_pairs_is_the_demo_flow(tmp_path, 
     args = tiny_args(tmp_path, dataset, tiny_backbone, epochs=1)
     run_script("make_pairs.py", *args)
     run_script("train.py", *args)  # the folder holds only make_pairs' output: not another run
+    read_pairs(tmp_path / "run")  # the trained run's record names the rows and split pairs/ was made from
     run_script("make_pairs.py", *args)  # same data and split: its tables are rewritten, the run kept
     assert (tmp_path / "run" / "final_metrics.json").is_file()
     line = one_line_error(run_script("train.py", *args, check=False))
