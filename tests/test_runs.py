@@ -183,7 +183,7 @@ def test_resume_to_the_end_removes_the_partial_run_s_results_and_writes_a_missin
 
     args = tiny_args(tmp_path, dataset, tiny_backbone, epochs=4)
     out = tmp_path / "run"
-    assert interrupt("train.py", args, target="pipeline.runs:save_state").returncode == 130  # after epoch 0
+    assert interrupt("train.py", args, target="pipeline.state:save_state").returncode == 130  # after epoch 0
     run_script("evaluate.py", *args)  # the partial run's best checkpoint, evaluated
     partial = json.loads((out / "eval_test.json").read_text())
     run_script("train.py", *args, "--resume", "true")

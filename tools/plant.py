@@ -370,7 +370,7 @@ PLANTS = [
     Plant("dataset-class-labels-reversed", "pipeline/sources.py", "tier = tier_names[tier] if",
           "tier = tier_names[::-1][tier] if", (SOURCES,), "a dataset's tier class labels read back to front"),
     # ---- provenance: what is loaded from a run folder is what this code wrote, for this run
-    Plant("state-pickle-unchecked", "pipeline/runs.py", "        if unsafe:\n", "        if False:\n", (PICKLE,),
+    Plant("state-pickle-unchecked", "pipeline/state.py", "        if unsafe:\n", "        if False:\n", (PICKLE,),
           "a saved state whose RNG pickle calls code is resumed (Accelerate then skips the RNG without a word)"),
     Plant("head-of-another-run", "model.py", "expected=run, format_version=HEAD_FORMAT",
           "expected={}, format_version=HEAD_FORMAT", FOREIGN_HEAD,
