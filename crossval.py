@@ -33,7 +33,7 @@ from pipeline.arguments import parse_config
 from pipeline.config import CROSSVAL, Config, print_config, save_config
 from pipeline.files import atomic_write_json
 from pipeline.metrics import pairwise_accuracy, rank_correlations
-from pipeline.runs import locked_run_folder
+from pipeline.runs import locked_run_folder, manifest_digest
 from pipeline.tables import frame
 from pipeline.tracking import choose_mode
 
@@ -114,7 +114,7 @@ def train_val_features(cfg: Config, settings: list[dict], accelerator) -> tuple:
     features = {feature: features_of(replace(cfg, feature=feature), [rows], accelerator, backbone=backbone)[0]
                 for feature in dict.fromkeys(replace(cfg, **s).feature for s in settings)}
     source = dict(backbone=backbone.id, image_size=cfg.image_size, device=accelerator.device.type,
-                  mixed_precision=accelerator.mixed_precision, data=selection.data_fingerprint(frame(rows)))
+                  mixed_precision=accelerator.mixed_precision, data=manifest_digest(frame(rows)))
     return rows, table, features, source
 
 
@@ -122,10 +122,10 @@ def sweep(cfg: Config, settings: list[dict], *, folds: int, rows, table, feature
           out: Path) -> list[list[dict]]:
     """Every (setting, fold) cell, each stored as it finishes; finished cells are read back, not rerun."""
     fold_of = selection.crossval_folds(frame(rows), folds=folds, seed=cfg.seed)
-    keys = [[selection.cell_key(replace(cfg, **s), fold=f, folds=folds, data=source["data"], features=source)
-             for f in range(folds)] for s in settings]
-    group = "crossval-" + selection.sweep_id(keys)
-    results = [[selection.load_cell(out / "cells", key) for key in row] for row in keys]
+    origins = [[selection.cell_origin(replace(cfg, **s), fold=f, folds=folds, data=source["data"], features=source)
+                for f in range(folds)] for s in settings]
+    group = "crossval-" + selection.sweep_id(origins)
+    results = [[selection.load_cell(out / "cells", origin) for origin in row] for row in origins]
     done = sum(r is not None for row in results for r in row)
     print(f"{len(settings)} setting(s) x {folds} folds over {len(rows)} train+val images by {len(set(rows['artist']))} "
           f"artists (test split not used); sweep {group}, {done} cell(s) already done", flush=True)
@@ -135,11 +135,11 @@ def sweep(cfg: Config, settings: list[dict], *, folds: int, rows, table, feature
             continue
         label, setting_cfg = selection.setting_label(setting), replace(cfg, **setting)
         run = track_setting(setting_cfg, label=label, group=group, directory=out)
-        for fold, key in enumerate(keys[i]):
+        for fold, origin in enumerate(origins[i]):
             if results[i][fold] is None:
                 results[i][fold] = run_cell(setting_cfg, rows=rows, table=table, features=features[setting_cfg.feature],
                                             fold_of=fold_of, fold=fold, folds=folds)
-                selection.save_cell(out / "cells", key, {"setting": setting, **results[i][fold]})
+                selection.save_cell(out / "cells", origin, {"setting": setting, **results[i][fold]})
                 bar.update()
             r = results[i][fold]
             bar.write(f"{label} | fold {fold + 1}/{folds} | acc {r['accuracy']:.3f} | tau {r['kendall_tau']:.3f} | "

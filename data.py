@@ -18,6 +18,8 @@ import pandas as pd
 
 from pipeline.cli import bar
 from pipeline.images import check_images
+from pipeline.provenance import data_origin, dataset_info, load_dataset_artifact
+from pipeline.runs import PAIRS, manifest_digest
 from pipeline.sources import DataError, Rows, check_source, read_rows
 from pipeline.tables import SPLITS, TIER_RANK, TIERS, artist_folds, cross_tier_pairs, frame, to_dataset
 
@@ -295,7 +297,7 @@ def split_rows(table, *names: str):
 
 def pair_table(table):
     """Every cross-tier pair of each split (spec 4.4.2), as a Dataset: image_a, image_b, label (1 when
-    image_a's tier is higher, else -1) and split."""
+    image_a's tier is higher, else -1) and split. Its info records the data manifest of `table` (read_pairs)."""
     from datasets import ClassLabel, Dataset, Features, Value
 
     parts = []
@@ -306,7 +308,14 @@ def pair_table(table):
         parts.append(pd.DataFrame({"image_a": ids[a], "image_b": ids[b], "label": label, "split": split}))
     features = Features(image_a=Value("string"), image_b=Value("string"), label=Value("int8"),
                         split=ClassLabel(names=list(SPLITS)))
-    return Dataset.from_pandas(pd.concat(parts, ignore_index=True), features=features, preserve_index=False)
+    origin = dict(manifest_sha256=manifest_digest(frame(table)))
+    return Dataset.from_pandas(pd.concat(parts, ignore_index=True), features=features, preserve_index=False,
+                               info=dataset_info(origin, features=features))
+
+
+def read_pairs(output_dir: str | os.PathLike):
+    """OUTPUT_DIR/pairs, refused unless it was made from the rows and split the run folder records."""
+    return load_dataset_artifact(Path(output_dir) / PAIRS, what="pair table", expected=data_origin(output_dir))
 
 
 def check_no_test_leak(rows, table) -> None:

@@ -24,6 +24,15 @@ from pipeline.card import write_model_card
 from pipeline.config import TRAIN, print_config, save_config
 from pipeline.metrics import pairwise_accuracy
 from pipeline.provenance import remove_stale, run_origin
+from pipeline.state import (
+    load_state,
+    read_final_metrics,
+    save_state,
+    saved_state,
+    train_log,
+    write_final_metrics,
+    write_train_log,
+)
 from pipeline.tables import SPLITS
 from pipeline.tracking import sample_pairs_table, start_tracking
 
@@ -55,8 +64,8 @@ def train(cfg, phase) -> None:
         # or an unsupported model fails in seconds, not after every image was checked.
         record = runs.check_resume(out, config) if resume else runs.check_fresh_start(
             out, config, overwrite=cfg.overwrite_output_dir)
-        state = runs.saved_state(out, cfg.resume_from_checkpoint) if resume else None
-        if record and (finished := runs.read_final_metrics(out)):
+        state = saved_state(out, cfg.resume_from_checkpoint) if resume else None
+        if record and (finished := read_final_metrics(out)):
             log(f"{out} holds a finished run ({finished['stop_reason']}); nothing to resume")
             if accelerator.is_main_process and not (out / "README.md").is_file():  # killed before the card
                 log(f"model card: {write_model_card(out)}")
@@ -101,11 +110,11 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
     training = HeadTraining(cfg, accelerator, input_dim=train_x.shape[1])
     progress = training.progress
     if state is not None:
-        runs.load_state(accelerator, state, progress=progress, scheduler=training.scheduler)
+        load_state(accelerator, state, progress=progress, scheduler=training.scheduler)
         log(f"resumed from {state} (epoch {progress.epoch}, batch {progress.batches_done})")
     elif cfg.resume:
         log(f"--resume: no saved state in {out / runs.STATE}, starting from scratch")
-    records = runs.train_log(out, before_epoch=progress.epoch) if state is not None else []
+    records = train_log(out, before_epoch=progress.epoch) if state is not None else []
     start_tracking(accelerator, cfg, job_type="train")
     meta = head_meta(cfg, backbone, input_dim=train_x.shape[1])
     val_tiers, val_paths = tiers_of(val_rows), list(val_rows["path"])
@@ -131,12 +140,12 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
             f"| val acc {record['val/pairwise_acc']:.4f} | lr {record['lr']:.2e}{best}")
         if accelerator.is_main_process:
             records.append(record)
-            runs.write_train_log(out, records)
+            write_train_log(out, records)
 
     log(selection_rules(cfg))
     with cli.deferred_interrupts() as interruption:
         finished = training.run(train_x, tiers_of(train_rows), val_x, val_tiers, after_epoch=after_epoch,
-                                after_step=lambda: runs.save_state(accelerator, progress, out,
+                                after_step=lambda: save_state(accelerator, progress, out,
                                                                    scheduler=training.scheduler),
                                 interruption=interruption)
     if not finished:
@@ -169,7 +178,7 @@ def test_best(cfg, accelerator, table, backbone, progress) -> None:
         write_calibration(out, calibration, checkpoint=runs.best_checkpoint(out))
         if removed := remove_stale(out):  # a resume that found a better epoch: the partial run's results go
             accelerator.print(f"removed what described checkpoints this run no longer holds: {', '.join(removed)}")
-        runs.write_final_metrics(out, results)
+        write_final_metrics(out, results)
         write_model_card(out)
     accelerator.print(f"best epoch {results['best_epoch']} | train acc {results['train/pairwise_acc']:.4f} | "
                       f"val acc {results['val/pairwise_acc']:.4f} | test acc {results['test/pairwise_acc']:.4f} "

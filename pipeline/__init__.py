@@ -5,7 +5,8 @@
     arguments    every script's command line, derived from those declarations; a run folder's config
     cli          one-line refusals, interruption, progress bars, the Accelerator
     files        atomic writes; values remembered per file while it is unchanged
-    runs         the run folder: its lock, its record, the checks against it, its checkpoints
+    runs         the run folder: its lock, its record and the files it owns, the checks against it, its checkpoints
+    state        what training leaves: the saved state a resume reads (no pickled code), the log, final metrics
     provenance   what each artifact was made from, checked by every reader in one place
     tables       tiers, splits, the image table's columns; cross-tier pairs; artist folds
     sources      a metadata.csv folder or a Hugging Face dataset, read as rows

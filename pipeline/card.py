@@ -17,7 +17,8 @@ from .errors import ArtrankError
 from .files import atomic_write_text, read_json
 from .metrics import gate_results
 from .provenance import MADE_FROM, made_from, verified
-from .runs import RunFolderError, best_checkpoint, read_final_metrics, recorded_rows, top_checkpoints
+from .runs import RunFolderError, best_checkpoint, recorded_rows, top_checkpoints
+from .state import read_final_metrics
 from .tables import SPLITS, TIERS
 
 RANDOM_BACKBONE = "the backbone is random: its figures show that the pipeline works, not how well DINOv2 ranks drawings"

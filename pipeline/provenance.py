@@ -3,13 +3,17 @@
 Every artifact a script derives in a run folder (head checkpoints, calibration.json, eval_*.json, model.json)
 carries `made_from`: the run (run.json's run_id, new for each fresh run and kept by --resume), the data
 manifest (the digest of the run's rows and split) and, for what is computed from trained heads, the content
-hash of each checkpoint it used. `load_artifact` reads an artifact and refuses it, naming it and what
+hash of each checkpoint it used. The pair tables (pairs/, a Dataset) carry the data manifest they were made
+from in their Dataset info; a cross-validation cell carries everything its result depends on. `load_artifact`
+(JSON) and `load_dataset_artifact` (a saved Dataset) read an artifact and refuse it, naming it and what
 differs, unless its record is the one the reader expects; `verified` is the same check for a reader that
-leaves an artifact out instead (the model card). An artifact is stale when it names another run or a
-checkpoint the run no longer holds (a resume that found a better epoch): `remove_stale` deletes those.
+leaves an artifact out instead (the model card) or computes it again (a cell). An artifact is stale when it
+names another run or a checkpoint the run no longer holds (a resume that found a better epoch): `remove_stale`
+deletes those.
 """
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -42,6 +46,15 @@ def run_origin(output_dir: str | os.PathLike) -> dict:
         raise ProvenanceError(f"{Path(output_dir) / RUN_RECORD}: no trained run recorded, so nothing read from "
                               f"{output_dir} can be checked: train first")
     return dict(run_id=record["run_id"], manifest_sha256=record["data"]["manifest_sha256"])
+
+
+def data_origin(output_dir: str | os.PathLike) -> dict:
+    """The data what is made from a run folder's rows alone must come from (make_pairs.py's record will do)."""
+    record = read_record(output_dir)
+    if record is None:
+        raise ProvenanceError(f"{Path(output_dir) / RUN_RECORD}: no run recorded, so nothing read from "
+                              f"{output_dir} can be checked: run make_pairs.py or train.py first")
+    return dict(manifest_sha256=record["data"]["manifest_sha256"])
 
 
 def made_from(output_dir: str | os.PathLike, *checkpoints: str | os.PathLike) -> dict:
@@ -78,10 +91,38 @@ def load_artifact(path: str | os.PathLike, *, what: str, expected: dict, format_
         raise ProvenanceError(f"{path}: not a {what} (a JSON {type(value).__name__})")
     if format_version is not None and value.get("format") != format_version:
         raise ProvenanceError(f"{path}: {what} format {value.get('format')!r}, this code reads {format_version}")
-    if differs := differences(value, expected):
-        raise ProvenanceError(f"{path}: this {what} was made from another run or checkpoint ({'; '.join(differs)});"
-                              " use the run's own, or make it again")
+    check_made_from(path, value, what=what, expected=expected)
     return value
+
+
+def check_made_from(path: Path, artifact: dict, *, what: str, expected: dict) -> None:
+    if differs := differences(artifact, expected):
+        raise ProvenanceError(f"{path}: this {what} was made from another run, data set or checkpoint "
+                              f"({'; '.join(differs)}); use the run's own, or make it again")
+
+
+def dataset_info(origin: dict, *, features):
+    """The datasets.DatasetInfo of a Dataset artifact of `features`: its made_from, kept by save_to_disk."""
+    from datasets import DatasetInfo
+
+    return DatasetInfo(description=json.dumps({MADE_FROM: origin}, sort_keys=True), features=features)
+
+
+def load_dataset_artifact(path: str | os.PathLike, *, what: str, expected: dict):
+    """The Dataset saved at `path`, refused in one line unless its info records a made_from matching `expected`."""
+    from datasets import load_from_disk
+
+    path = Path(path)
+    try:
+        dataset = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as err:
+        raise ProvenanceError(f"{path}: not a saved {what} ({type(err).__name__}: {err})") from None
+    try:
+        record = json.loads(dataset.info.description or "null")
+    except json.JSONDecodeError:
+        record = None
+    check_made_from(path, record if isinstance(record, dict) else {}, what=what, expected=expected)
+    return dataset
 
 
 def verified(path: str | os.PathLike, expected: dict) -> dict | None:

@@ -2,11 +2,13 @@
 
 run.json records every key of the run's identity (pipeline/config.py: all roles but runtime), the backbone
 weights' id, the preprocessing version and a digest of its rows; splits.csv (for people) and image_table/
-(a Dataset) hold every row with its content hash and split. Each check below compares today's settings or
-data with that record and refuses, naming what differs.
+(a Dataset) hold every row with its content hash and split, and `files` lists what the run wrote (the lock
+finds it out), the only files --overwrite_output_dir removes. Each check below compares today's settings or
+data with that record and refuses, naming what differs. What training leaves is pipeline/state.py's.
 """
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from .config import FEATURES, SPLIT, identity
 from .errors import ArtrankError
-from .files import atomic_dir, atomic_write_json, atomic_write_text, plain_modes, read_json
+from .files import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from .images import PREPROCESSING_VERSION
 from .tables import MANIFEST_COLUMNS, frame, to_dataset
 
@@ -28,14 +30,14 @@ LOCK_NAME = ".lock"
 RUN_RECORD = "run.json"
 SPLITS_CSV = "splits.csv"
 IMAGE_TABLE = "image_table"
+PAIRS = "pairs"
 TRAIN_LOG = "train_log.jsonl"
 FINAL_METRICS = "final_metrics.json"
 STATE = "state"
-TRAINING_STATE = "training.json"  # in each saved state: the training progress and the schedule, as JSON
-TRAINING_STATE_FORMAT = 1
-RECORD_FORMAT = 3  # 2: the rows are also kept as a Dataset (image_table/); 3: a trained run has a run_id
-# Files a run writes; --overwrite_output_dir deletes these and nothing else.
-RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, "pairs", TRAIN_LOG, STATE, "checkpoints",
+# 2: the rows are also kept as a Dataset (image_table/); 3: a trained run has a run_id; 4: it lists its files
+RECORD_FORMAT = 4
+# The names a run may write; of these, run.json lists those it wrote, and --overwrite_output_dir deletes those alone.
+RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, PAIRS, TRAIN_LOG, STATE, "checkpoints",
              "calibration.json", FINAL_METRICS, "eval_*.json", "scores_*.csv", "figures", "model.onnx*",
              "model_fp16.onnx*", "model.json", "README.md", "wandb")
 # The files that show a head was trained here (a folder with only make_pairs.py's output holds none).
@@ -48,11 +50,14 @@ class RunLock:
     """An exclusive lock on OUTPUT_DIR that names its holder (pid, host, start, command).
 
     flock is released by the kernel when the holder dies, so a crashed run's lock is taken over
-    cleanly; the file stays (unlinking a lock file races with a process about to lock it).
+    cleanly; the file stays (unlinking a lock file races with a process about to lock it). The lock file
+    also keeps what the folder held when the command started (`contents`): on release, or when the next
+    command takes over a killed holder's lock, the run's files the command wrote are listed in run.json
+    (`claim_files`).
     """
 
     def __init__(self, output_dir: str | os.PathLike, *, command: str):
-        self.dir, self.command, self.file, self.created = Path(output_dir), command, None, False
+        self.dir, self.command, self.file, self.created, self.before = Path(output_dir), command, None, False, {}
 
     def acquire(self) -> None:
         import fcntl
@@ -66,24 +71,62 @@ class RunLock:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
+            holder = self.file.read().strip().split("\n")[0] or "another process"
             self.file.close()
             raise RunFolderError(f"{self.dir} is in use by {holder}; wait for it to end or use another "
                                  "--output_dir") from None
         self.file.seek(0)
+        if (killed := started_with(self.file.read())) is not None:  # a holder that never released: what did it write?
+            claim_files(self.dir, killed)
+        self.before = contents(self.dir)
+        self.file.seek(0)
         self.file.truncate()
         self.file.write(f"{self.command} (pid {os.getpid()} on {socket.gethostname()}, "
-                        f"since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+                        f"since {time.strftime('%Y-%m-%d %H:%M:%S')})\n{json.dumps(self.before)}\n")
         self.file.flush()
 
     def release(self, *, failed: bool = False) -> None:
         if self.file is None:
             return
+        claim_files(self.dir, self.before)
         self.file.truncate(0)
         self.file.close()  # closing drops the flock
         self.file = None
         if failed and self.created and [p.name for p in self.dir.iterdir()] == [LOCK_NAME]:
             shutil.rmtree(self.dir, ignore_errors=True)  # a start that failed leaves no empty run folder
+
+
+def contents(folder: Path) -> dict[str, int]:
+    """The inode of each name at the top of `folder`: a name written since (atomically: a new inode) or new is
+    told from one left as it was, a folder of the user's that the run only writes into included."""
+    return {p.name: p.lstat().st_ino for p in folder.iterdir() if p.name != LOCK_NAME}
+
+
+def started_with(lock_text: str) -> dict | None:
+    """The contents a lock's holder recorded when it started, or None (a lock released, or of an older version)."""
+    lines = lock_text.splitlines()
+    try:
+        found = json.loads(lines[1]) if len(lines) > 1 else None
+    except json.JSONDecodeError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def claim_files(output_dir: str | os.PathLike, before: dict[str, int]) -> None:
+    """List in run.json the run's names (RUN_FILES) that are new or written anew since `before`: the files and
+    folders the run wrote. What was there untouched is not the run's, whatever its name."""
+    out = Path(output_dir)
+    try:
+        record = read_json(out / RUN_RECORD)
+    except ArtrankError:
+        return  # a damaged record: the next command refuses it
+    if not isinstance(record, dict) or not isinstance(record.get("files"), list):
+        return
+    now = contents(out)
+    written = {name for name, inode in now.items() if before.get(name) != inode
+               and any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_FILES)}
+    if not written <= set(record["files"]):
+        atomic_write_json(out / RUN_RECORD, record | {"files": sorted(set(record["files"]) | written)})
 
 
 @contextlib.contextmanager
@@ -124,109 +167,6 @@ def chosen_checkpoint(cfg) -> Path:
     return Path(cfg.checkpoint) if cfg.checkpoint else best_checkpoint(cfg.output_dir)
 
 
-# ---------------------------------------------------------------- what training leaves: state, log, final metrics
-
-def saved_state(output_dir: str | os.PathLike, resume_from: str = "") -> Path | None:
-    """The state to resume from: `resume_from` (--resume_from_checkpoint), else the latest one saved; None when
-    there is none."""
-    state_dir = Path(output_dir) / STATE
-    if resume_from:
-        state = Path(resume_from)
-        if not state.is_dir() or state.resolve().parent != state_dir.resolve():
-            raise RunFolderError(f"--resume_from_checkpoint {state}: not a saved state of {output_dir} "
-                                 f"(those are {state_dir}/epoch...)")
-        return state
-    states = sorted(p for p in state_dir.glob("epoch*") if p.is_dir()) if state_dir.exists() else []
-    return states[-1] if states else None
-
-
-def save_state(accelerator, progress, output_dir: str | os.PathLike, *, scheduler) -> Path:
-    """Accelerate state into a temporary directory renamed into place: a kill leaves the last good one.
-
-    The training progress and the schedule go into training.json, not into Accelerate's registered objects:
-    Accelerate unpickles those in full, so a crafted file in a shared run folder would run code on resume.
-    """
-    state_dir = Path(output_dir) / STATE
-    name = f"epoch{progress.epoch:04d}-batch{progress.batches_done:06d}"
-    tmp = state_dir / f".tmp-{name}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / TRAINING_STATE, dict(format=TRAINING_STATE_FORMAT, progress=progress.state_dict(),
-                                                     scheduler=scheduler.state_dict()))
-        plain_modes(tmp)  # Accelerate writes the head's weights through safetensors, mode 0600
-        shutil.rmtree(state_dir / name, ignore_errors=True)
-        tmp.rename(state_dir / name)
-        for old in sorted(p for p in state_dir.iterdir() if p.name != name):
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return state_dir
-
-
-def check_no_code(state: Path, *, process_index: int) -> None:
-    """Refuse a saved state whose pickles would call anything but tensor and array constructors.
-
-    Read statically (torch's disassembly of each pickle), nothing is unpickled. Accelerate reads its own files
-    with weights_only=True but unpickles registered objects (custom_checkpoint_*.pkl) in full, which this code
-    never writes, and it skips RNG states it cannot read without a word, so a missing one is refused too.
-    """
-    import torch
-    from accelerate.utils.other import TORCH_SAFE_GLOBALS
-
-    if foreign := sorted(p.name for p in state.glob("custom_checkpoint_*.pkl")):
-        raise RunFolderError(f"{state}: refused to load {', '.join(foreign)}: pickles this version never writes "
-                             "(an older version's state, or planted) and that could run code; a saved state never "
-                             "holds code: start afresh with --overwrite_output_dir")
-    rng = state / f"random_states_{process_index}.pkl"
-    if not rng.is_file():
-        raise RunFolderError(f"{rng}: missing; without it a resume would not repeat the run's dropout")
-    for path in sorted(p for p in state.iterdir() if p.suffix in (".pkl", ".bin")):
-        try:
-            with torch.serialization.safe_globals(TORCH_SAFE_GLOBALS):
-                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception as err:  # not a torch.save zip file: truncated, or another kind of pickle
-            unsafe = [f"unreadable ({type(err).__name__})"]
-        if unsafe:
-            raise RunFolderError(f"{path}: refused to load: it would call {', '.join(unsafe[:3])}; a saved state "
-                                 "holds tensors and numbers only, never code, so this state cannot be trusted")
-
-
-def load_state(accelerator, state: Path, *, progress, scheduler) -> None:
-    """Resume from `state`: Accelerate's files (checked by check_no_code first), and training.json."""
-    record = read_json(state / TRAINING_STATE)
-    if not isinstance(record, dict) or record.get("format") != TRAINING_STATE_FORMAT:
-        raise RunFolderError(f"{state / TRAINING_STATE}: missing or of another format (a state saved by an older "
-                             "version?); this state cannot be resumed: start afresh with --overwrite_output_dir")
-    check_no_code(state, process_index=accelerator.process_index)
-    accelerator.load_state(str(state))
-    progress.load_state_dict(record["progress"])
-    scheduler.load_state_dict(record["scheduler"])
-
-
-def train_log(output_dir: str | os.PathLike, *, before_epoch: int) -> list[dict]:
-    """The epochs train_log.jsonl holds before `before_epoch` (a resumed run trains the later ones again)."""
-    path = Path(output_dir) / TRAIN_LOG
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [record for record in map(json.loads, lines) if record["epoch"] < before_epoch]
-
-
-def write_train_log(output_dir: str | os.PathLike, records: list[dict]) -> None:
-    """train_log.jsonl, one line per epoch, rewritten whole: a kill never leaves half a line."""
-    atomic_write_text(Path(output_dir) / TRAIN_LOG, "".join(json.dumps(record) + "\n" for record in records))
-
-
-def read_final_metrics(output_dir: str | os.PathLike) -> dict | None:
-    """final_metrics.json of a finished run, or None."""
-    return read_json(Path(output_dir) / FINAL_METRICS)
-
-
-def write_final_metrics(output_dir: str | os.PathLike, results: dict) -> None:
-    atomic_write_json(Path(output_dir) / FINAL_METRICS, results)
-
-
 # ---------------------------------------------------------------- the run's identity
 
 def manifest_digest(rows) -> str:
@@ -252,7 +192,8 @@ def write_record(output_dir: str | os.PathLike, *, config: dict, table, stage: s
     data = dict(images=len(rows), artists=int(rows.artist.nunique()), manifest_sha256=manifest_digest(rows))
     run_id = (run_id or uuid.uuid4().hex) if stage == "train" else None
     atomic_write_json(out / RUN_RECORD, dict(format=RECORD_FORMAT, stage=stage, run_id=run_id, config=identity(config),
-                                             backbone_id=backbone_id, preprocessing=preprocessing, data=data))
+                                             backbone_id=backbone_id, preprocessing=preprocessing, data=data,
+                                             files=owned_files(out) or []))
 
 
 def read_record(output_dir: str | os.PathLike) -> dict | None:
@@ -262,12 +203,12 @@ def read_record(output_dir: str | os.PathLike) -> dict | None:
     try:
         record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise RunFolderError(f"{path}: unreadable ({err}); pass --overwrite_output_dir to start this run "
-                             "folder afresh") from None
+        raise RunFolderError(f"{path}: unreadable ({err}); delete the run's files (or the folder) to start afresh, "
+                             "or use another --output_dir") from None
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         found = record.get("format") if isinstance(record, dict) else None
-        raise RunFolderError(f"{path}: run record format {found!r}, this code reads {RECORD_FORMAT}; pass "
-                             "--overwrite_output_dir to start afresh")
+        raise RunFolderError(f"{path}: run record format {found!r}, this code reads {RECORD_FORMAT}; delete the "
+                             "run's files (or the folder) to start afresh, or use another --output_dir")
     return record
 
 
@@ -300,16 +241,33 @@ def settings_changed(record: dict, config: dict) -> list[str]:
     return differing_keys(record["config"], config, *((SPLIT,) if record["stage"] == "pairs" else ()))
 
 
+def owned_files(output_dir: str | os.PathLike) -> list[str] | None:
+    """The names run.json lists as the run's: none without a record, None when a record lists none (damaged, or
+    of an older version)."""
+    try:
+        record = read_json(Path(output_dir) / RUN_RECORD)
+    except ArtrankError:
+        return None
+    if record is None:
+        return []
+    files = record.get("files") if isinstance(record, dict) else None
+    return [name for name in files if isinstance(name, str)] if isinstance(files, list) else None
+
+
 def remove_run(output_dir: str | os.PathLike) -> list[str]:
-    """Delete the files a run writes (RUN_FILES) from OUTPUT_DIR; anything else there stays. A folder that
-    holds no run record holds no run: its files are the user's, whatever their names, and none is deleted."""
+    """Delete the files and folders run.json lists as the run's, and run.json; anything else there stays, a
+    file of a run file's name included. A folder that holds no run record holds no run: none is deleted."""
     out, removed = Path(output_dir), []
-    if not (out / RUN_RECORD).is_file():
-        return removed
-    for pattern in RUN_FILES:
-        for path in sorted(out.glob(pattern)):
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            removed.append(path.name)
+    if (owned := owned_files(out)) is None:
+        raise RunFolderError(f"{out / RUN_RECORD}: damaged or of an older version, it lists no files of its run, so "
+                             "--overwrite_output_dir cannot tell the run's files from yours: delete the run's files "
+                             "yourself, or use another --output_dir")
+    for name in sorted(set(owned) - {RUN_RECORD}) + [RUN_RECORD]:
+        path = out / name
+        if Path(name).name != name or name in ("", ".", "..", LOCK_NAME) or not (path.exists() or path.is_symlink()):
+            continue  # only names at the top of the folder, as claim_files lists them
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        removed.append(name)
     return removed
 
 

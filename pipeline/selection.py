@@ -1,9 +1,10 @@
 """Model selection by cross-validation: the settings of a grid, artist folds, stored cells, the summary.
 
 A cell is one (setting, fold): a head trained with that setting on the other folds and scored on the
-held-out fold. Each cell is stored under a key that hashes everything its result depends on (the
-setting, the fold, the data, the features), so a rerun skips finished cells and a changed grid or
-data set computes new cells instead of mixing in old ones.
+held-out fold. Each cell records everything its result depends on (the setting, the fold, the data
+manifest, the features, the preprocessing) as its made_from and is stored under a hash of it; a rerun reuses
+a cell only when pipeline/provenance.py finds that record the one it asks for, so a changed grid or data
+set computes new cells instead of mixing in old ones.
 """
 
 import dataclasses
@@ -20,12 +21,14 @@ import numpy as np
 from .config import FEATURES, HEAD, SEARCHABLE, SPLIT, TRAINING, ConfigError, check_value, identity
 from .files import atomic_write_json, atomic_write_text
 from .images import PREPROCESSING_VERSION
+from .provenance import MADE_FROM, verified
 from .tables import artist_folds
 
 if TYPE_CHECKING:  # pandas and matplotlib load where used: crossval.py --help and a bad grid answer at once
     import pandas as pd
 
-CELL_FORMAT = 1  # bumped when a cell's procedure changes: older cells are recomputed, not reused
+# Bumped when a cell's procedure changes: older cells are recomputed, not reused. 2: a cell records its made_from.
+CELL_FORMAT = 2
 
 
 def read_grid(path: str | os.PathLike) -> dict:
@@ -82,38 +85,34 @@ def fold_roles(fold: int, folds: int) -> tuple[int, int]:
     return fold, (fold + 1) % folds
 
 
-def data_fingerprint(rows: "pd.DataFrame") -> str:
-    """A hash of the rows cross-validation sees: which images, their content, tier and artist."""
-    columns = rows[["image_id", "sha256", "tier", "artist"]].sort_values("image_id")
-    return hashlib.sha256(columns.to_csv(index=False).encode()).hexdigest()[:16]
-
-
-def cell_key(cfg, *, fold: int, folds: int, data: str, features: dict) -> str:
-    """The name of a cell's result: a hash of everything it depends on (the keys of the split, the features,
-    the head and its training, the preprocessing its features came from; not the checkpoints kept or the
-    runtime keys)."""
+def cell_origin(cfg, *, fold: int, folds: int, data: str, features: dict) -> dict:
+    """Everything a cell's result depends on, its made_from: the keys of the split, the features, the head and
+    its training (not the checkpoints kept or the runtime keys), the fold, the data manifest of the rows, what
+    the features came from and the preprocessing version."""
     setting = identity(dataclasses.asdict(cfg), SPLIT, FEATURES, HEAD, TRAINING)
-    payload = dict(format=CELL_FORMAT, setting=setting, fold=fold, folds=folds, data=data, features=features,
-                   preprocessing=PREPROCESSING_VERSION)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+    origin = dict(format=CELL_FORMAT, setting=setting, fold=fold, folds=folds, manifest_sha256=data,
+                  features=features, preprocessing=PREPROCESSING_VERSION)
+    return json.loads(json.dumps(origin, sort_keys=True))  # as read back: tuples are lists
 
 
-def sweep_id(cell_keys: list[list[str]]) -> str:
+def cell_key(origin: dict) -> str:
+    """The name of a cell's result: a hash of its made_from."""
+    return hashlib.sha256(json.dumps(origin, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def sweep_id(origins: list[list[dict]]) -> str:
     """Names the sweep (its wandb group) by its cells: another grid or data set is another sweep."""
-    return hashlib.sha256(" ".join(k for row in cell_keys for k in row).encode()).hexdigest()[:8]
+    return hashlib.sha256(" ".join(cell_key(o) for row in origins for o in row).encode()).hexdigest()[:8]
 
 
-def load_cell(directory: Path, key: str) -> dict | None:
-    """A finished cell's result, or None when it is missing or not this key's (then it is recomputed)."""
-    try:
-        cell = json.loads((directory / f"{key}.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return cell if cell.get("key") == key else None
+def load_cell(directory: Path, origin: dict) -> dict | None:
+    """A finished cell's result, or None when it is missing, damaged or made from anything but `origin` (then
+    it is computed again)."""
+    return verified(directory / f"{cell_key(origin)}.json", origin)
 
 
-def save_cell(directory: Path, key: str, result: dict) -> None:
-    atomic_write_json(directory / f"{key}.json", {"key": key, **result})
+def save_cell(directory: Path, origin: dict, result: dict) -> None:
+    atomic_write_json(directory / f"{cell_key(origin)}.json", {**result, MADE_FROM: origin})
 
 
 def summarize(settings: list[dict], cells: list[list[dict]]) -> "pd.DataFrame":

@@ -20,7 +20,7 @@ from data import DataError, image_table, split_rows
 from model import HeadTraining
 from pipeline import selection
 from pipeline.config import Config
-from pipeline.runs import RunLock
+from pipeline.runs import RunLock, manifest_digest
 from pipeline.tables import TIER_RANK as RANK
 from pipeline.tables import frame, to_dataset
 
@@ -255,12 +255,13 @@ def test_within_one_standard_error_is_sd_over_the_square_root_of_the_folds():
     assert list(table.within_1se) == [True, True, False]
 
 
-def test_a_cell_s_data_fingerprint_changes_with_a_tier_an_artist_or_an_image_and_not_with_row_order():
-    rows = artists_of_one_main_tier().assign(sha256=lambda d: d.image_id.map(lambda s: s * 4))
-    fingerprint = selection.data_fingerprint(rows)
-    assert selection.data_fingerprint(rows.iloc[::-1]) == fingerprint
+def test_a_cell_s_data_manifest_changes_with_a_tier_an_artist_or_an_image_and_not_with_row_order():
+    rows = artists_of_one_main_tier().assign(sha256=lambda d: d.image_id.map(lambda s: s * 4), file_name="",
+                                            split="train")
+    manifest = manifest_digest(rows)
+    assert manifest_digest(rows.iloc[::-1]) == manifest
     changed = [rows.assign(tier=np.where(rows.index == 5, "S" if rows.tier[5] != "S" else "A", rows.tier)),
                rows.assign(artist=np.where(rows.index == 5, "someone else", rows.artist)),
                rows.assign(sha256=np.where(rows.index == 5, "f" * 64, rows.sha256)),
                rows.drop(index=5)]
-    assert len({fingerprint, *map(selection.data_fingerprint, changed)}) == 1 + len(changed)
+    assert len({manifest, *map(manifest_digest, changed)}) == 1 + len(changed)

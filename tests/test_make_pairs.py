@@ -6,13 +6,12 @@ import pandas as pd
 import pytest
 from conftest import EXPECTED, image_frame, run_script, spec_pairs, tiny_args
 
+from data import read_pairs
 from pipeline.tables import SPLITS, frame
 
 
 @pytest.mark.slow
 def test_make_pairs_writes_splits_pairs_and_a_summary(tmp_path, dataset):
-    from datasets import load_from_disk
-
     result = run_script("make_pairs.py", *tiny_args(tmp_path, dataset, tmp_path / "unused"))
     out = tmp_path / "run"
     splits = pd.read_csv(out / "splits.csv", dtype=str)
@@ -20,7 +19,7 @@ def test_make_pairs_writes_splits_pairs_and_a_summary(tmp_path, dataset):
     table, _ = image_frame(dataset, val_fraction=0.1, test_fraction=0.1, seed=42)
     assert splits.equals(table[splits.columns].astype(str))  # the split train.py computes itself
 
-    pairs = frame(load_from_disk(str(out / "pairs")))
+    pairs = frame(read_pairs(out))  # made from the rows and split run.json records
     assert list(pairs.columns) == ["image_a", "image_b", "label", "split"]
     for name in SPLITS:
         rows = splits[splits.split == name]

@@ -2,17 +2,22 @@
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from conftest import spec_pairs
+from datasets import Dataset, load_from_disk
 
+from data import pair_table, read_pairs
 from model import RankingHead, load_head, save_head
 from pipeline.calibration import read_calibration, write_calibration
 from pipeline.config import Config
 from pipeline.provenance import MADE_FROM, ProvenanceError, made_from, remove_stale, run_origin
 from pipeline.runs import write_record
-from pipeline.tables import to_dataset
+from pipeline.tables import MANIFEST_COLUMNS, frame, to_dataset
 
 CALIBRATION = {"slope": 2.0, "pairs": 10, "tier_cuts": [{"above": "S", "below": "A", "threshold": 0.0}]}
 
@@ -70,7 +75,7 @@ def test_a_calibration_serves_only_the_checkpoint_it_was_fitted_on_and_only_its_
     stranger = trained_folder(tmp_path / "stranger")
     (stranger / "calibration.json").write_text((out / "calibration.json").read_text())
     with pytest.raises(ProvenanceError, match=r"calibration.json: this calibration of train.py was made from "
-                                              r"another run or checkpoint \(run_id "):
+                                              r"another run, data set or checkpoint \(run_id "):
         read_calibration(stranger, checkpoint=stranger / "checkpoints" / "best")
 
 
@@ -93,3 +98,31 @@ def test_what_describes_a_checkpoint_the_run_no_longer_holds_is_removed_and_noth
                                          "model.onnx", "scores_test.csv"]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "eval_val.json", "figures", "image_table",
                                                      "my_notes.txt", "run.json", "splits.csv"]
+
+
+def test_a_pair_table_is_read_only_with_the_rows_and_split_it_was_made_from(tmp_path):
+    out = trained_folder(tmp_path / "run")
+    rows = frame(load_from_disk(str(out / "image_table")))
+    made_with = json.loads((out / "run.json").read_text())["data"]["manifest_sha256"]
+    pair_table(to_dataset(rows, MANIFEST_COLUMNS)).save_to_disk(str(out / "pairs"))
+    pairs = frame(read_pairs(out))
+    assert list(zip(pairs.image_a, pairs.image_b, pairs.label)) == spec_pairs(list(rows.image_id), list(rows.tier))
+
+    # The data changed since (an image re-tiered) and run.json records the new rows: pairs/ labels the old ones.
+    retiered = rows.assign(tier=np.where(rows.image_id == "i0", "C", rows.tier))
+    write_record(out, config=vars(Config(output_dir=str(out), data_dir="data")),
+                 table=to_dataset(retiered, MANIFEST_COLUMNS), stage="pairs")
+    now = json.loads((out / "run.json").read_text())["data"]["manifest_sha256"]
+    assert now != made_with
+    with pytest.raises(ProvenanceError) as refusal:
+        read_pairs(out)
+    message = str(refusal.value)
+    assert message.startswith(f"{out / 'pairs'}: this pair table was made from") and "\n" not in message
+    assert f"manifest_sha256 {made_with[:12]}, expected {now[:12]}" in message
+
+    # A pair table that records nothing (an older version's, or one saved by hand) is refused too.
+    Dataset.from_pandas(pairs[["image_a", "image_b"]]).save_to_disk(str(tmp_path / "bare"))
+    shutil.rmtree(out / "pairs")
+    shutil.copytree(tmp_path / "bare", out / "pairs")
+    with pytest.raises(ProvenanceError, match=f"manifest_sha256 None, expected {now[:12]}"):
+        read_pairs(out)

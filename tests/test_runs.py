@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, run_script, tiny_args, write_dataset
 from PIL import Image
 
+from data import read_pairs
 from pipeline.runs import (
     RunFolderError,
     RunLock,
@@ -20,6 +21,7 @@ from pipeline.runs import (
     chosen_checkpoint,
     manifest_changes,
     manifest_digest,
+    remove_run,
     write_record,
 )
 from pipeline.tables import to_dataset
@@ -90,7 +92,10 @@ def test_fresh_run_into_a_trained_folder_is_refused_and_the_flag_clears_it(run):
     assert "holds a trained run" in line and "--overwrite_output_dir" in line
     assert snapshot(base / "run") == before  # config.json and all the rest untouched
     (base / "run" / "checkpoints" / "top" / "epoch0099").mkdir()  # a stray checkpoint of the old run
+    export = RunLock(base / "run", command="export_onnx.py")  # an export of the old run: the run's file
+    export.acquire()
     (base / "run" / "model.onnx").write_bytes(b"old export")
+    export.release()
     (base / "run" / "my_notes.txt").write_text("mine")
     run_script("train.py", *args, "--overwrite_output_dir", "true", "--epochs", "2")
     out = base / "run"
@@ -178,7 +183,7 @@ def test_resume_to_the_end_removes_the_partial_run_s_results_and_writes_a_missin
 
     args = tiny_args(tmp_path, dataset, tiny_backbone, epochs=4)
     out = tmp_path / "run"
-    assert interrupt("train.py", args, target="pipeline.runs:save_state").returncode == 130  # after epoch 0
+    assert interrupt("train.py", args, target="pipeline.state:save_state").returncode == 130  # after epoch 0
     run_script("evaluate.py", *args)  # the partial run's best checkpoint, evaluated
     partial = json.loads((out / "eval_test.json").read_text())
     run_script("train.py", *args, "--resume", "true")
@@ -300,6 +305,7 @@ def test_make_pairs_then_train_then_rerun_make_pairs_is_the_demo_flow(tmp_path, 
     args = tiny_args(tmp_path, dataset, tiny_backbone, epochs=1)
     run_script("make_pairs.py", *args)
     run_script("train.py", *args)  # the folder holds only make_pairs' output: not another run
+    read_pairs(tmp_path / "run")  # the trained run's record names the rows and split pairs/ was made from
     run_script("make_pairs.py", *args)  # same data and split: its tables are rewritten, the run kept
     assert (tmp_path / "run" / "final_metrics.json").is_file()
     line = one_line_error(run_script("train.py", *args, check=False))
@@ -382,3 +388,77 @@ def test_checkpoint_names_the_head_that_is_read_and_the_run_s_best_is_the_defaul
     assert chosen_checkpoint(Config(output_dir=str(tmp_path))) == tmp_path / "checkpoints" / "best"
     elsewhere = tmp_path / "checkpoints" / "top" / "epoch0003"
     assert chosen_checkpoint(Config(output_dir=str(tmp_path), checkpoint=str(elsewhere))) == elsewhere
+
+
+def recorded_rows_table():
+    rows = pd.DataFrame([dict(image_id=f"i{k}", file_name=f"i{k}.png", tier="SABC"[k % 4], artist=f"a{k // 4}",
+                              path=f"i{k}.png", row=k + 2, sha256=f"{k:064x}", split="train") for k in range(8)])
+    return to_dataset(rows)
+
+
+def listed_files(out: Path) -> list[str]:
+    return json.loads((out / "run.json").read_text())["files"]
+
+
+def test_the_run_lists_the_files_it_wrote_and_overwrite_removes_those_alone(tmp_path):
+    out = tmp_path / "run"
+    (out / "figures").mkdir(parents=True)  # the user's folder, which the run then writes into
+    (out / "figures" / "sketch.png").write_bytes(b"the user's own figure")
+    lock = RunLock(out, command="train.py")
+    lock.acquire()
+    write_record(out, config=dict(output_dir=str(out)), table=recorded_rows_table(), stage="train")
+    (out / "checkpoints" / "best").mkdir(parents=True)
+    (out / "checkpoints" / "best" / "head.safetensors").write_bytes(b"weights")
+    (out / "figures" / "curves.png").write_bytes(b"the run's figure")
+    (out / "eval_test.json").write_text("{}")
+    lock.release()
+    ours = ["checkpoints", "eval_test.json", "image_table", "run.json", "splits.csv"]
+    assert listed_files(out) == ours  # figures/ was there before, and stays the user's
+
+    # Between commands the user keeps files of run-file names in the folder; a command that writes nothing
+    # of the run's claims nothing, and one that writes a new file claims that one alone.
+    (out / "eval_mine.json").write_text("mine")
+    (out / "scores_manual.csv").write_text("mine")
+    (out / "model.onnx.bak").write_bytes(b"mine")
+    for command, written in (("evaluate.py", None), ("export_onnx.py", "model.json")):
+        lock = RunLock(out, command=command)
+        lock.acquire()
+        if written:
+            (out / written).write_text("{}")
+        lock.release()
+    assert listed_files(out) == sorted(ours + ["model.json"])
+
+    removed = remove_run(out)
+    assert sorted(removed) == sorted(ours + ["model.json"])
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "eval_mine.json", "figures", "model.onnx.bak",
+                                                     "scores_manual.csv"]
+    assert (out / "figures" / "sketch.png").read_bytes() == b"the user's own figure"
+
+
+def test_files_a_killed_command_wrote_are_listed_by_the_next_command(tmp_path):
+    out = tmp_path / "run"
+    lock = RunLock(out, command="train.py")
+    lock.acquire()
+    write_record(out, config=dict(output_dir=str(out)), table=recorded_rows_table(), stage="train")
+    (out / "state").mkdir()
+    (out / "train_log.jsonl").write_text("")
+    lock.file.close()  # killed: the kernel drops the flock, nothing is released or listed
+    assert "state" not in listed_files(out)
+    (out / "notes.md").write_text("the user's, written after the kill")
+    lock = RunLock(out, command="train.py --resume true")
+    lock.acquire()  # takes the dead holder's lock over, and lists what it wrote
+    lock.release()
+    assert listed_files(out) == ["image_table", "run.json", "splits.csv", "state", "train_log.jsonl"]
+
+
+def test_overwrite_of_a_record_that_lists_no_files_is_refused_and_deletes_nothing(tmp_path):
+    out = tmp_path / "run"
+    write_record(out, config=dict(output_dir=str(out)), table=recorded_rows_table(), stage="train")
+    record = json.loads((out / "run.json").read_text())
+    del record["files"]
+    (out / "run.json").write_text(json.dumps(record | {"format": 3}))  # an older version's run
+    before = snapshot(out)
+    with pytest.raises(RunFolderError, match="lists no files of its run") as refusal:
+        remove_run(out)
+    assert str(refusal.value).startswith(f"{out / 'run.json'}: ") and "\n" not in str(refusal.value)
+    assert snapshot(out) == before

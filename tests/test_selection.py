@@ -1,5 +1,6 @@
 """pipeline/selection.py: folds for cross-validation, the grid over the searchable keys, the cells' keys."""
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -49,22 +50,44 @@ def test_bad_grids_are_refused_naming_the_key(grid, message):
         selection.expand_grid(grid)
 
 
+def key(cfg, **where) -> str:
+    return selection.cell_key(selection.cell_origin(cfg, **where))
+
+
 def test_cell_key_changes_with_the_setting_fold_and_data_and_not_with_run_folders():
     cfg, features = Config(), dict(backbone="b", image_size=224)
-    key = selection.cell_key(cfg, fold=0, folds=5, data="d1", features=features)
-    assert key == selection.cell_key(replace(cfg, output_dir="elsewhere", wandb_mode="offline"), fold=0, folds=5,
-                                     data="d1", features=features)
-    others = [selection.cell_key(replace(cfg, lr=0.1), fold=0, folds=5, data="d1", features=features),
-              selection.cell_key(replace(cfg, seed=1), fold=0, folds=5, data="d1", features=features),
-              selection.cell_key(cfg, fold=1, folds=5, data="d1", features=features),
-              selection.cell_key(cfg, fold=0, folds=4, data="d1", features=features),
-              selection.cell_key(cfg, fold=0, folds=5, data="d2", features=features),
-              selection.cell_key(cfg, fold=0, folds=5, data="d1", features=dict(features, backbone="c"))]
-    assert len({key, *others}) == 1 + len(others)
+    first = key(cfg, fold=0, folds=5, data="d1", features=features)
+    assert first == key(replace(cfg, output_dir="elsewhere", wandb_mode="offline"), fold=0, folds=5, data="d1",
+                        features=features)
+    others = [key(replace(cfg, lr=0.1), fold=0, folds=5, data="d1", features=features),
+              key(replace(cfg, seed=1), fold=0, folds=5, data="d1", features=features),
+              key(cfg, fold=1, folds=5, data="d1", features=features),
+              key(cfg, fold=0, folds=4, data="d1", features=features),
+              key(cfg, fold=0, folds=5, data="d2", features=features),
+              key(cfg, fold=0, folds=5, data="d1", features=dict(features, backbone="c"))]
+    assert len({first, *others}) == 1 + len(others)
 
 
 def test_cell_key_changes_with_the_preprocessing_version(monkeypatch):
     cfg, features = Config(), dict(backbone="b", image_size=224)
-    before = selection.cell_key(cfg, fold=0, folds=5, data="d1", features=features)
+    before = key(cfg, fold=0, folds=5, data="d1", features=features)
     monkeypatch.setattr(selection, "PREPROCESSING_VERSION", selection.PREPROCESSING_VERSION + "-next")
-    assert selection.cell_key(cfg, fold=0, folds=5, data="d1", features=features) != before
+    assert key(cfg, fold=0, folds=5, data="d1", features=features) != before
+
+
+def test_a_cell_is_reused_only_when_it_records_the_data_preprocessing_and_setting_asked_for(tmp_path):
+    cfg, features = Config(), dict(backbone="b", image_size=224)
+    origin = selection.cell_origin(cfg, fold=0, folds=5, data="d1", features=features)
+    result = dict(setting={}, fold=0, accuracy=0.75, kendall_tau=0.5)
+    selection.save_cell(tmp_path, origin, result)
+    (saved,) = tmp_path.iterdir()
+    assert json.loads(saved.read_text())["made_from"] == json.loads(json.dumps(origin))
+    assert selection.load_cell(tmp_path, origin) == {**result, "made_from": origin}
+    # A file under this cell's name that records other data, preprocessing or setting (a copy from another
+    # folder, an older version's cell) is computed again, never reused.
+    for changed in (dict(origin, manifest_sha256="d2"), dict(origin, preprocessing="center-crop-224"),
+                    dict(origin, setting=dict(origin["setting"], lr=0.5)), {}):
+        saved.write_text(json.dumps({**result, "made_from": changed}))
+        assert selection.load_cell(tmp_path, origin) is None, changed
+    saved.write_text("{not json")
+    assert selection.load_cell(tmp_path, origin) is None

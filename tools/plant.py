@@ -88,7 +88,7 @@ CELL_HEAD = CV + "a_cell_s_head_is_the_best_epoch_of_train_py_s_own_procedure"
 SWEEP = CV + "every_cell_of_a_sweep_trains_its_own_setting_on_its_own_feature_kind"
 CV_REPORT = CV + "the_report_is_the_mean_and_sample_sd_over_folds_and_the_best_is_chosen_by_accuracy"
 CV_SE = CV + "within_one_standard_error_is_sd_over_the_square_root_of_the_folds"
-CV_DATA = CV + "a_cell_s_data_fingerprint_changes_with_a_tier_an_artist_or_an_image_and_not_with_row_order"
+CV_DATA = CV + "a_cell_s_data_manifest_changes_with_a_tier_an_artist_or_an_image_and_not_with_row_order"
 LOSS_SETTING = "tests/test_model.py::test_the_training_and_validation_losses_are_those_of_the_loss_setting"
 PARITY = ("tests/test_export_onnx.py::test_parity_passes_within_the_documented_tolerance_at_batch_1_and_at_batch_n_"
           "and_fails_above_it")
@@ -236,11 +236,13 @@ PLANTS = [
     Plant("crossval-best-by-kendall", "pipeline/selection.py", 'best = int(table["accuracy_mean"].to_numpy().argmax())',
           'best = int(table["kendall_tau_mean"].to_numpy().argmax())', (CV_REPORT,),
           "the best setting is chosen by Kendall tau, not the documented accuracy"),
-    Plant("crossval-fingerprint-blind-to-tier", "pipeline/selection.py",
-          'rows[["image_id", "sha256", "tier", "artist"]]', 'rows[["image_id", "sha256", "artist"]]', (CV_DATA,),
+    Plant("crossval-fingerprint-blind-to-tier", "pipeline/runs.py",
+          "listed = rows[list(MANIFEST_COLUMNS)]", 'listed = rows[[c for c in MANIFEST_COLUMNS if c != "tier"]]',
+          (CV_DATA,),
           "a re-tiered image reuses the cells computed with its old tier"),
-    Plant("crossval-fingerprint-blind-to-artist", "pipeline/selection.py",
-          'rows[["image_id", "sha256", "tier", "artist"]]', 'rows[["image_id", "sha256", "tier"]]', (CV_DATA,),
+    Plant("crossval-fingerprint-blind-to-artist", "pipeline/runs.py",
+          "listed = rows[list(MANIFEST_COLUMNS)]", 'listed = rows[[c for c in MANIFEST_COLUMNS if c != "artist"]]',
+          (CV_DATA,),
           "an image moved to another artist reuses the cells of the old folds"),
     Plant("kendall-is-spearman", "pipeline/metrics.py", "return float(kendalltau(scores, ranks).statistic)",
           "return float(spearmanr(scores, ranks).statistic)", FAST_METRICS + (CELL,),
@@ -374,7 +376,7 @@ PLANTS = [
     Plant("dataset-class-labels-reversed", "pipeline/sources.py", "tier = tier_names[tier] if",
           "tier = tier_names[::-1][tier] if", (SOURCES,), "a dataset's tier class labels read back to front"),
     # ---- provenance: what is loaded from a run folder is what this code wrote, for this run
-    Plant("state-pickle-unchecked", "pipeline/runs.py", "        if unsafe:\n", "        if False:\n", (PICKLE,),
+    Plant("state-pickle-unchecked", "pipeline/state.py", "        if unsafe:\n", "        if False:\n", (PICKLE,),
           "a saved state whose RNG pickle calls code is resumed (Accelerate then skips the RNG without a word)"),
     Plant("head-of-another-run", "model.py", "expected=run, format_version=HEAD_FORMAT",
           "expected={}, format_version=HEAD_FORMAT", FOREIGN_HEAD,
@@ -414,8 +416,21 @@ PLANTS = [
           "if False and (theirs :=", (USER_FOLDER,),
           "a fresh run writes over the user's own files in a folder with no run"),
     Plant("overwrite-deletes-the-user-s", "pipeline/runs.py",
-          "    if not (out / RUN_RECORD).is_file():\n        return removed\n", "", (USER_FOLDER,),
+          "for name in sorted(set(owned) - {RUN_RECORD}) + [RUN_RECORD]:",
+          "for name in sorted(p.name for p in out.iterdir() if any(fnmatch.fnmatch(p.name, q) for q in RUN_FILES)):",
+          (RUNS + "the_run_lists_the_files_it_wrote_and_overwrite_removes_those_alone", USER_FOLDER),
           "--overwrite_output_dir deletes a user's folder whose name the run also uses"),
+    Plant("overwrite-by-name", "pipeline/runs.py", "if before.get(name) != inode\n", "if True\n",
+          (RUNS + "the_run_lists_the_files_it_wrote_and_overwrite_removes_those_alone",),
+          "--overwrite_output_dir deletes a user's file in the run folder whose name matches a run file's"),
+    Plant("killed-command-s-files-unlisted", "pipeline/runs.py",
+          "        if (killed := started_with(self.file.read())) is not None:", "        if False:",
+          (RUNS + "files_a_killed_command_wrote_are_listed_by_the_next_command",),
+          "the files a killed train.py wrote are never listed, so --overwrite_output_dir leaves its state behind"),
+    Plant("overwrite-of-an-unlisted-record", "pipeline/runs.py", "    if (owned := owned_files(out)) is None:",
+          "    if (owned := owned_files(out) or []) is None:",
+          (RUNS + "overwrite_of_a_record_that_lists_no_files_is_refused_and_deletes_nothing",),
+          "--overwrite_output_dir of an older version's run removes run.json and leaves the rest of that run"),
     Plant("export-data-unchecked", "export_onnx.py", "            check_same_data(cfg.output_dir, table)\n", "",
           (RUNS + "resume_after_new_works_is_refused_naming_what_changed",),
           "export_onnx.py exports a run whose data changed since training (evaluate.py refuses the same data)"),
@@ -431,8 +446,17 @@ PLANTS = [
           ("tests/test_predict.py::test_bad_model_is_a_one_line_error",),
           "a model.json whose preprocessing size disagrees with the graph's input scores other pixels"),
     Plant("cells-not-keyed-by-preprocessing", "pipeline/selection.py",
-          ",\n                   preprocessing=PREPROCESSING_VERSION)", ")", ("tests/test_selection.py",),
+          "features=features, preprocessing=PREPROCESSING_VERSION)", "features=features)", ("tests/test_selection.py",),
           "crossval.py reuses cells computed with another preprocessing"),
+    Plant("cell-made-from-unchecked", "pipeline/selection.py",
+          'return verified(directory / f"{cell_key(origin)}.json", origin)',
+          'return verified(directory / f"{cell_key(origin)}.json", {})',
+          ("tests/test_selection.py::test_a_cell_is_reused_only_when_it_records_the_data_preprocessing_and_setting_"
+           "asked_for",), "crossval.py reuses a cell file that records other data, preprocessing or setting"),
+    Plant("pairs-made-from-unchecked", "data.py", 'what="pair table", expected=data_origin(output_dir))',
+          'what="pair table", expected={})',
+          (PROVENANCE + "a_pair_table_is_read_only_with_the_rows_and_split_it_was_made_from",),
+          "pairs/ made from other rows or another split is read as the run's pair table"),
     Plant("first-frame-scored", "pipeline/images.py",
           'if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":', "if False:", (IMAGES,),
           "a multi-page TIFF or an animated image is scored by its first frame without a word"),
