@@ -3,7 +3,7 @@
     python -m bench.heads --config configs/demo.json --seeds 42 43 44 45 46
 
 Runs train.py for every combination on the same data, once per seed (the seed also draws the artist split,
-so the spread covers different held-out artists), and prints the mean and standard deviation of the val
+so the spread covers different held-out artists), and prints the mean and sample standard deviation of the val
 and test pairwise accuracy that each run wrote into its final_metrics.json. The runs go to
 OUTPUT_DIR/heads/ (a rerun replaces them); features come from the feature cache, so only the first run
 pays for extraction.
@@ -34,6 +34,11 @@ def train(config: str, run: Path, *overrides: str) -> dict:
     return json.loads((run / "final_metrics.json").read_text())
 
 
+def spread(values: np.ndarray) -> str:
+    """The sample standard deviation over seeds, as cross-validation reports it over folds; one seed has none."""
+    return f"{values.std(ddof=1):.3f}" if len(values) > 1 else "  -  "
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/demo.json")
@@ -57,7 +62,7 @@ def main() -> None:
     print(f"{'feature':<10} {'score head':<12} {'val acc':>16} {'test acc':>16}")
     for (feature, head), values in results.items():
         val, test = np.asarray(values).T
-        print(f"{feature:<10} {head:<12} {val.mean():>8.3f} ± {val.std():.3f} {test.mean():>8.3f} ± {test.std():.3f}")
+        print(f"{feature:<10} {head:<12} {val.mean():>8.3f} ± {spread(val)} {test.mean():>8.3f} ± {spread(test)}")
     best = max(results, key=lambda k: np.mean([v for v, _ in results[k]]))
     print(f"best by mean val accuracy: feature={best[0]} score_head={best[1]}")
 

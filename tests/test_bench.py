@@ -90,6 +90,16 @@ def test_flop_count_of_vit_l_at_756_is_the_2_6_tflops_of_notes_4():
     assert flops["total"] == pytest.approx(2.6e12, rel=0.01)
 
 
+def test_heads_reports_the_sample_standard_deviation_over_seeds_and_none_for_one_seed():
+    import statistics
+
+    from bench.heads import spread
+
+    accuracies = [0.61, 0.66, 0.70, 0.58]
+    assert spread(np.array(accuracies)) == f"{statistics.stdev(accuracies):.3f}"  # n - 1, as crossval's report
+    assert spread(np.array([0.61])).strip() == "-"
+
+
 def test_heads_trains_every_head_and_feature_with_train_py_and_prints_the_table(tmp_path, tiny_backbone, dataset):
     config = tiny_args(tmp_path, dataset, tiny_backbone, epochs=1)[1]
     result = subprocess.run([sys.executable, "-m", "bench.heads", "--config", config, "--seeds", "42"], cwd=ROOT,

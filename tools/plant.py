@@ -464,6 +464,9 @@ PLANTS = [
           "        if err.errno not in ENVIRONMENT_ERRNOS:\n            raise\n", "        raise\n",
           ("tests/test_cli.py",),
           "a full disk or a folder named as --out ends in a traceback"),
+    Plant("bench-heads-population-sd", "bench/heads.py", "values.std(ddof=1)", "values.std()",
+          ("tests/test_bench.py::test_heads_reports_the_sample_standard_deviation_over_seeds_and_none_for_one_seed",),
+          "bench.heads reports the spread over seeds with n where cross-validation's report uses n - 1"),
     # ---- start-up and the ONNX path
     Plant("resample-truncates", "pipeline/resample.py", "np.full((n_out, *pixels.shape[1:]), 1 << (bits - 1),",
           "np.full((n_out, *pixels.shape[1:]), 0,", ("tests/test_resample.py",),
