@@ -75,6 +75,17 @@ def atomic_dir(path: str | os.PathLike):
     shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_path(path: Path) -> bool:
+    """Delete a file, a folder or a link (the link, never what it points to); False when nothing is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+    else:
+        return False
+    return True
+
+
 def plain_modes(root: str | os.PathLike) -> None:
     """Give every file under `root` the mode a plain open() gives (0644 under the usual umask).
 

@@ -15,11 +15,10 @@ deletes those.
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 from .errors import ArtrankError
-from .files import read_json
+from .files import read_json, remove_path
 from .runs import RUN_RECORD, best_checkpoint, read_record, top_checkpoints
 
 MADE_FROM = "made_from"
@@ -168,13 +167,4 @@ def read_json_or_none(path: Path):
 
 
 def remove_paths(paths: list[Path], out: Path) -> list[str]:
-    removed = []
-    for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        else:
-            continue
-        removed.append(str(path.relative_to(out)))
-    return removed
+    return [str(path.relative_to(out)) for path in paths if remove_path(path)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .config import FEATURES, SPLIT, identity
 from .errors import ArtrankError
-from .files import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from .files import atomic_dir, atomic_write_json, atomic_write_text, read_json, remove_path
 from .images import PREPROCESSING_VERSION
 from .tables import MANIFEST_COLUMNS, frame, to_dataset
 
@@ -264,10 +264,10 @@ def remove_run(output_dir: str | os.PathLike) -> list[str]:
                              "yourself, or use another --output_dir")
     for name in sorted(set(owned) - {RUN_RECORD}) + [RUN_RECORD]:
         path = out / name
-        if Path(name).name != name or name in ("", ".", "..", LOCK_NAME) or not (path.exists() or path.is_symlink()):
+        if Path(name).name != name or name in ("", ".", "..", LOCK_NAME):
             continue  # only names at the top of the folder, as claim_files lists them
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        removed.append(name)
+        if remove_path(path):
+            removed.append(name)
     return removed
 
 
