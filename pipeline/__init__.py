@@ -14,6 +14,7 @@
     resample     torch's 8-bit antialiased bicubic resize in numpy, for the ONNX path without torch
     backbones    the frozen DINO backbones: found, loaded, keyed by their weights
     features     backbone features, extracted once and cached
+    losses       the pair losses a head trains on, per batch and over a split
     metrics      pairwise accuracy, intervals, correlations; the spec's gates
     calibration  P(A better) and tier hints, fitted on validation
     selection    cross-validation: grids, folds, stored cells, the summary

@@ -40,7 +40,7 @@ class Plant(NamedTuple):
 # at the first failure. "-m not slow" only where no end-to-end test is named.
 UNIT_METRICS = ("tests/test_metrics.py", "tests/test_spec_values.py")
 UNIT_DATA = ("tests/test_data.py", "tests/test_tables.py")
-UNIT_LOSS = ("tests/test_model.py",)
+UNIT_LOSS = ("tests/test_losses.py",)
 UNIT_CALIBRATION = ("tests/test_calibration.py",)
 FAST_METRICS, FAST_DATA = UNIT_METRICS + ("-m", "not slow"), UNIT_DATA + ("-m", "not slow")
 RUN = "tests/test_run_results.py::test_"
@@ -166,21 +166,23 @@ PLANTS = [
           "& (np.arange(i0, i1)[:, None] != np.arange(n)[None, :])", FAST_DATA, "every pair counted twice"),
     Plant("pairs-label-flipped", "pipeline/tables.py", "label = np.where(ranks[a] > ranks[b], 1, -1)",
           "label = np.where(ranks[a] < ranks[b], 1, -1)", UNIT_DATA + (LOSS,) + TRAIN, "pair labels inverted"),
-    Plant("loss-same-tier-pairs", "model.py", "higher = ranks[:, None] > ranks[None, :]",
+    Plant("loss-same-tier-pairs", "pipeline/losses.py", "higher = ranks[:, None] > ranks[None, :]",
           "higher = ranks[:, None] >= ranks[None, :]", UNIT_LOSS + (LOSS,) + TRAIN,
           "the training loss includes same-tier pairs"),
-    Plant("loss-margin-ignored", "model.py", "pair_loss_terms(scores[better] - scores[worse], margin, loss)",
+    Plant("loss-margin-ignored", "pipeline/losses.py", "pair_loss_terms(scores[better] - scores[worse], margin, loss)",
           "pair_loss_terms(scores[better] - scores[worse], 1.0, loss)", UNIT_LOSS + (LOSS,) + TRAIN,
           "the training loss ignores the configured margin"),
     Plant("train-margin-ignored", "model.py", "batch_size=cfg.batch_size, margin=cfg.margin,",
           "batch_size=cfg.batch_size, margin=1.0,", (LOSS,) + TRAIN, "training ignores --margin"),
-    Plant("loss-better-worse-swapped", "model.py", "pair_loss_terms(scores[better] - scores[worse], margin, loss)",
+    Plant("loss-better-worse-swapped", "pipeline/losses.py",
+          "pair_loss_terms(scores[better] - scores[worse], margin, loss)",
           "pair_loss_terms(scores[worse] - scores[better], margin, loss)", UNIT_LOSS + (LOSS,) + TRAIN,
           "the training loss pushes the worse image up"),
-    Plant("val-loss-same-tier", "model.py", "higher = ranks[start:start + block, None] > ranks[None, :]",
+    Plant("val-loss-same-tier", "pipeline/losses.py", "higher = ranks[start:start + block, None] > ranks[None, :]",
           "higher = ranks[start:start + block, None] >= ranks[None, :]", UNIT_LOSS + (VAL_LOSS,) + TRAIN,
           "the validation loss includes same-tier pairs"),
-    Plant("val-loss-sign", "model.py", "torch.clamp(margin - gap, min=0)", "torch.clamp(margin + gap, min=0)",
+    Plant("val-loss-sign", "pipeline/losses.py", "torch.clamp(margin - gap, min=0)",
+          "torch.clamp(margin + gap, min=0)",
           UNIT_LOSS + (VAL_LOSS,) + TRAIN, "the validation loss rewards the wrong order"),
     # ---- the training procedure
     Plant("train-seed-not-configured", "model.py", "set_seed(cfg.seed)  # the head's", "set_seed(42)  # the head's",
