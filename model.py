@@ -21,13 +21,14 @@ from pipeline.errors import ArtrankError
 from pipeline.features import table_features
 from pipeline.files import atomic_dir, atomic_write_json
 from pipeline.images import PREPROCESSING_VERSION
-from pipeline.losses import all_pairs_loss, in_batch_pair_loss
+from pipeline.losses import split_objective, tier_objective
 from pipeline.metrics import pairwise_accuracy
+from pipeline.ordinal import TierThresholds, is_tier_model
 from pipeline.provenance import MADE_FROM, load_artifact, run_origin
 from pipeline.runs import chosen_checkpoint
 from pipeline.tables import tier_ranks
 
-HEAD_FORMAT = 1  # bumped when head.json changes meaning; older heads are refused, not misread
+HEAD_FORMAT = 2  # bumped when head.json changes meaning; older heads are refused, not misread (2: tier_model)
 
 
 def load_backbone(cfg, accelerator) -> Backbone:
@@ -74,15 +75,22 @@ class RankingHead(nn.Module):
     """Projector + score: higher is better.
 
     "norm" is the spec's -||emb|| (4.3). After the final LayerNorm that norm is about sqrt(256) before the
-    affine part, so it has little freedom; "linear" reads a score off the embedding.
+    affine part, so it has little freedom; "linear" reads a score off the embedding. A tier model also holds
+    the ordered thresholds that turn its score into P(tier) (pipeline/ordinal.py); its output is the score
+    all the same.
     """
 
     def __init__(self, *, input_dim: int, hidden_dim: int = 512, proj_dim: int = 256, dropout: float = 0.1,
-                 score_head: str = "linear"):
+                 score_head: str = "linear", tier_model: bool = False):
         super().__init__()
         self.projector = Projector(input_dim, hidden_dim, proj_dim, dropout)
         self.score_head = score_head
         self.linear = nn.Linear(proj_dim, 1) if score_head == "linear" else None
+        self.tier_thresholds = TierThresholds() if tier_model else None
+
+    def thresholds(self) -> torch.Tensor | None:
+        """The tier model's three ordered thresholds (worst tier first), or None for a head that is not one."""
+        return None if self.tier_thresholds is None else self.tier_thresholds()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         embedding = self.projector(features)
@@ -156,8 +164,9 @@ def stop_reason(progress: Progress, cfg, next_lr: float) -> str | None:
 
 
 def train_epoch(accelerator, head, optimizer, train_x: torch.Tensor, train_r: torch.Tensor, progress: Progress, *,
-                batch_size: int, margin: float, loss: str, seed: int, interruption=None) -> bool:
-    """One pass over the training images, the loss over every cross-tier pair within each batch.
+                batch_size: int, margin: float, loss: str, ordinal_weight: float, seed: int, interruption=None) -> bool:
+    """One pass over the training images, the loss over every cross-tier pair within each batch (and the
+    ordinal loss of its images, for a tier model).
 
     Starts at progress.batches_done (mid-epoch resume); returns False when `interruption` is set, after the
     batch in hand. Every process takes the whole batch: training on cached features costs seconds, and
@@ -171,7 +180,8 @@ def train_epoch(accelerator, head, optimizer, train_x: torch.Tensor, train_r: to
         with accelerator.accumulate(head):
             x, r = train_x[batch].to(accelerator.device), train_r[batch].to(accelerator.device)
             with accelerator.autocast():
-                batch_loss = in_batch_pair_loss(head(x).float(), r, margin, loss)
+                batch_loss = tier_objective(head(x).float(), r, accelerator.unwrap_model(head).thresholds(), loss=loss,
+                                            margin=margin, ordinal_weight=ordinal_weight)
             accelerator.backward(batch_loss)
             optimizer.step()
             optimizer.zero_grad()
@@ -184,14 +194,14 @@ def train_epoch(accelerator, head, optimizer, train_x: torch.Tensor, train_r: to
 
 class HeadTraining:
     """A RankingHead trained on cached features: AdamW, a cosine schedule over cfg.epochs, every epoch
-    validated, early stopping on the validation loss, a stop below min_lr; the best epoch is the first with
-    the highest validation accuracy."""
+    validated, early stopping on the validation loss (the training objective over the validation split), a stop
+    below min_lr; the best epoch is the first with the highest validation accuracy."""
 
     def __init__(self, cfg, accelerator, *, input_dim: int):
         self.cfg, self.accelerator = cfg, accelerator
         set_seed(cfg.seed)  # the head's initial weights and its dropout: the same seed, the same run
         head = RankingHead(input_dim=input_dim, hidden_dim=cfg.hidden_dim, proj_dim=cfg.proj_dim, dropout=cfg.dropout,
-                           score_head=cfg.score_head)
+                           score_head=cfg.score_head, tier_model=is_tier_model(cfg))
         optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
         # The scheduler is not prepared: prepared, it steps once per process per call.
@@ -210,12 +220,14 @@ class HeadTraining:
         train_r, val_r = torch.from_numpy(tier_ranks(train_tiers)), torch.from_numpy(tier_ranks(val_tiers))
         while progress.stop_reason is None:
             if train_epoch(self.accelerator, self.head, self.optimizer, train_x, train_r, progress,
-                           batch_size=cfg.batch_size, margin=cfg.margin, loss=cfg.loss, seed=cfg.seed,
+                           batch_size=cfg.batch_size, margin=cfg.margin, loss=cfg.loss,
+                           ordinal_weight=cfg.ordinal_weight, seed=cfg.seed,
                            interruption=interruption):
                 lr = self.scheduler.get_last_lr()[0]
                 self.scheduler.step()
                 val_scores = score_features(self.head, val_x)
-                val_loss = all_pairs_loss(val_scores, val_r, cfg.margin, cfg.loss)
+                val_loss = split_objective(val_scores, val_r, self.unwrapped_head().thresholds(), loss=cfg.loss,
+                                           margin=cfg.margin, ordinal_weight=cfg.ordinal_weight)
                 val_acc, _ = pairwise_accuracy(val_scores.numpy(), val_tiers)
                 train_loss = progress.epoch_loss_sum / max(1, progress.batches_done)
                 record = {"epoch": progress.epoch, "train/loss": train_loss, "val/loss": val_loss,
@@ -246,7 +258,7 @@ class HeadTraining:
 def head_identity(cfg, backbone: Backbone) -> dict:
     """What a head must have been trained on to be fed by this config and backbone."""
     return dict(backbone_id=backbone.id, image_size=cfg.image_size, patch_size=backbone.patch_size,
-                preprocessing=PREPROCESSING_VERSION, feature=cfg.feature)
+                preprocessing=PREPROCESSING_VERSION, feature=cfg.feature, tier_model=is_tier_model(cfg))
 
 
 def head_meta(cfg, backbone: Backbone, *, input_dim: int) -> dict:
@@ -277,7 +289,7 @@ def load_head(directory: str | os.PathLike, *, identity: dict, run: dict) -> tup
             raise ArtrankError(f"{meta_path}: checkpoint made with {key}={meta.get(key)!r}, but this run uses "
                                f"{key}={value!r}; retrain or use the matching config")
     head = RankingHead(input_dim=meta["input_dim"], hidden_dim=meta["hidden_dim"], proj_dim=meta["proj_dim"],
-                       dropout=meta["dropout"], score_head=meta["score_head"])
+                       dropout=meta["dropout"], score_head=meta["score_head"], tier_model=meta["tier_model"])
     try:
         head.load_state_dict(load_file(str(directory / "head.safetensors")))
     except (OSError, RuntimeError) as err:  # missing, truncated, or weights of another shape

@@ -124,8 +124,13 @@ class Config:
                         searchable=True)
     margin: float = key(1.0, "margin of the ranking loss", TRAINING, TRAINS,
                         bounds=((lambda v: v > 0), "> 0 (with 0 a constant score has zero loss)"), searchable=True)
-    loss: str = key("margin", "margin (the spec's MarginRankingLoss) or logistic (RankNet; ignores margin)", TRAINING,
-                    TRAINS, choices=("margin", "logistic"), searchable=True)
+    loss: str = key("margin", "margin (the spec's MarginRankingLoss), logistic (RankNet; ignores margin) or ordinal "
+                    "(the tier model's cumulative-link loss alone; ignores margin and ordinal_weight)", TRAINING,
+                    TRAINS, choices=("margin", "logistic", "ordinal"), searchable=True)
+    # the tier model
+    ordinal_weight: float = key(0.0, "weight of the tier model's ordinal loss added to the margin or logistic pair "
+                                "loss; above 0 (or loss ordinal) the head also gives P(tier)", TRAINING, TRAINS,
+                                bounds=at_least(0), searchable=True)
     seed: int = key(42, "seed of the split, the head and the bootstrap", SPLIT, READS_DATA + TRAINS,
                     bounds=((lambda v: 0 <= v < 2**32), "from 0 to 2**32 - 1 (numpy seeds)"))
     mixed_precision: str = key("fp16", "used on CUDA; CPU runs fp32 (Accelerate has no CPU fp16)", FEATURES,

@@ -1,4 +1,5 @@
-"""The losses a head trains on: pair losses over score gaps, within a batch and over a whole split."""
+"""The losses a head trains on: pair losses over score gaps, within a batch and over a whole split, and the tier
+model's ordinal loss."""
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ def pair_loss_terms(gap: torch.Tensor, margin: float, loss: str) -> torch.Tensor
         return torch.clamp(margin - gap, min=0)
     if loss == "logistic":
         return F.softplus(-gap)
-    raise ValueError(f"unknown loss {loss!r}, expected 'margin' or 'logistic'")
+    raise ValueError(f"unknown pair loss {loss!r}, expected 'margin' or 'logistic'")
 
 
 def in_batch_pair_loss(scores: torch.Tensor, ranks: torch.Tensor, margin: float, loss: str) -> torch.Tensor:
@@ -46,3 +47,38 @@ def all_pairs_loss(scores: torch.Tensor, ranks: torch.Tensor, margin: float, los
     if pairs == 0:
         raise ValueError("no cross-tier pairs: every image has the same tier")
     return loss_sum / pairs
+
+
+def ordinal_loss_terms(scores: torch.Tensor, ranks: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """-log P(rank | score) of each image under the cumulative link (pipeline/ordinal.py).
+
+    P(rank = r) = sigmoid(a) - sigmoid(b) with a = t_r - score, b = t_{r-1} - score (t_{-1} = -inf,
+    t_3 = +inf), taken in logs as log sigmoid(a) + log sigmoid(-b) + log(1 - exp(b - a)): the difference of
+    two probabilities near one would lose every digit.
+    """
+    infinite = scores.new_full((1,), float("inf"))
+    bounds = torch.cat([-infinite, thresholds.to(scores), infinite])
+    upper, lower = bounds[ranks + 1] - scores, bounds[ranks] - scores
+    return -(F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(lower - upper)))
+
+
+def tier_objective(scores: torch.Tensor, ranks: torch.Tensor, thresholds: torch.Tensor | None, *, loss: str,
+                   margin: float, ordinal_weight: float) -> torch.Tensor:
+    """The training loss of a batch: the in-batch pair loss, the ordinal loss (loss "ordinal"), or the pair loss
+    plus ordinal_weight x the ordinal loss."""
+    if loss == "ordinal":
+        return ordinal_loss_terms(scores, ranks, thresholds).mean()
+    pair = in_batch_pair_loss(scores, ranks, margin, loss)
+    return pair + ordinal_weight * ordinal_loss_terms(scores, ranks, thresholds).mean() if ordinal_weight else pair
+
+
+@torch.no_grad()
+def split_objective(scores: torch.Tensor, ranks: torch.Tensor, thresholds: torch.Tensor | None, *, loss: str,
+                    margin: float, ordinal_weight: float) -> float:
+    """The training objective over a whole split (every cross-tier pair, every image): the validation loss
+    early stopping watches."""
+    ordinal = (ordinal_loss_terms(scores.float(), ranks, thresholds).mean().item()
+               if loss == "ordinal" or ordinal_weight else 0.0)
+    if loss == "ordinal":
+        return ordinal
+    return all_pairs_loss(scores, ranks, margin, loss) + ordinal_weight * ordinal
