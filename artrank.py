@@ -39,6 +39,7 @@ if problem := shadowing("pipeline", HERE / "pipeline" / "__init__.py"):
 
 from pipeline.calibration import p_first_better, read_calibration, tier_hint  # noqa: E402
 from pipeline.errors import ArtrankError  # noqa: E402
+from pipeline.ordinal import tier_table  # noqa: E402
 from pipeline.scoring import ImageLike, Scorer, onnx_scorer, score_images, torch_scorer  # noqa: E402
 
 __all__ = ["ArtrankError", "Comparison", "Ranker", "load", "run_scorer"]
@@ -54,9 +55,11 @@ def run_scorer(cfg) -> Scorer:
     accelerator = make_accelerator(cfg)
     ranker, meta, checkpoint = load_ranker(cfg, accelerator)
     calibration = read_calibration(cfg.output_dir, checkpoint=checkpoint)
+    thresholds = ranker.head.thresholds()
     return torch_scorer(ranker, device=accelerator.device, image_size=meta["image_size"],
                         patch_size=meta["patch_size"], calibration=calibration,
-                        description=f"{checkpoint} (PyTorch, {accelerator.device}; epoch {meta.get('epoch')})")
+                        description=f"{checkpoint} (PyTorch, {accelerator.device}; epoch {meta.get('epoch')})",
+                        tier_thresholds=None if thresholds is None else thresholds.tolist())
 
 
 @dataclass
@@ -67,6 +70,8 @@ class Comparison:
     p_a_better: float | None  # None without a calibration
     tier_hint_a: str | None
     tier_hint_b: str | None
+    p_tier_a: dict[str, float] | None = None  # a tier model's P(S), P(A), P(B), P(C); None for other heads
+    p_tier_b: dict[str, float] | None = None
 
 
 class Ranker:
@@ -93,15 +98,24 @@ class Ranker:
         return scores[0] if single else scores
 
     def tier_hint(self, score: float) -> str | None:
-        """The tier whose band of validation scores holds `score`: a hint, not a grade."""
+        """A tier model's most likely tier; for other heads, the tier whose band of validation scores holds
+        `score` (calibration.json). A hint, not a grade."""
+        if self.scorer.tier_thresholds is not None:
+            return max(self.tier_probabilities(score).items(), key=lambda item: item[1])[0]
         return tier_hint(score, self.calibration)
+
+    def tier_probabilities(self, score: float) -> dict[str, float] | None:
+        """P(tier) for a score, best tier first, when the model is a tier model; else None."""
+        thresholds = self.scorer.tier_thresholds
+        return None if thresholds is None else tier_table([score], thresholds)[0]
 
     def compare(self, a: ImageLike, b: ImageLike) -> Comparison:
         score_a, score_b = self.score([a, b])
         return Comparison(score_a=score_a, score_b=score_b,
                           better=None if score_a == score_b else "A" if score_a > score_b else "B",
                           p_a_better=p_first_better(score_a, score_b, self.calibration) if self.calibration else None,
-                          tier_hint_a=self.tier_hint(score_a), tier_hint_b=self.tier_hint(score_b))
+                          tier_hint_a=self.tier_hint(score_a), tier_hint_b=self.tier_hint(score_b),
+                          p_tier_a=self.tier_probabilities(score_a), p_tier_b=self.tier_probabilities(score_b))
 
 
 def load(path: str | os.PathLike, *, backend: str = "auto", batch_size: int = 16, provider: str = "auto",

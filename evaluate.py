@@ -11,6 +11,8 @@ tau-b, Spearman, accuracy per tier pair and a 95% interval from resampling artis
 Writes into OUTPUT_DIR (names end in _ensemble with --ensemble): eval_<split>.json,
 scores_<split>.csv (image_id,file_name,tier,artist,score), figures/score_by_tier_<split>.png,
 figures/tier_pair_accuracy_<split>.png, figures/extremes_<split>.png, and the wandb run (job evaluate).
+For a tier model (loss ordinal or ordinal_weight > 0) also its confusion matrix, exact and adjacent tier
+accuracy and quadratic weighted kappa with their artist intervals, and figures/tier_confusion_<split>.png.
 """
 
 import dataclasses
@@ -38,6 +40,7 @@ from pipeline.metrics import (
 from pipeline.provenance import MADE_FROM, made_from, run_origin
 from pipeline.runs import check_reader, check_same_data, chosen_checkpoint, locked_run_folder, top_checkpoints
 from pipeline.tables import SPLITS, frame
+from pipeline.tier_metrics import TIER_FIGURES, tier_report, tier_summary
 from pipeline.tracking import start_tracking, wandb_run
 
 if TYPE_CHECKING:
@@ -66,8 +69,9 @@ def head_scores(heads: list["RankingHead"], features: "torch.Tensor") -> np.ndar
     return torch.stack([score_features(head, features) for head in heads]).mean(dim=0).numpy()
 
 
-def split_report(scores: np.ndarray, rows, *, resamples: int, seed: int) -> dict:
-    """Every figure of merit of one split, from one score per image."""
+def split_report(scores: np.ndarray, rows, *, resamples: int, seed: int, thresholds=None) -> dict:
+    """Every figure of merit of one split, from one score per image; with a tier model's `thresholds`, also
+    how well it names the tiers."""
     from data import tiers_of
 
     tiers, artists = tiers_of(rows), np.asarray(rows["artist"], dtype=object)
@@ -78,7 +82,9 @@ def split_report(scores: np.ndarray, rows, *, resamples: int, seed: int) -> dict
                 kendall_tau=tau, spearman=rho,
                 ci95=list(artist_bootstrap_ci(scores, tiers, artists, resamples=resamples, seed=seed)),
                 per_tier_pair={name: acc for name, (acc, _) in per_pair.items()},
-                per_tier_pair_n_pairs={name: n for name, (_, n) in per_pair.items()})
+                per_tier_pair_n_pairs={name: n for name, (_, n) in per_pair.items()},
+                **({} if thresholds is None else
+                   {"tier_model": tier_report(scores, tiers, artists, thresholds, resamples=resamples, seed=seed)}))
 
 
 def finite_or_none(value):
@@ -107,6 +113,8 @@ def console_report(results: dict[str, dict], split: str, out: Path, written: lis
                   f"artists) | Kendall tau-b {tau} | Spearman {rho}",
                   "  per tier pair: " + " | ".join(f"{pair} {acc:.3f} ({r['per_tier_pair_n_pairs'][pair]} pairs)"
                                                    for pair, acc in r["per_tier_pair"].items())]
+        if "tier_model" in r:
+            lines.append("  tier model: " + tier_summary(r["tier_model"]))
     return "\n".join(lines + [f"wrote into {out}: " + ", ".join(str(p.relative_to(out)) for p in written)])
 
 
@@ -115,6 +123,8 @@ def tracker_metrics(report: dict, prefix: str) -> dict[str, float]:
     metrics = {f"{prefix}/{s}/pairwise_acc": a for s, a in report["pairwise_accuracy_by_split"].items()}
     metrics |= {f"{prefix}/{split}/{k}": report[k] for k in ("kendall_tau", "spearman", "n_pairs")}
     metrics |= {f"{prefix}/{split}/ci95_low": report["ci95"][0], f"{prefix}/{split}/ci95_high": report["ci95"][1]}
+    metrics |= {f"{prefix}/{split}/tier_model/{k}": report["tier_model"][k] for k in TIER_FIGURES
+                if "tier_model" in report}
     return metrics | {f"{prefix}/{split}/tier_pair/{p}": a for p, a in report["per_tier_pair"].items()}
 
 
@@ -140,10 +150,13 @@ def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, obj
     results, split_scores = {}, {}
     for name, heads in models.items():
         scores = {s: head_scores(heads, x) for s, x in zip(SPLITS, features)}
+        # An ensemble averages scores, not tier distributions: its tiers are not reported.
+        thresholds = heads[0].thresholds() if len(heads) == 1 else None
         by_split = {s: pairwise_accuracy(scores[s], tiers_of(f)) for s, f in zip(SPLITS, frames)}
         accuracy_by_split = {s: accuracy for s, (accuracy, _) in by_split.items()}
         results[name] = dict(
-            split=cfg.split, **split_report(scores[cfg.split], rows, resamples=cfg.bootstrap, seed=cfg.seed),
+            split=cfg.split, **split_report(scores[cfg.split], rows, resamples=cfg.bootstrap, seed=cfg.seed,
+                                            thresholds=None if thresholds is None else thresholds.tolist()),
             pairwise_accuracy_by_split=accuracy_by_split, n_pairs_by_split={s: n for s, (_, n) in by_split.items()},
             gates=gate_results(accuracy_by_split), ties="count as wrong",
             bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, unit="artist"))
@@ -161,7 +174,7 @@ def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, obj
 def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows) -> dict[str, Path]:
     """The JSON, the scores CSV and the figures; returns what was written, by name."""
     from data import tiers_of
-    from pipeline.figures import extremes_sheet, score_by_tier, tier_pair_heatmap
+    from pipeline.figures import extremes_sheet, score_by_tier, tier_confusion_heatmap, tier_pair_heatmap
 
     out, tag = Path(cfg.output_dir), cfg.split + ("_ensemble" if report["ensemble"] else "")
     atomic_write_text(out / f"scores_{tag}.csv", frame(rows)[["image_id", "file_name", "tier", "artist"]]
@@ -181,6 +194,10 @@ def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows) -> dict[s
                                    title=f"Highest and lowest scored of {len(rows)} {cfg.split} images ({model}): "
                                          f"rank, tier, score{caveat}"),
     }
+    if "tier_model" in report:
+        figures["tier_confusion"] = tier_confusion_heatmap(
+            report["tier_model"]["confusion"], out / "figures" / f"tier_confusion_{tag}.png",
+            title=f"Tier model: {cfg.split} split, {model}\n{tier_summary(report['tier_model'])}{caveat}")
     report["figures"] = {k: str(v) for k, v in figures.items()}
     atomic_write_json(out / f"eval_{tag}.json", finite_or_none(report))
     return {"json": out / f"eval_{tag}.json", "csv": out / f"scores_{tag}.csv", **figures}

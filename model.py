@@ -23,10 +23,11 @@ from pipeline.files import atomic_dir, atomic_write_json
 from pipeline.images import PREPROCESSING_VERSION
 from pipeline.losses import split_objective, tier_objective
 from pipeline.metrics import pairwise_accuracy
-from pipeline.ordinal import TierThresholds, is_tier_model
+from pipeline.ordinal import is_tier_model
 from pipeline.provenance import MADE_FROM, load_artifact, run_origin
 from pipeline.runs import chosen_checkpoint
 from pipeline.tables import tier_ranks
+from pipeline.tier_head import TierThresholds
 
 HEAD_FORMAT = 2  # bumped when head.json changes meaning; older heads are refused, not misread (2: tier_model)
 

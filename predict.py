@@ -12,7 +12,10 @@ in PyTorch. Both give the same scores up to float rounding, so the same ranking.
 Prints the images ranked by score (higher is better); --out writes file_name,score and, when the run has a
 calibration, tier_hint: the tier whose band holds the score, the bands being the ordered cut points that
 hint the most validation images their own tier (train.py fits them; every tier can be hinted). A hint,
-not a grade. The same functions are a Python API in artrank.py.
+not a grade. A tier model (loss ordinal, or ordinal_weight > 0) also gives P(S), P(A), P(B), P(C) per image
+(columns P(S)..P(C), and on --compare), from its score and the three thresholds in model.json or its checkpoint;
+its tier hint is then its most likely tier, and calibration.json's bands are not used for hints.
+The same functions are a Python API in artrank.py.
 --compare prints which image is better and P(A better) = sigmoid(slope * (score_A - score_B)), the slope
 fitted by train.py: a logistic regression without intercept of tier order on score difference over the
 validation cross-tier pairs, each pair in both orders, so P(A better) + P(B better) = 1.
@@ -29,10 +32,10 @@ from tqdm.auto import tqdm
 from artrank import Ranker, run_scorer
 from pipeline import cli
 from pipeline.arguments import parse_config
-from pipeline.calibration import tier_hint
 from pipeline.config import PREDICT, print_config
 from pipeline.errors import ArtrankError
 from pipeline.files import atomic_write_text
+from pipeline.ordinal import TIERS_WORST_FIRST
 from pipeline.scoring import FILE_NAMES, PROVIDERS, Scorer, onnx_scorer, score_images
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -42,7 +45,9 @@ def compare(scorer: Scorer, path_a: str, path_b: str) -> None:
     result = Ranker(scorer, batch_size=2).compare(path_a, path_b)
     for letter, path, score, hint in (("A", path_a, result.score_a, result.tier_hint_a),
                                       ("B", path_b, result.score_b, result.tier_hint_b)):
-        print(f"{letter} {score:+.4f}{f'  tier hint {hint}' if hint else ''}  {path}")
+        p_tier = result.p_tier_a if letter == "A" else result.p_tier_b
+        shown = "  " + " ".join(f"P({tier}) {p:.3f}" for tier, p in p_tier.items()) if p_tier else ""
+        print(f"{letter} {score:+.4f}{f'  tier hint {hint}' if hint else ''}{shown}  {path}")
     print("A and B score the same" if result.better is None else f"{result.better} is better")
     if result.p_a_better is None:
         print("P(A better) unavailable: this run has no calibration (train.py writes calibration.json)")
@@ -70,7 +75,7 @@ def image_paths(images: list[str], directory: str | None) -> list[tuple[str, str
 def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="*", help="image files to score")
     parser.add_argument("--dir", help="also score every image under this folder")
-    parser.add_argument("--out", help="write the scores to this CSV (file_name,score[,tier_hint])")
+    parser.add_argument("--out", help="write the scores to this CSV (file_name,score[,tier_hint][,P(S)..P(C)])")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="say which of two images is better")
     parser.add_argument("--model", help="an ONNX model with its model.json (default: OUTPUT_DIR/model.onnx)")
     parser.add_argument("--torch", action="store_true", help="run the PyTorch checkpoint instead of ONNX")
@@ -115,10 +120,14 @@ def rank(scorer: Scorer, named: list[tuple[str, str]], *, batch_size: int, top: 
     # Plain Python, not pandas: a table of names and numbers is not worth a third of a second of start-up.
     ranked = sorted(((name, score) for (_, name), score in zip(named, scores) if score is not None),
                     key=lambda row: -row[1])  # stable: equal scores keep the order given
-    hints = [tier_hint(score, scorer.calibration) for _, score in ranked] if scorer.calibration else None
-    columns = ["rank", "file_name", "score"] + (["tier_hint"] if hints else [])
-    rows = [[str(i + 1), name, f"{score:+.4f}"] + ([hints[i]] if hints else []) for i, (name, score) in
-            enumerate(ranked)]
+    ranker = Ranker(scorer)
+    hints = [ranker.tier_hint(score) for _, score in ranked] if scorer.calibration or scorer.tier_thresholds else None
+    tiers = ([list(ranker.tier_probabilities(score).values()) for _, score in ranked]
+             if scorer.tier_thresholds is not None else None)
+    tier_columns = [f"P({tier})" for tier in reversed(TIERS_WORST_FIRST)] if tiers else []
+    columns = ["rank", "file_name", "score"] + (["tier_hint"] if hints else []) + tier_columns
+    rows = [[str(i + 1), name, f"{score:+.4f}"] + ([hints[i]] if hints else [])
+            + ([f"{p:.3f}" for p in tiers[i]] if tiers else []) for i, (name, score) in enumerate(ranked)]
     if rows:
         shown = rows if top <= 0 or len(rows) <= 2 * top else rows[:top] + rows[-top:]
         widths = [max(len(cell) for cell in column) for column in zip(columns, *shown)]
@@ -130,8 +139,8 @@ def rank(scorer: Scorer, named: list[tuple[str, str]], *, batch_size: int, top: 
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
         writer.writerow(columns[1:])
-        writer.writerows([name, f"{score:.6f}"] + ([hints[i]] if hints else []) for i, (name, score) in
-                         enumerate(ranked))
+        writer.writerows([name, f"{score:.6f}"] + ([hints[i]] if hints else [])
+                         + ([f"{p:.6f}" for p in tiers[i]] if tiers else []) for i, (name, score) in enumerate(ranked))
         atomic_write_text(out, table.getvalue())
         print(f"wrote {out} ({len(rows)} images)")
     return errors

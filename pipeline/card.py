@@ -20,6 +20,7 @@ from .provenance import MADE_FROM, made_from, verified
 from .runs import RunFolderError, best_checkpoint, recorded_rows, top_checkpoints
 from .state import read_final_metrics
 from .tables import SPLITS, TIERS
+from .tier_metrics import tier_summary
 
 RANDOM_BACKBONE = "the backbone is random: its figures show that the pipeline works, not how well DINOv2 ranks drawings"
 
@@ -62,6 +63,27 @@ def run_figures(out: Path) -> tuple[dict, dict | None, dict[str, float]]:
     return final, report, accuracy
 
 
+def objective_description(cfg: dict) -> str:
+    """The training loss a run's config names, in words."""
+    pair = {"margin": f"margin ranking loss (margin {cfg.get('margin')}) over every cross-tier pair in a batch",
+            "logistic": "logistic (RankNet) loss over every cross-tier pair in a batch"}.get(cfg.get("loss"))
+    ordinal = "the tier model's cumulative-link loss of each image's tier"
+    if pair is None:
+        return ordinal
+    return pair + (f" plus {cfg.get('ordinal_weight')} x {ordinal}" if cfg.get("ordinal_weight") else "")
+
+
+def tier_section(tier: dict) -> str:
+    """A tier model's figures: how often its most likely tier is the teachers' tier, and its confusion matrix."""
+    lines = [f"Tier model (the most likely tier of P(S), P(A), P(B), P(C) against the teachers' tier): "
+             f"{tier_summary(tier)} (95% intervals, artists resampled).", "",
+             "| true \\ predicted | " + " | ".join(tier["confusion"]["tiers"]) + " |",
+             "|---" * (len(tier["confusion"]["tiers"]) + 1) + "|"]
+    lines += [f"| {true} | " + " | ".join(str(n) for n in row) + " |"
+              for true, row in zip(tier["confusion"]["tiers"], tier["confusion"]["counts"])]
+    return "\n".join(lines)
+
+
 def results_section(output_dir: str | os.PathLike) -> str:
     """Markdown of the run's figures: gates, the evaluated split in detail, per tier pair. No paths."""
     final, report, accuracy = run_figures(Path(output_dir))
@@ -85,6 +107,8 @@ def results_section(output_dir: str | os.PathLike) -> str:
                   "| tier pair | accuracy | pairs |", "|---|---|---|"]
         lines += [f"| {pair} | {acc:.3f} | {report['per_tier_pair_n_pairs'][pair]:,} |"
                   for pair, acc in report["per_tier_pair"].items()]
+        if "tier_model" in report:
+            lines += ["", tier_section(report["tier_model"])]
     lines += ["", f"Made on: {machine_description()}. Ties count as wrong; the interval resamples artists."]
     return "\n".join(lines) + "\n"
 
@@ -188,7 +212,7 @@ def model_card(output_dir: str | os.PathLike) -> str:
               f"frozen; images letterboxed to {cfg.get('image_size')} px; feature `{cfg.get('feature')}`",
               f"- head: projector {cfg.get('hidden_dim')} -> {cfg.get('proj_dim')}, dropout {cfg.get('dropout')}, "
               f"score head `{cfg.get('score_head')}`",
-              f"- training: margin ranking loss (margin {cfg.get('margin')}) over every cross-tier pair in a batch of "
+              f"- training: {objective_description(cfg)}, batches of "
               f"{cfg.get('batch_size')}, AdamW lr {cfg.get('lr')} weight decay {cfg.get('weight_decay')}, cosine "
               f"schedule over {cfg.get('epochs')} epochs, early stopping patience {cfg.get('patience')}, seed "
               f"{cfg.get('seed')}", "",

@@ -29,6 +29,7 @@ import torch
 from .errors import ArtrankError
 from .files import atomic_write_json, atomic_write_text
 from .images import preprocessing_description
+from .ordinal import tier_model_description
 from .provenance import MADE_FROM, made_from
 from .scoring import FILE_NAMES, INPUT_NAME, MODEL_FORMAT, OUTPUT_NAME, onnx_session
 
@@ -140,7 +141,7 @@ def measure_latency(session, side: int, *, batch: int, seconds: float) -> str:
 
 
 def model_description(*, meta: dict, checkpoint: Path, calibration: dict | None, export_id: str, side: int,
-                      parity: dict, out: Path) -> dict:
+                      parity: dict, out: Path, tier_thresholds: list[float] | None = None) -> dict:
     """model.json: what a consumer holding only the ONNX file needs to feed it and read its output."""
     return {
         "format": MODEL_FORMAT, "export_id": export_id,
@@ -153,6 +154,7 @@ def model_description(*, meta: dict, checkpoint: Path, calibration: dict | None,
         "checkpoint": {"path": str(checkpoint), "epoch": meta.get("epoch"),
                        "val_pairwise_acc": meta.get("val_pairwise_acc")},
         "calibration": calibration,
+        "tier_model": tier_model_description(tier_thresholds),
         MADE_FROM: made_from(out, checkpoint),
         "export": {"opset": OPSET, "exporter": "torch.onnx.export(dynamo=True)", "torch": torch.__version__},
         "parity": parity,
@@ -202,8 +204,10 @@ def export_run(ranker, *, meta: dict, checkpoint: Path, calibration: dict | None
         if failures:
             kept = " (the previous export in OUTPUT_DIR is left as it was)" if (out / "model.json").exists() else ""
             raise ArtrankError(f"parity check failed, exported files deleted{kept}: " + "; ".join(failures))
+        thresholds = ranker.head.thresholds()
         description = model_description(meta=meta, checkpoint=checkpoint, calibration=calibration,
-                                        export_id=export_id, side=side, parity=parity, out=out)
+                                        export_id=export_id, side=side, parity=parity, out=out,
+                                        tier_thresholds=None if thresholds is None else thresholds.tolist())
         atomic_write_json(staging / "model.json", description)
         install(staging, out)
     finally:

@@ -102,3 +102,23 @@ def extremes_sheet(paths: np.ndarray, scores: np.ndarray, tiers: np.ndarray, pat
         row[0].set_ylabel(label, fontsize=10)
     figure.suptitle(title, fontsize=10)
     return save_png(figure, path)
+
+
+def tier_confusion_heatmap(confusion: dict, path: str | os.PathLike, *, title: str) -> Path:
+    """A tier model's confusion matrix: rows the true tier, columns the predicted one, counts and row shares."""
+    counts = np.asarray(confusion["counts"], dtype=np.float64)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.full_like(counts, np.nan), where=rows > 0)
+    figure = Figure(figsize=(5.2, 4.2))
+    ax = figure.subplots()
+    image = ax.imshow(np.ma.masked_invalid(share), cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(len(TIERS)):
+        for j in range(len(TIERS)):
+            text = f"{int(counts[i, j])}" + (f"\n{share[i, j]:.0%}" if rows[i, 0] else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(len(TIERS)), [f"predicted {t}" for t in TIERS])
+    ax.set_yticks(range(len(TIERS)), [f"true {t}" for t in TIERS])
+    ax.tick_params(length=0)
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true tier's images")
+    ax.set_title(title, fontsize=10)
+    return save_png(figure, path)

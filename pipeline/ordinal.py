@@ -8,21 +8,15 @@ so P(C), P(B), P(A), P(S) are the differences of consecutive cumulative probabil
 higher score moves mass towards S. The score is the same score that ranks and compares images, so pairs,
 ranking, the ONNX graph and its output stay as they are; a tier model adds three numbers to the head.
 The thresholds are kept ordered by construction: t_0 is free and each next one adds softplus(step) > 0, so
-no optimiser step can cross them. (CORN would need a second output per tier beside the score; the
+no optimiser step can cross them (pipeline/tier_head.py). (CORN would need a second output per tier beside the score; the
 cumulative link keeps one score, which is what every other part of artrank reads.)
 """
 
-import math
-
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from .tables import TIER_RANK
 
 TIERS_WORST_FIRST = tuple(sorted(TIER_RANK, key=TIER_RANK.get))  # ("C", "B", "A", "S"): rank order
-INITIAL_THRESHOLDS = (-1.0, 0.0, 1.0)  # about where a linear head's scores start
 
 
 def is_tier_model(cfg) -> bool:
@@ -30,24 +24,10 @@ def is_tier_model(cfg) -> bool:
     return cfg.loss == "ordinal" or cfg.ordinal_weight > 0
 
 
-class TierThresholds(nn.Module):
-    """The ordered thresholds of the cumulative link: the first, then positive (softplus) increments."""
-
-    def __init__(self, initial=INITIAL_THRESHOLDS):
-        super().__init__()
-        steps = np.diff(initial)
-        self.first = nn.Parameter(torch.tensor(float(initial[0])))
-        # the inverse of softplus, so the thresholds start where `initial` says
-        self.steps = nn.Parameter(torch.tensor([math.log(math.expm1(s)) for s in steps], dtype=torch.float32))
-
-    def forward(self) -> torch.Tensor:
-        return torch.cat([self.first[None], self.first + torch.cumsum(F.softplus(self.steps), dim=0)])
-
-
 def tier_probabilities(scores, thresholds) -> np.ndarray:
     """P(tier) per score, (N, 4) in TIERS_WORST_FIRST order, from the score and the three thresholds.
 
-    numpy alone: an export's reader (onnxruntime, Pillow, numpy) computes it as the checkpoint's does.
+    numpy alone, no torch: an export's reader (onnxruntime, Pillow, numpy) computes it as the checkpoint's does.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
     cumulative = 1.0 / (1.0 + np.exp(-(np.asarray(thresholds, dtype=np.float64)[None, :] - scores)))
@@ -64,3 +44,12 @@ def tier_table(scores, thresholds) -> list[dict[str, float]]:
     """P(tier) per score as {tier: probability}, best tier first: what predict.py and the API show."""
     return [{tier: float(p[TIERS_WORST_FIRST.index(tier)]) for tier in reversed(TIERS_WORST_FIRST)}
             for p in tier_probabilities(scores, thresholds)]
+
+
+def tier_model_description(thresholds: list[float] | None) -> dict | None:
+    """model.json's "tier_model": what a reader needs to turn a score into P(tier), or None."""
+    if thresholds is None:
+        return None
+    return {"thresholds": [float(t) for t in thresholds], "tiers": list(TIERS_WORST_FIRST),
+            "meaning": "P(tier <= tiers[k]) = sigmoid(thresholds[k] - score), tiers worst first; "
+                       "P(tier) = the difference of consecutive cumulative probabilities"}

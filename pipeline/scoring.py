@@ -64,6 +64,10 @@ class CalibrationDescription(Described):
     tier_cuts: list[dict]
 
 
+class TierModelDescription(Described):
+    thresholds: list[float] = Field(min_length=3, max_length=3)
+
+
 class CheckpointDescription(Described):
     epoch: int | None
 
@@ -76,6 +80,7 @@ class ModelDescription(Described):
     output: TensorDescription
     preprocessing: PreprocessingDescription
     calibration: CalibrationDescription | None
+    tier_model: TierModelDescription | None = None  # absent in exports of heads that are not tier models
     checkpoint: CheckpointDescription
 
 
@@ -109,6 +114,7 @@ class Scorer:
     patch_size: int
     calibration: dict | None
     description: str
+    tier_thresholds: list[float] | None = None  # a tier model's, which give P(tier) (pipeline/ordinal.py)
 
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -177,12 +183,13 @@ def onnx_scorer(path: str | os.PathLike, *, provider: str = "auto", fp16: bool =
     input_name, output_name = meta["input"]["name"], meta["output"]["name"]
     return Scorer(score=lambda pixels: session.run([output_name], {input_name: pixels})[0],
                   image_size=prep["image_size"], patch_size=prep["patch_size"], calibration=meta["calibration"],
+                  tier_thresholds=description.tier_model.thresholds if description.tier_model else None,
                   description=f"{path} (onnxruntime, {session.get_providers()[0]}; "
                               f"checkpoint epoch {meta['checkpoint']['epoch']})")
 
 
 def torch_scorer(ranker: "torch.nn.Module", *, device: "torch.device", image_size: int, patch_size: int,
-                 calibration: dict | None, description: str) -> Scorer:
+                 calibration: dict | None, description: str, tier_thresholds: list[float] | None = None) -> Scorer:
     """A PyTorch ranker (pixels -> score) as a Scorer, fp32 on `device`."""
     import torch
 
@@ -193,7 +200,7 @@ def torch_scorer(ranker: "torch.nn.Module", *, device: "torch.device", image_siz
         return ranker(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
 
     return Scorer(score=score, image_size=image_size, patch_size=patch_size, calibration=calibration,
-                  description=description)
+                  description=description, tier_thresholds=tier_thresholds)
 
 
 def picture_of(image: ImageLike, scorer: Scorer) -> np.ndarray:
