@@ -8,8 +8,8 @@ so P(C), P(B), P(A), P(S) are the differences of consecutive cumulative probabil
 higher score moves mass towards S. The score is the same score that ranks and compares images, so pairs,
 ranking, the ONNX graph and its output stay as they are; a tier model adds three numbers to the head.
 The thresholds are kept ordered by construction: t_0 is free and each next one adds softplus(step) > 0, so
-no optimiser step can cross them (pipeline/tier_head.py). (CORN would need a second output per tier beside the score; the
-cumulative link keeps one score, which is what every other part of artrank reads.)
+no optimiser step can cross them (pipeline/tier_head.py). CORN would need an output per tier beside the score;
+the cumulative link keeps one score, which is what every other part of artrank reads.
 """
 
 import numpy as np
