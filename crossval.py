@@ -9,7 +9,8 @@ searchable config keys; none: the config alone) and every fold, a head is traine
 procedure (model.HeadTraining) on the other folds but one, which stops training early and picks the best
 epoch, and is scored on the held-out fold. Writes into OUTPUT_DIR/crossval/:
   config.json               the resolved config
-  results.csv, results.md   mean ± sd over folds of pairwise accuracy and Kendall tau per setting
+  results.csv, results.md   mean ± sd over folds of pairwise accuracy and Kendall tau per setting, and for a
+                            tier model's settings its exact tier accuracy and quadratic kappa
   accuracy_by_setting.png   every fold's accuracy per setting
   best.json                 the config with the best setting, for train.py (output_dir OUTPUT_DIR/selected)
   cells/                    one result per (setting, fold): a rerun skips finished cells
@@ -35,6 +36,7 @@ from pipeline.files import atomic_write_json
 from pipeline.metrics import pairwise_accuracy, rank_correlations
 from pipeline.runs import locked_run_folder, manifest_digest
 from pipeline.tables import frame
+from pipeline.tier_metrics import tier_figures
 from pipeline.tracking import choose_mode
 
 if TYPE_CHECKING:
@@ -85,7 +87,9 @@ def run_cell(cfg: Config, *, rows, table, features: "torch.Tensor", fold_of: np.
     accuracy, pairs = pairwise_accuracy(scores, tiers[parts["held"]])
     tau, _ = rank_correlations(scores, tiers[parts["held"]])
     artists = np.asarray(rows["artist"], dtype=object)
-    return dict(fold=fold, accuracy=accuracy, kendall_tau=tau, pairs=pairs, best_epoch=best_epoch,
+    thresholds = head.thresholds()
+    tier = {} if thresholds is None else tier_figures(scores, tiers[parts["held"]], thresholds.tolist())
+    return dict(fold=fold, accuracy=accuracy, kendall_tau=tau, pairs=pairs, best_epoch=best_epoch, **tier,
                 epochs_run=epochs_run, images={name: len(index) for name, index in parts.items()},
                 artists_held_out=len(set(artists[parts["held"]])), seconds=time.perf_counter() - started)
 

@@ -219,6 +219,9 @@ class HeadTraining:
         """
         cfg, progress = self.cfg, self.progress
         train_r, val_r = torch.from_numpy(tier_ranks(train_tiers)), torch.from_numpy(tier_ranks(val_tiers))
+        head = self.unwrapped_head()
+        if head.tier_thresholds is not None and progress.epoch == 0 and progress.batches_done == 0:
+            head.tier_thresholds.place(score_features(head, train_x), train_r)  # eval mode: draws no random number
         while progress.stop_reason is None:
             if train_epoch(self.accelerator, self.head, self.optimizer, train_x, train_r, progress,
                            batch_size=cfg.batch_size, margin=cfg.margin, loss=cfg.loss,

@@ -115,6 +115,17 @@ def save_cell(directory: Path, origin: dict, result: dict) -> None:
     atomic_write_json(directory / f"{cell_key(origin)}.json", {**result, MADE_FROM: origin})
 
 
+def tier_model_columns(results: list[dict]) -> dict[str, float]:
+    """Mean and sd over folds of a tier model's exact accuracy and kappa; NaN for a setting whose head names no
+    tier (its cells hold neither)."""
+    columns = {}
+    for name in ("exact_accuracy", "quadratic_kappa"):
+        values = np.array([r[name] for r in results if r.get(name) is not None], dtype=float)
+        columns[f"{name}_mean"] = float(values.mean()) if len(values) else float("nan")
+        columns[f"{name}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    return columns
+
+
 def summarize(settings: list[dict], cells: list[list[dict]]) -> "pd.DataFrame":
     """One row per setting: mean and sample standard deviation over folds of accuracy and Kendall tau.
 
@@ -130,6 +141,7 @@ def summarize(settings: list[dict], cells: list[list[dict]]) -> "pd.DataFrame":
         records.append({"setting": setting_label(setting), **setting, "folds": len(results),
                         "accuracy_mean": accuracy.mean(), "accuracy_sd": accuracy.std(ddof=1),
                         "kendall_tau_mean": tau.mean(), "kendall_tau_sd": tau.std(ddof=1),
+                        **tier_model_columns(results),
                         "seconds_per_fold": float(np.mean([r["seconds"] for r in results]))})
     table = pd.DataFrame(records)
     best = int(table["accuracy_mean"].to_numpy().argmax())  # the first of equals: grid order breaks ties
@@ -140,11 +152,18 @@ def summarize(settings: list[dict], cells: list[list[dict]]) -> "pd.DataFrame":
 
 
 def markdown_table(table: "pd.DataFrame") -> str:
-    lines = ["| setting | pairwise accuracy | Kendall tau | s per fold | |", "|---|---|---|---|---|"]
+    def tier(mean: float, sd: float) -> str:  # "-": the setting's head is not a tier model
+        return "-" if np.isnan(mean) else f"{mean:.3f} ± {sd:.3f}"
+
+    lines = ["| setting | pairwise accuracy | Kendall tau | exact tier | quadratic kappa | s per fold | |",
+             "|---|---|---|---|---|---|---|"]
     for row in table.itertuples():
         mark = "**best**" if row.best else "within 1 SE" if row.within_1se else ""
         lines.append(f"| {row.setting} | {row.accuracy_mean:.3f} ± {row.accuracy_sd:.3f} | "
-                     f"{row.kendall_tau_mean:.3f} ± {row.kendall_tau_sd:.3f} | {row.seconds_per_fold:.1f} | {mark} |")
+                     f"{row.kendall_tau_mean:.3f} ± {row.kendall_tau_sd:.3f} | "
+                     f"{tier(row.exact_accuracy_mean, row.exact_accuracy_sd)} | "
+                     f"{tier(row.quadratic_kappa_mean, row.quadratic_kappa_sd)} | "
+                     f"{row.seconds_per_fold:.1f} | {mark} |")
     return "\n".join(lines) + "\n"
 
 

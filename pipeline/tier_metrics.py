@@ -72,3 +72,10 @@ def tier_summary(report: dict) -> str:
         shown = "undefined" if value is None or not np.isfinite(value) else f"{value:.3f}"
         return f"{FIGURE_NAMES[name]} {shown}" + ("" if low is None else f" [{low:.3f}, {high:.3f}]")
     return " | ".join(one(name) for name in TIER_FIGURES)
+
+
+def tier_figures(scores, tiers, thresholds) -> dict[str, float]:
+    """Exact and adjacent tier accuracy and quadratic kappa of one set of images, without an interval (a
+    cross-validation fold: the spread over folds is the interval there)."""
+    predicted = most_likely_tier(tier_probabilities(scores, thresholds))
+    return {name: float(value[0]) for name, value in confusion_figures(confusion_counts(tiers, predicted)).items()}
