@@ -130,6 +130,9 @@ class RowScorer(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 1]
 
+    def thresholds(self) -> None:  # not a tier model, as RankingHead(tier_model=False)
+        return None
+
 
 def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
     """Kendall's tau-b by counting every pair: (concordant - discordant) / sqrt(untied in x * untied in y)."""

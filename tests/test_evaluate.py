@@ -80,6 +80,9 @@ def test_evaluate_end_to_end(tmp_path, dataset, tiny_backbone):
             "checkpoint", "backbone", "image_size", "gates"} <= set(report)
     assert report["checkpoint"] == str(run / "checkpoints" / "best") and report["image_size"] == 56
     assert 0 <= report["ci95"][0] <= report["pairwise_accuracy"] <= report["ci95"][1] <= 1
+    # a head that is not a tier model names no tier: no tier figures, no fake numbers
+    assert "tier_model" not in report and "tier model" not in result.stdout
+    assert not (run / "figures" / "tier_confusion_test.png").exists()
     for split, gate in report["gates"].items():
         assert gate["value"] == report["pairwise_accuracy_by_split"][split]
         assert f"{gate['value']:.4f} {'PASS' if gate['passed'] else 'FAIL'}" in result.stdout

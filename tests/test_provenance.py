@@ -12,7 +12,7 @@ from conftest import spec_pairs
 from datasets import Dataset, load_from_disk
 
 from data import pair_table, read_pairs
-from model import RankingHead, load_head, save_head
+from model import HEAD_FORMAT, RankingHead, load_head, save_head
 from pipeline.calibration import read_calibration, write_calibration
 from pipeline.config import Config
 from pipeline.provenance import MADE_FROM, ProvenanceError, made_from, remove_stale, run_origin
@@ -51,7 +51,8 @@ def test_a_run_records_a_new_run_id_and_each_artifact_names_its_run_and_checkpoi
 def test_a_head_trained_in_another_run_is_refused_naming_both_runs(tmp_path):
     ours, theirs = trained_folder(tmp_path / "ours"), trained_folder(tmp_path / "theirs")
     head = RankingHead(input_dim=4, hidden_dim=4, proj_dim=2)
-    meta = dict(format=1, input_dim=4, hidden_dim=4, proj_dim=2, dropout=0.1, score_head="linear", image_size=56)
+    meta = dict(format=HEAD_FORMAT, input_dim=4, hidden_dim=4, proj_dim=2, dropout=0.1, score_head="linear",
+                tier_model=False, image_size=56)
     save_head(head, theirs / "foreign", meta | {MADE_FROM: run_origin(theirs)})
     save_head(head, ours / "own", meta | {MADE_FROM: run_origin(ours)})
     load_head(ours / "own", identity={"image_size": 56}, run=run_origin(ours))

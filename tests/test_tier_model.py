@@ -157,3 +157,102 @@ def test_crossval_reports_exact_accuracy_and_kappa_for_tier_settings_only():
     assert table.quadratic_kappa_sd[1] == pytest.approx(np.std([0.5, 0.7], ddof=1))
     rows = markdown_table(table).splitlines()
     assert "| - | - |" in rows[2] and "0.500 ± 0.141" in rows[3] and "0.600 ± 0.141" in rows[3]
+
+
+# ---------------------------------------------------------------- saved heads
+
+def saved_head(tmp_path, name: str, *, tier_model: bool, **meta_changes):
+    from model import HEAD_FORMAT, RankingHead, save_head
+    from pipeline.provenance import MADE_FROM
+
+    head = RankingHead(input_dim=4, hidden_dim=4, proj_dim=2, tier_model=tier_model)
+    meta = dict(format=HEAD_FORMAT, input_dim=4, hidden_dim=4, proj_dim=2, dropout=0.1, score_head="linear",
+                tier_model=tier_model, image_size=56, **{MADE_FROM: {}}) | meta_changes
+    save_head(head, tmp_path / name, {k: v for k, v in meta.items() if v is not None})
+    return head, tmp_path / name
+
+
+def test_a_tier_head_round_trips_its_thresholds(tmp_path):
+    from model import load_head
+
+    head, folder = saved_head(tmp_path, "tier", tier_model=True)
+    with torch.no_grad():
+        head.tier_thresholds.first.fill_(-2.5)
+    from model import save_head
+    save_head(head, folder, json.loads((folder / "head.json").read_text()))
+    loaded, _ = load_head(folder, identity={"tier_model": True}, run={})
+    assert loaded.thresholds().tolist() == pytest.approx(head.thresholds().tolist())
+    assert loaded.thresholds()[0].item() == pytest.approx(-2.5)
+
+
+def test_a_head_without_thresholds_is_refused_by_a_tier_model_config_in_one_line(tmp_path):
+    from model import load_head
+    from pipeline.errors import ArtrankError
+
+    _, plain = saved_head(tmp_path, "plain", tier_model=False)
+    with pytest.raises(ArtrankError) as refusal:
+        load_head(plain, identity={"tier_model": True}, run={})
+    message = str(refusal.value)
+    assert "\n" not in message and "head.json" in message and "tier_model=False" in message
+    # a head of the format before tier models (no tier_model at all) is refused for its format
+    _, old = saved_head(tmp_path, "old", tier_model=False, format=1)
+    meta = json.loads((old / "head.json").read_text())
+    meta.pop("tier_model")
+    (old / "head.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtrankError, match=r"format 1, this code reads 2"):
+        load_head(old, identity={"tier_model": True}, run={})
+
+
+# ---------------------------------------------------------------- a trained tier model, end to end
+
+@pytest.mark.slow
+def test_a_tier_model_is_evaluated_exported_and_gives_the_same_p_tier_from_export_and_checkpoint(
+        tmp_path, dataset, tiny_backbone):
+    import pandas as pd
+    from conftest import run_script, tiny_args
+    from PIL import Image
+
+    import artrank
+    from pipeline.tables import TIERS
+
+    args = tiny_args(tmp_path, dataset, tiny_backbone, loss="logistic", ordinal_weight=0.5)
+    run_script("train.py", *args)
+    shown = run_script("evaluate.py", *args).stdout
+    run = tmp_path / "run"
+    report = json.loads((run / "eval_test.json").read_text())
+    tier = report["tier_model"]
+    # the figures against a recomputation from the written scores and the checkpoint's thresholds
+    scores = pd.read_csv(run / "scores_test.csv", keep_default_na=False)
+    predicted = most_likely_tier(tier_probabilities(scores.score, tier["thresholds"]))
+    assert tier["exact_accuracy"] == pytest.approx(float(np.mean(predicted == scores.tier.to_numpy())))
+    assert tier["confusion"]["counts"] == [[int(((scores.tier == t) & (predicted == p)).sum()) for p in TIERS]
+                                           for t in TIERS]
+    for name in ("exact_accuracy", "adjacent_accuracy", "quadratic_kappa"):
+        low, high = tier[f"{name}_ci95"]
+        assert low <= tier[name] + 1e-9 and tier[name] <= high + 1e-9
+    assert "tier model: exact tier" in shown
+    assert "Tier model" in (run / "README.md").read_text()
+    with Image.open(run / "figures" / "tier_confusion_test.png") as figure:
+        assert figure.format == "PNG"
+
+    run_script("export_onnx.py", *args, "--parity_images", "3", "--bench_seconds", "0")
+    described = json.loads((run / "model.json").read_text())["tier_model"]
+    assert described["thresholds"] == pytest.approx(tier["thresholds"], abs=1e-6)
+    images = [str(dataset / name) for name in scores.file_name[:6]]
+    exported, checkpoint = artrank.load(run, backend="onnx"), artrank.load(run, backend="torch")
+    from_export = [exported.tier_probabilities(s) for s in exported.score(images)]
+    from_checkpoint = [checkpoint.tier_probabilities(s) for s in checkpoint.score(images)]
+    for a, b in zip(from_export, from_checkpoint):
+        assert list(a) == ["S", "A", "B", "C"] and a == pytest.approx(b, abs=1e-4)
+        assert sum(a.values()) == pytest.approx(1.0)
+    comparison = exported.compare(images[0], images[1])
+    assert comparison.p_tier_a == pytest.approx(from_export[0], abs=1e-6)
+    assert comparison.tier_hint_a == max(from_export[0], key=from_export[0].get)  # its most likely tier
+
+    out = tmp_path / "predicted.csv"
+    run_script("predict.py", *args, *images, "--out", out)
+    table = pd.read_csv(out, keep_default_na=False)
+    assert list(table.columns) == ["file_name", "score", "tier_hint", "P(S)", "P(A)", "P(B)", "P(C)"]
+    row = table.set_index("file_name").loc[images[0]]
+    assert [row["P(S)"], row["P(A)"], row["P(B)"], row["P(C)"]] == pytest.approx(list(from_export[0].values()),
+                                                                                   abs=1e-5)

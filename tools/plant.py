@@ -65,6 +65,9 @@ TRAIN = ("tests/test_train.py::test_req_e_005_n_005_best_checkpoint_is_saved_fro
 PROCEDURE = ("tests/test_model.py::test_training_stops_after_patience_epochs_without_a_better_val_loss_and_the_best_is_"
              "the_first_highest", "tests/test_model.py::test_top_k_keeps_the_best_and_an_earlier_epoch_wins_a_tie")
 LAYOUT = "tests/test_layout.py"
+TIER_UNIT = ("tests/test_tier_model.py", "-m", "not slow")  # the tier model's unit tests
+TIER_END_TO_END = "tests/test_tier_model.py::test_a_tier_model_is_evaluated_exported_and_gives_the_same_p_tier_from_"\
+    "export_and_checkpoint"
 PICKLE = "tests/test_runs.py::test_resume_never_runs_code_from_a_pickle_in_the_run_folder"
 PROVENANCE = "tests/test_provenance.py::test_"
 RUNS = "tests/test_runs.py::test_"
@@ -131,8 +134,8 @@ PLANTS = [
           "an accuracy exactly at the gate fails it"),
     Plant("eval-not-tracked", "evaluate.py", 'start_tracking(accelerator, cfg, job_type="evaluate")', "None",
           (EVAL_WANDB,) + EVALUATE, "evaluate.py runs without a wandb run"),
-    Plant("eval-bootstrap-seed-not-configured", "evaluate.py", "resamples=cfg.bootstrap, seed=cfg.seed)",
-          "resamples=cfg.bootstrap, seed=0)", (EVAL_CI,) + EVALUATE, "the interval ignores --seed"),
+    Plant("eval-bootstrap-seed-not-configured", "evaluate.py", "resamples=cfg.bootstrap, seed=cfg.seed,\n",
+          "resamples=cfg.bootstrap, seed=0,\n", (EVAL_CI,) + EVALUATE, "the interval ignores --seed"),
     Plant("ensemble-one-member", "evaluate.py", "for m in members]} | models", "for m in members[:1]]} | models",
           EVALUATE, "the ensemble scores with one member"),
     Plant("eval-bootstrap-of-images", "evaluate.py", 'np.asarray(rows["artist"], dtype=object)',
@@ -250,11 +253,11 @@ PLANTS = [
           "return float(spearmanr(scores, ranks).statistic)", FAST_METRICS + (CELL,),
           "the Kendall tau reported is Spearman's rho"),
     # ---- the loss setting
-    Plant("train-loss-ignores-logistic", "model.py", "margin=cfg.margin, loss=cfg.loss, seed=cfg.seed,",
-          'margin=cfg.margin, loss="margin", seed=cfg.seed,', (LOSS_SETTING,),
+    Plant("train-loss-ignores-logistic", "model.py", "batch_size=cfg.batch_size, margin=cfg.margin, loss=cfg.loss,",
+          'batch_size=cfg.batch_size, margin=cfg.margin, loss="margin",', (LOSS_SETTING,),
           "training ignores loss: logistic"),
-    Plant("val-loss-ignores-logistic", "model.py", "all_pairs_loss(val_scores, val_r, cfg.margin, cfg.loss)",
-          'all_pairs_loss(val_scores, val_r, cfg.margin, "margin")', (LOSS_SETTING,),
+    Plant("val-loss-ignores-logistic", "model.py", "self.unwrapped_head().thresholds(), loss=cfg.loss,",
+          'self.unwrapped_head().thresholds(), loss="margin",', (LOSS_SETTING,),
           "the validation loss (which stops training) is the margin loss whatever loss says"),
     # ---- export and predict
     Plant("export-fp16-tolerance-tenfold", "pipeline/export.py", '"fp16": (2e-2, 2e-3)}', '"fp16": (2e-1, 2e-2)}',
@@ -545,6 +548,46 @@ PLANTS = [
           "with the hub out of reach, the upload starts anyway"),
     Plant("hub-id-not-loaded", "artrank.py", "        path = hub_export(str(path))", "        pass",
           (SHARING + "artrank_loads_an_export_by_its_hub_id",), "artrank.load('owner/name') says no such folder"),
+    # ---- the tier model
+    Plant("tier-probabilities-cumulative", "pipeline/ordinal.py", "return np.diff(cumulative, axis=1)",
+          "return cumulative[:, 1:]", TIER_UNIT, "P(tier) is the cumulative P(tier <= k), not its differences"),
+    Plant("tier-thresholds-unordered", "pipeline/tier_head.py", "torch.cumsum(F.softplus(self.steps), dim=0)",
+          "torch.cumsum(self.steps, dim=0)", TIER_UNIT, "threshold increments may be negative: thresholds cross"),
+    Plant("tier-thresholds-placed-off-by-one", "pipeline/tier_head.py", "cumsum(0)[:3]", "cumsum(0)[1:]",
+          TIER_UNIT, "the thresholds start at the wrong tier shares"),
+    Plant("ordinal-loss-drops-lower-bound", "pipeline/losses.py",
+          "F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(lower - upper))",
+          "F.logsigmoid(upper) + F.logsigmoid(-lower)", TIER_UNIT,
+          "the ordinal loss is not -log P(tier): a term of the written-out probability is lost"),
+    Plant("ordinal-weight-ignored", "pipeline/losses.py",
+          "return pair + ordinal_weight * ordinal_loss_terms(scores, ranks, thresholds).mean() if ordinal_weight",
+          "return pair if ordinal_weight", TIER_UNIT, "training with a pair loss ignores ordinal_weight"),
+    Plant("val-loss-ignores-ordinal", "pipeline/losses.py",
+          "return all_pairs_loss(scores, ranks, margin, loss) + ordinal_weight * ordinal",
+          "return all_pairs_loss(scores, ranks, margin, loss)", TIER_UNIT,
+          "the validation loss is not the training objective of a tier model"),
+    Plant("kappa-linear-weights", "pipeline/tier_metrics.py", "weight = (distance / (k - 1)) ** 2",
+          "weight = distance / (k - 1)", TIER_UNIT, "the kappa is linear-weighted, not quadratic"),
+    Plant("adjacent-is-exact", "pipeline/tier_metrics.py", "(distance <= 1)", "(distance < 1)", TIER_UNIT,
+          "adjacent tier accuracy counts only the exact tier"),
+    Plant("tier-interval-not-resampled", "pipeline/tier_metrics.py",
+          "confusion_counts(tiers, predicted, drawn[:, artist_of])", "confusion_counts(tiers, predicted)",
+          TIER_UNIT, "the tier figures' intervals resample nothing"),
+    Plant("crossval-tier-sd-population", "pipeline/selection.py", "float(values.std(ddof=1)) if len(values) > 1",
+          "float(values.std()) if len(values) > 1", TIER_UNIT,
+          "cross-validation's sd of a tier figure divides by n, not n - 1"),
+    Plant("head-tier-model-not-checked", "model.py", "feature=cfg.feature, tier_model=is_tier_model(cfg))",
+          "feature=cfg.feature)", TIER_UNIT, "a head without thresholds is loaded by a tier-model config"),
+    Plant("head-format-not-bumped", "model.py", "HEAD_FORMAT = 2", "HEAD_FORMAT = 1", TIER_UNIT,
+          "a head of the format before tier models is read as if it said tier_model"),
+    Plant("export-drops-thresholds", "pipeline/export.py", "tier_model_description(tier_thresholds)",
+          "tier_model_description(None)", (TIER_END_TO_END,), "model.json leaves out the tier model's thresholds"),
+    Plant("tier-hint-ignores-tier-model", "artrank.py", "if self.scorer.tier_thresholds is not None:",
+          "if False:", (TIER_END_TO_END,), "a tier model's hint is the calibration band, not its most likely tier"),
+    Plant("evaluate-tier-figures-for-every-head", "evaluate.py",
+          "thresholds = heads[0].thresholds() if len(heads) == 1 else None",
+          "thresholds = heads[0].linear.bias.detach().new_tensor([-1.0, 0.0, 1.0])", EVALUATE,
+          "a head that is not a tier model gets made-up tier figures"),
 ]
 
 
