@@ -186,12 +186,18 @@ def test_a_tier_head_round_trips_its_thresholds(tmp_path):
 
 
 def test_a_head_without_thresholds_is_refused_by_a_tier_model_config_in_one_line(tmp_path):
-    from model import load_head
+    from types import SimpleNamespace
+
+    from model import head_identity, load_head
     from pipeline.errors import ArtrankError
 
-    _, plain = saved_head(tmp_path, "plain", tier_model=False)
+    backbone = SimpleNamespace(id="weights", patch_size=14)
+    tier_config = head_identity(Config(loss="ordinal"), backbone)  # what a tier-model config asks of a head
+    assert tier_config["tier_model"] is True and head_identity(Config(), backbone)["tier_model"] is False
+    _, plain = saved_head(tmp_path, "plain", tier_model=False,
+                          **{k: v for k, v in tier_config.items() if k != "tier_model"})
     with pytest.raises(ArtrankError) as refusal:
-        load_head(plain, identity={"tier_model": True}, run={})
+        load_head(plain, identity=tier_config, run={})
     message = str(refusal.value)
     assert "\n" not in message and "head.json" in message and "tier_model=False" in message
     # a head of the format before tier models (no tier_model at all) is refused for its format
