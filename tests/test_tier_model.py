@@ -262,3 +262,20 @@ def test_a_tier_model_is_evaluated_exported_and_gives_the_same_p_tier_from_expor
     row = table.set_index("file_name").loc[images[0]]
     assert [row["P(S)"], row["P(A)"], row["P(B)"], row["P(C)"]] == pytest.approx(list(from_export[0].values()),
                                                                                    abs=1e-5)
+
+
+def test_a_tier_model_s_hint_is_its_most_likely_tier_and_other_heads_keep_the_calibration_band():
+    import artrank
+    from pipeline.scoring import Scorer
+
+    # bands that call every score above -10 an S, where the tier model's thresholds make 0.0 a B
+    calibration = {"slope": 1.0, "tier_cuts": [{"above": "S", "below": "A", "threshold": -10.0}]}
+    thresholds = [-2.0, 1.0, 3.0]
+    tiered = artrank.Ranker(Scorer(score=None, image_size=56, patch_size=14, calibration=calibration,
+                                   description="", tier_thresholds=thresholds))
+    plain = artrank.Ranker(Scorer(score=None, image_size=56, patch_size=14, calibration=calibration,
+                                  description=""))
+    expected = written_out(0.0, thresholds)
+    assert tiered.tier_probabilities(0.0) == pytest.approx(expected)
+    assert tiered.tier_hint(0.0) == max(expected, key=expected.get) == "B"
+    assert plain.tier_hint(0.0) == "S" and plain.tier_probabilities(0.0) is None

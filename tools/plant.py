@@ -583,7 +583,7 @@ PLANTS = [
     Plant("export-drops-thresholds", "pipeline/export.py", "tier_model_description(tier_thresholds)",
           "tier_model_description(None)", (TIER_END_TO_END,), "model.json leaves out the tier model's thresholds"),
     Plant("tier-hint-ignores-tier-model", "artrank.py", "if self.scorer.tier_thresholds is not None:",
-          "if False:", (TIER_END_TO_END,), "a tier model's hint is the calibration band, not its most likely tier"),
+          "if False:", TIER_UNIT, "a tier model's hint is the calibration band, not its most likely tier"),
     Plant("evaluate-tier-figures-for-every-head", "evaluate.py",
           "thresholds = heads[0].thresholds() if len(heads) == 1 else None",
           "thresholds = heads[0].linear.bias.detach().new_tensor([-1.0, 0.0, 1.0])", EVALUATE,
