@@ -26,11 +26,14 @@ class TierThresholds(nn.Module):
 
     @torch.no_grad()
     def place(self, scores: torch.Tensor, ranks: torch.Tensor, *, least_step: float = 1e-3) -> None:
-        """Start the thresholds where the scores cut the tiers in their proportions (the score quantiles at the
-        cumulative tier shares): wherever a head's scores start (the norm head's are near -16), the ordinal loss
-        then begins from a sensible cut rather than spending epochs moving the thresholds there."""
+        """Start where a score that says nothing yet would put the thresholds: t_k = mean score +
+        logit(share of the images of rank <= k), so that P(tier) starts as the tiers' shares. Wherever a
+        head's scores start (the norm head's near -16), the ordinal loss then begins from the tier shares rather
+        than spending epochs moving the thresholds there; quantiles of the first scores would pack the
+        thresholds as close as those scores, which start a few hundredths apart."""
         shares = torch.bincount(ranks.flatten(), minlength=4).cumsum(0)[:3].double() / ranks.numel()
-        cuts = torch.quantile(scores.double().flatten(), shares.clamp(0.0, 1.0)).tolist()
+        shares = shares.clamp(1e-3, 1 - 1e-3)  # a tier with no image gets a finite threshold
+        cuts = (scores.double().mean() + torch.logit(shares)).tolist()
         steps = np.maximum(np.diff(cuts), least_step)
         self.first.copy_(torch.tensor(cuts[0]))
         self.steps.copy_(torch.tensor([math.log(math.expm1(s)) for s in steps]))

@@ -60,13 +60,16 @@ def test_thresholds_stay_ordered_under_steps_that_push_them_to_cross():
     assert (p >= 0).all() and p.sum(axis=1) == pytest.approx(np.ones(7))
 
 
-def test_thresholds_start_at_the_score_quantiles_of_the_tier_shares():
+def test_thresholds_start_where_p_tier_is_the_tier_shares_for_the_mean_score():
     scores = torch.arange(10, dtype=torch.float32) - 20.0  # far from zero, as the norm head's scores
-    ranks = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 2, 3])  # shares C 0.2, B 0.5, A 0.9 cumulative
+    ranks = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 2, 3])  # C 0.2, B 0.3, A 0.4, S 0.1
     cuts = TierThresholds()
     cuts.place(scores, ranks)
-    assert cuts().detach().tolist() == pytest.approx(
-        [float(np.quantile(scores.numpy(), q)) for q in (0.2, 0.5, 0.9)], abs=1e-5)
+    mean = float(scores.mean())
+    assert cuts().detach().tolist() == pytest.approx([mean + math.log(q / (1 - q)) for q in (0.2, 0.5, 0.9)],
+                                                     abs=1e-5)
+    assert list(written_out(mean, cuts().detach().tolist()).values()) == pytest.approx([0.2, 0.3, 0.4, 0.1],
+                                                                                        abs=1e-5)
 
 
 def test_the_ordinal_loss_is_minus_the_log_of_the_written_out_probability():
