@@ -37,8 +37,8 @@ def strike():
     if calls == {at}:
         os.kill(os.getpid(), signal.{sig})
 if {where!r} == "batch":
-    loss = model.in_batch_pair_loss
-    model.in_batch_pair_loss = lambda *a, **k: (strike(), loss(*a, **k))[1]
+    loss = model.tier_objective  # the batch loss train_epoch takes
+    model.tier_objective = lambda *a, **k: (strike(), loss(*a, **k))[1]
 else:
     save = accelerate.Accelerator.save_state
     def save_then_strike(self, *a, **k):
