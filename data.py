@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cli import bar
+from pipeline.comparisons import checked_comparisons, comparisons_path, file_digest
 from pipeline.images import check_images
 from pipeline.provenance import data_origin, dataset_info, load_dataset_artifact
 from pipeline.runs import PAIRS, manifest_digest
@@ -266,6 +267,19 @@ def load_images(cfg, accelerator):
     return table
 
 
+def load_comparisons(cfg, accelerator, table) -> pd.DataFrame:
+    """The checked comparisons of the config's data (comparison_table), their notes shown as warnings."""
+    comparisons, notes = comparison_table(cfg.data_dir, table, skip_bad_images=cfg.skip_bad_images)
+    for message in notes:
+        accelerator.print(f"warning: {message}")
+    return comparisons
+
+
+def comparisons_digest(data_dir) -> str:
+    """What a run's comparisons are made from: the comparisons file's bytes ("" when there is none)."""
+    return file_digest(comparisons_path(str(data_dir)))
+
+
 FEW_ARTISTS = 5
 
 
@@ -313,16 +327,51 @@ def pair_table(table):
                                info=dataset_info(origin, features=features))
 
 
+def comparison_table(data_dir: str | os.PathLike, table, *, skip_bad_images: bool) -> tuple[pd.DataFrame, list[str]]:
+    """The checked comparisons of DATA_DIR/comparisons.csv against the image table (pipeline/comparisons.py; no
+    rows when there is no such file): every bad row in one DataError, or dropped with skip_bad_images. Also
+    returns the notes to show."""
+    path = comparisons_path(str(data_dir))
+    if path is None:
+        return checked_comparisons(None, frame(table))[0], []
+    comparisons, problems = checked_comparisons(path, frame(table))
+    return comparisons, [f"skipped {m}" for m in bad_rows(problems, source=str(path), skip_bad_images=skip_bad_images)]
+
+
+def comparisons_dataset(comparisons: pd.DataFrame, table, data_dir):
+    """The comparisons as a Dataset (image_a, image_b, winner, rater, split: a split name or "crossing") whose
+    info records the rows and the comparisons file it was made from (read_comparisons)."""
+    from datasets import Dataset
+
+    origin = dict(manifest_sha256=manifest_digest(frame(table)),
+                  comparisons_sha256=comparisons_digest(data_dir))
+    columns = comparisons[["image_a", "image_b", "winner", "rater", "split"]].astype(str)
+    dataset = Dataset.from_pandas(columns, preserve_index=False)
+    return Dataset.from_pandas(columns, preserve_index=False, features=dataset.features,
+                               info=dataset_info(origin, features=dataset.features))
+
+
+def read_comparisons(output_dir: str | os.PathLike):
+    """OUTPUT_DIR/comparisons, refused unless made from the rows and the comparisons file the run records."""
+    from pipeline.runs import COMPARISONS, read_record
+
+    expected = data_origin(output_dir) | dict(comparisons_sha256=read_record(output_dir)["data"]
+                                              .get("comparisons_sha256", ""))
+    return load_dataset_artifact(Path(output_dir) / COMPARISONS, what="comparison table", expected=expected)
+
+
 def read_pairs(output_dir: str | os.PathLike):
     """OUTPUT_DIR/pairs, refused unless it was made from the rows and split the run folder records."""
     return load_dataset_artifact(Path(output_dir) / PAIRS, what="pair table", expected=data_origin(output_dir))
 
 
-def check_no_test_leak(rows, table) -> None:
+def check_no_test_leak(rows, table, comparisons: pd.DataFrame | None = None) -> None:
     """Raise if `rows`, about to reach training or validation, touch the test split.
 
     Checks the rows (by split and by image_id), the artists and the image contents: a copy of a test image
     under another name is still a test image. Both are Datasets of the image table (`table` the whole of it).
+    The images of `comparisons` (rows of comparison_table about to be used with them) are checked as rows too:
+    a comparison with a test image, or with a copy of one, is a test leak.
     """
     for name, dataset, needed in (("rows", rows, {"image_id", "artist", "sha256"}),
                                   ("table", table, {"image_id", "artist", "sha256", "split"})):
@@ -331,6 +380,9 @@ def check_no_test_leak(rows, table) -> None:
                              "pass rows of the image table")
     rows, test = frame(rows), frame(split_rows(table, "test"))
     leaks = []
+    if comparisons is not None and len(comparisons):
+        whole, named = frame(table), set(comparisons["image_a"]) | set(comparisons["image_b"])
+        rows = pd.concat([rows, whole[whole["image_id"].isin(named)]], ignore_index=True)
     inside = rows["image_id"].isin(set(test["image_id"]))
     if "split" in rows:
         inside |= rows["split"] == "test"

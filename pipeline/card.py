@@ -13,6 +13,7 @@ import platform
 from pathlib import Path
 
 from .calibration import read_calibration
+from .comparison_metrics import comparison_summary
 from .errors import ArtrankError
 from .files import atomic_write_text, read_json
 from .metrics import gate_results
@@ -85,6 +86,8 @@ def results_section(output_dir: str | os.PathLike) -> str:
                   "| tier pair | accuracy | pairs |", "|---|---|---|"]
         lines += [f"| {pair} | {acc:.3f} | {report['per_tier_pair_n_pairs'][pair]:,} |"
                   for pair, acc in report["per_tier_pair"].items()]
+        if summary := comparison_summary(report.get("comparisons"), report["split"].capitalize()):
+            lines += ["", "Teachers' comparisons:", "", *summary]
     lines += ["", f"Made on: {machine_description()}. Ties count as wrong; the interval resamples artists."]
     return "\n".join(lines) + "\n"
 

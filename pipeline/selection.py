@@ -127,7 +127,11 @@ def summarize(settings: list[dict], cells: list[list[dict]]) -> "pd.DataFrame":
     for setting, results in zip(settings, cells):
         accuracy = np.array([r["accuracy"] for r in results])
         tau = np.array([r["kendall_tau"] for r in results])
+        # The teachers' held-out comparisons, where the folds have some (cells of older sweeps have none).
+        judged = np.array([r["comparison_accuracy"] for r in results if r.get("comparison_accuracy") is not None])
         records.append({"setting": setting_label(setting), **setting, "folds": len(results),
+                        "comparison_accuracy_mean": judged.mean() if len(judged) else np.nan,
+                        "comparison_accuracy_sd": judged.std(ddof=1) if len(judged) > 1 else np.nan,
                         "accuracy_mean": accuracy.mean(), "accuracy_sd": accuracy.std(ddof=1),
                         "kendall_tau_mean": tau.mean(), "kendall_tau_sd": tau.std(ddof=1),
                         "seconds_per_fold": float(np.mean([r["seconds"] for r in results]))})
@@ -140,10 +144,13 @@ def summarize(settings: list[dict], cells: list[list[dict]]) -> "pd.DataFrame":
 
 
 def markdown_table(table: "pd.DataFrame") -> str:
-    lines = ["| setting | pairwise accuracy | Kendall tau | s per fold | |", "|---|---|---|---|---|"]
+    judged = bool(table["comparison_accuracy_mean"].notna().any())
+    lines = ["| setting | pairwise accuracy |" + (" comparison accuracy |" if judged else "") +
+             " Kendall tau | s per fold | |", "|---|---|---|---|" + ("---|" if judged else "") + "---|"]
     for row in table.itertuples():
         mark = "**best**" if row.best else "within 1 SE" if row.within_1se else ""
-        lines.append(f"| {row.setting} | {row.accuracy_mean:.3f} ± {row.accuracy_sd:.3f} | "
+        comparison = f" {row.comparison_accuracy_mean:.3f} ± {row.comparison_accuracy_sd:.3f} |" if judged else ""
+        lines.append(f"| {row.setting} | {row.accuracy_mean:.3f} ± {row.accuracy_sd:.3f} |{comparison} "
                      f"{row.kendall_tau_mean:.3f} ± {row.kendall_tau_sd:.3f} | {row.seconds_per_fold:.1f} | {mark} |")
     return "\n".join(lines) + "\n"
 
