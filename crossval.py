@@ -67,35 +67,39 @@ def fit_head(cfg: Config, fit_x: "torch.Tensor", fit_tiers: np.ndarray, stop_x: 
 
 
 def run_cell(cfg: Config, *, rows, table, features: "torch.Tensor", fold_of: np.ndarray, fold: int,
-             folds: int, comparisons) -> dict:
+             folds: int, comparisons=None) -> dict:
     """Train on all folds but two (with the teachers' comparisons among their images), stop early on one, score
     the held-out one (also on the comparisons among its images)."""
     from data import check_no_test_leak, tiers_of
     from model import score_features
     from pipeline.comparison_metrics import correct_and_kept
-    from pipeline.comparisons import index_pairs
+    from pipeline.comparisons import index_pairs, no_comparisons
 
     started = time.perf_counter()
     held, stopping = selection.fold_roles(fold, folds)
     parts = {name: np.flatnonzero(mask) for name, mask in (
         ("fit", (fold_of != held) & (fold_of != stopping)), ("stop", fold_of == stopping), ("held", fold_of == held))}
     ids = np.asarray(rows["image_id"], dtype=object)
+    comparisons = no_comparisons() if comparisons is None else comparisons
     for index in parts.values():
         check_no_test_leak(rows.select(index), table, comparisons)  # every part that trains or scores a head
     tiers = tiers_of(rows)
     fit_comparisons = index_pairs(comparisons, ids[parts["fit"]], cfg.comparison_raters)
     head, best_epoch, epochs_run = fit_head(cfg, features[parts["fit"]], tiers[parts["fit"]], features[parts["stop"]],
-                                            tiers[parts["stop"]], fit_comparisons)
+                                            tiers[parts["stop"]], comparisons=fit_comparisons)
     scores = score_features(head, features[parts["held"]]).numpy()
     held_ids = set(ids[parts["held"]])
     held = comparisons[comparisons["image_a"].isin(held_ids) & comparisons["image_b"].isin(held_ids)]
     correct, kept = correct_and_kept(dict(zip(ids[parts["held"]], scores)), held)
+    tier_of = dict(zip(ids, tiers))
+    within = kept & np.array([tier_of[a] == tier_of[b] for a, b in zip(held["image_a"], held["image_b"])], bool)
     accuracy, pairs = pairwise_accuracy(scores, tiers[parts["held"]])
     tau, _ = rank_correlations(scores, tiers[parts["held"]])
     artists = np.asarray(rows["artist"], dtype=object)
     return dict(fold=fold, accuracy=accuracy, kendall_tau=tau, pairs=pairs, best_epoch=best_epoch,
                 comparison_accuracy=float(correct.sum() / kept.sum()) if kept.any() else None,
-                comparisons=int(kept.sum()),
+                comparisons=int(kept.sum()), comparisons_within_tier=int(within.sum()),
+                comparison_accuracy_within_tier=float(correct[within].mean()) if within.any() else None,
                 epochs_run=epochs_run, images={name: len(index) for name, index in parts.items()},
                 artists_held_out=len(set(artists[parts["held"]])), seconds=time.perf_counter() - started)
 
@@ -132,7 +136,7 @@ def train_val_features(cfg: Config, settings: list[dict], accelerator) -> tuple:
 
 
 def sweep(cfg: Config, settings: list[dict], *, folds: int, rows, table, features: dict, source: dict,
-          out: Path, comparisons) -> list[list[dict]]:
+          out: Path, comparisons=None) -> list[list[dict]]:
     """Every (setting, fold) cell, each stored as it finishes; finished cells are read back, not rerun."""
     fold_of = selection.crossval_folds(frame(rows), folds=folds, seed=cfg.seed)
     origins = [[selection.cell_origin(replace(cfg, **s), fold=f, folds=folds, data=source["data"], features=source)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.cli import bar
-from pipeline.comparisons import checked_comparisons, comparisons_path, file_digest
+from pipeline.comparisons import checked_comparisons, comparisons_path, file_digest, no_comparisons
 from pipeline.images import check_images
 from pipeline.provenance import data_origin, dataset_info, load_dataset_artifact
 from pipeline.runs import PAIRS, manifest_digest
@@ -333,7 +333,7 @@ def comparison_table(data_dir: str | os.PathLike, table, *, skip_bad_images: boo
     returns the notes to show."""
     path = comparisons_path(str(data_dir))
     if path is None:
-        return checked_comparisons(None, frame(table))[0], []
+        return no_comparisons(), []
     comparisons, problems = checked_comparisons(path, frame(table))
     return comparisons, [f"skipped {m}" for m in bad_rows(problems, source=str(path), skip_bad_images=skip_bad_images)]
 

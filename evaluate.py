@@ -135,7 +135,7 @@ def split_comparisons(scores: np.ndarray, rows, comparisons, cfg: Config) -> dic
         return None
     ids = list(rows["image_id"])
     return comparison_accuracy(dict(zip(ids, scores)), own, dict(zip(ids, tiers_of(rows))),
-                               dict(zip(ids, rows["artist"])), resamples=cfg.bootstrap, seed=cfg.seed)
+                               dict(zip(ids, rows["artist"])), seed=cfg.seed, resamples=cfg.bootstrap)
 
 
 def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, object]:

@@ -64,7 +64,7 @@ def read_comparison_rows(path: Path) -> tuple[list[tuple[int, dict]], list[tuple
     return rows, problems
 
 
-def checked_comparisons(path: Path | None, images: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
+def checked_comparisons(path: Path, images: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
     """The comparisons of `path` against the image table `images` (image_id, file_name, split), and every bad
     row as (line, message): an unknown image, an image compared with itself, a winner other than a|b|tie, or
     a second judgement of the same pair by the same rater that says otherwise.
@@ -72,7 +72,7 @@ def checked_comparisons(path: Path | None, images: pd.DataFrame) -> tuple[pd.Dat
     Returns rows of line, image_a, image_b (image_ids), winner, rater, split (the split of both images, or
     "crossing").
     """
-    rows, problems = read_comparison_rows(path) if path is not None else ([], [])
+    rows, problems = read_comparison_rows(path)
     by_name = dict(zip(images["file_name"], images["image_id"])) | dict(zip(images["image_id"], images["image_id"]))
     by_name.pop("", None)
     split_of = dict(zip(images["image_id"], images["split"]))
@@ -102,8 +102,13 @@ def checked_comparisons(path: Path | None, images: pd.DataFrame) -> tuple[pd.Dat
             contradicted |= set(lines)
             problems += [(line, f"line {line}: rater {rater!r} judged this pair otherwise at line(s) "
                                 f"{', '.join(str(other) for other in lines if other != line)}") for line in lines]
-    table = pd.DataFrame(good, columns=["line", "image_a", "image_b", "winner", "rater", "split"])
+    table = no_comparisons(good)
     return table[~table["line"].isin(contradicted)].reset_index(drop=True), problems
+
+
+def no_comparisons(rows=()) -> pd.DataFrame:
+    """A comparison table (of `rows`, none by default): line, image_a, image_b, winner, rater, split."""
+    return pd.DataFrame(list(rows), columns=["line", "image_a", "image_b", "winner", "rater", "split"])
 
 
 def split_counts(comparisons: pd.DataFrame, tiers: dict) -> pd.DataFrame:

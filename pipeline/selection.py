@@ -128,10 +128,12 @@ def summarize(settings: list[dict], cells: list[list[dict]]) -> "pd.DataFrame":
         accuracy = np.array([r["accuracy"] for r in results])
         tau = np.array([r["kendall_tau"] for r in results])
         # The teachers' held-out comparisons, where the folds have some (cells of older sweeps have none).
-        judged = np.array([r["comparison_accuracy"] for r in results if r.get("comparison_accuracy") is not None])
+        judged = {name: np.array([r[name] for r in results if r.get(name) is not None])
+                  for name in ("comparison_accuracy", "comparison_accuracy_within_tier")}
         records.append({"setting": setting_label(setting), **setting, "folds": len(results),
-                        "comparison_accuracy_mean": judged.mean() if len(judged) else np.nan,
-                        "comparison_accuracy_sd": judged.std(ddof=1) if len(judged) > 1 else np.nan,
+                        **{f"{name}_{stat}": (values.mean() if stat == "mean" else values.std(ddof=1))
+                           if len(values) > (stat == "sd") else np.nan
+                           for name, values in judged.items() for stat in ("mean", "sd")},
                         "accuracy_mean": accuracy.mean(), "accuracy_sd": accuracy.std(ddof=1),
                         "kendall_tau_mean": tau.mean(), "kendall_tau_sd": tau.std(ddof=1),
                         "seconds_per_fold": float(np.mean([r["seconds"] for r in results]))})

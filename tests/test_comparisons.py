@@ -143,18 +143,51 @@ def test_comparison_weight_adds_the_comparison_gradient_to_the_tier_pairs():
 
 def test_comparison_accuracy_per_rater_within_tier_and_rater_agreement_against_hand_counts():
     comparisons = pd.DataFrame({
-        "image_a": ["p", "p", "q", "r", "p", "s", "q"], "image_b": ["q", "q", "r", "s", "s", "p", "s"],
-        "winner": ["a", "b", "a", "tie", "a", "b", "b"], "rater": ["x", "y", "x", "x", "y", "z", "y"],
+        "image_a": ["p", "p", "q", "r", "p", "s", "q", "r"], "image_b": ["q", "q", "r", "s", "s", "p", "s", "s"],
+        "winner": ["a", "b", "a", "tie", "a", "b", "b", "a"], "rater": ["x", "y", "x", "x", "y", "z", "y", "z"],
         "split": "test"})
     scores = dict(p=3.0, q=2.0, r=1.0, s=0.0)
     tiers, artists = dict(p="S", q="S", r="A", s="A"), dict(p="m", q="n", r="m", s="n")
     report = comparison_accuracy(scores, comparisons, tiers, artists, resamples=200, seed=0)
-    # Wins: p>q right, q>p wrong, q>r right, (tie left out), p>s right, p>s (as b of s,p) right, s>q wrong.
-    assert (report["accuracy"], report["n_comparisons"], report["n_ties"]) == (pytest.approx(4 / 6), 6, 1)
+    # Wins: p>q right, q>p wrong, q>r right, (tie left out), p>s right, p>s (as b of s,p) right, s>q wrong,
+    # r>s right.
+    assert (report["accuracy"], report["n_comparisons"], report["n_ties"]) == (pytest.approx(5 / 7), 7, 1)
     assert report["per_rater"] == {"x": 1.0, "y": pytest.approx(1 / 3), "z": 1.0}
-    assert report["per_rater_n"] == {"x": 2, "y": 3, "z": 1}
-    assert (report["within_tier"], report["within_tier_n"]) == (0.5, 2)  # p-q twice; r-s was a tie
+    assert report["per_rater_n"] == {"x": 2, "y": 3, "z": 2}
+    # Within one tier: p-q twice (one right) and r-s by z (right); x's tie on r-s is left out.
+    assert (report["within_tier"], report["within_tier_n"]) == (pytest.approx(2 / 3), 3)
     low, high = report["ci95"]
     assert 0 <= low <= high <= 1
-    # Agreement: p-q by x and y (disagree), p-s by y and z (agree): one of two.
+    # Agreement: p-q by x and y (disagree), p-s by y and z (agree); r-s: x's tie is no verdict. One of two.
     assert rater_agreement(comparisons) == dict(agreement=0.5, n_rater_pairs=2, n_image_pairs=2)
+
+
+def test_a_changed_comparisons_file_is_another_run_s_data(judged, tmp_path):
+    from pipeline.runs import RunFolderError, check_same_data, write_record
+
+    _, table, _, _ = judged
+    write_record(tmp_path, config={}, table=table, stage="pairs", comparisons_sha256="first")
+    check_same_data(tmp_path, table, "first")
+    with pytest.raises(RunFolderError, match="the comparisons file differs from this run's"):
+        check_same_data(tmp_path, table, "second")
+
+
+def test_the_demo_s_teachers_err_as_often_as_their_stated_noise_and_half_judge_within_one_student(tmp_path):
+    from pipeline.demo_data import RATERS, TIE_GAP, write_comparisons
+
+    rng = np.random.default_rng(0)
+    q, artists = rng.random(400), [f"s{i % 40}" for i in range(400)]
+    names = [f"w{i}" for i in range(400)]
+    tiers = ["S" if v > 0.68 else "A" if v > 0.5 else "B" if v > 0.32 else "C" for v in q]
+    write_comparisons(tmp_path, names, tiers, artists, q, seed=1)
+    rows = pd.read_csv(tmp_path / "comparisons.csv")
+    quality, artist = dict(zip(names, q)), dict(zip(names, artists))
+    gap = rows.image_a.map(quality) - rows.image_b.map(quality)
+    assert ((gap.abs() < TIE_GAP) == (rows.winner == "tie")).all()
+    wins = rows[rows.winner != "tie"]
+    wrong = (gap[wins.index] > 0) != (wins.winner == "a")
+    for rater, noise in RATERS.items():
+        errors = wrong[wins.rater == rater]
+        assert abs(errors.mean() - noise) < 3 * math.sqrt(noise * (1 - noise) / len(errors)) + 0.01, rater
+    same_student = (rows.image_a.map(artist) == rows.image_b.map(artist)).mean()
+    assert 0.4 < same_student < 0.6

@@ -58,6 +58,10 @@ PREDICT = RUN + "predict_tier_hint_and_probability_come_from_the_run_s_calibrati
 TOP_K = RUN + "req_o_005_top_k_keeps_the_best_checkpoints_and_the_best_is_the_first_of_equals"
 ACCUMULATION = RUN + "req_o_001_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients"
 LEAK = RUN + "req_n_001_train_py_refuses_a_split_that_leaks_test_images"
+COMPARISONS = "tests/test_comparisons.py::test_"
+COMPARISON_LOSS = COMPARISONS + "comparison_loss_with_ties_and_rater_weights_against_a_hand_computation"
+COMPARISON_LEAK = COMPARISONS + "req_n_001_a_comparison_with_a_test_image_never_reaches_training_or_validation"
+COMPARISON_EVAL = COMPARISONS + "comparison_accuracy_per_rater_within_tier_and_rater_agreement_against_hand_counts"
 CACHE = RUN + "feature_cache_is_not_reused_after_new_backbone_weights_of_the_same_shape"
 EVALUATE = ("tests/test_evaluate.py::test_evaluate_end_to_end",)
 TRAIN = ("tests/test_train.py::test_req_e_005_n_005_best_checkpoint_is_saved_from_a_validated_best_epoch",
@@ -545,6 +549,65 @@ PLANTS = [
           "with the hub out of reach, the upload starts anyway"),
     Plant("hub-id-not-loaded", "artrank.py", "        path = hub_export(str(path))", "        pass",
           (SHARING + "artrank_loads_an_export_by_its_hub_id",), "artrank.load('owner/name') says no such folder"),
+    # ---- teachers' comparisons
+    Plant("comparison-unknown-image-kept", "pipeline/comparisons.py",
+          "               for side, image in zip((\"image_a\", \"image_b\"), found) if image is None]",
+          "               for side, image in zip((\"image_a\", \"image_b\"), found) if image is None and False]",
+          (COMPARISONS + "every_bad_comparison_row_is_named_at_once_and_skipped_on_request",),
+          "a comparison naming an image the table does not hold is not named as a bad row"),
+    Plant("comparison-self-pair-kept", "pipeline/comparisons.py", "        if not bad and found[0] == found[1]:",
+          "        if False:", (COMPARISONS + "every_bad_comparison_row_is_named_at_once_and_skipped_on_request",),
+          "an image compared with itself is taken as a judgement"),
+    Plant("comparison-winner-unchecked", "pipeline/comparisons.py", "        if winner not in WINNERS:",
+          "        if False:", (COMPARISONS + "every_bad_comparison_row_is_named_at_once_and_skipped_on_request",),
+          "a winner other than a, b or tie is read as b"),
+    Plant("comparison-contradiction-kept", "pipeline/comparisons.py",
+          "        if len({verdict for _, verdict in judged}) > 1:", "        if False:",
+          (COMPARISONS + "every_bad_comparison_row_is_named_at_once_and_skipped_on_request",),
+          "one rater judging a pair both ways trains on both"),
+    Plant("comparison-crossing-joins-a-split", "pipeline/comparisons.py",
+          "split_a if split_a == split_b else CROSSING", "split_a",
+          (COMPARISONS + "a_comparison_belongs_to_the_split_of_its_images_and_a_crossing_one_to_none",),
+          "a comparison of a training and a test image counts as a training comparison"),
+    Plant("leak-guard-ignores-comparisons", "data.py",
+          "        rows = pd.concat([rows, whole[whole[\"image_id\"].isin(named)]], ignore_index=True)",
+          "        pass", (COMPARISON_LEAK,),
+          "a comparison with a test image passes the test-leak guard"),
+    Plant("tie-as-a-win", "pipeline/losses.py", "        tied = 0.5 * (F.softplus(-gap) + F.softplus(gap))",
+          "        tied = won", (COMPARISON_LOSS,),
+          "a teacher's tie trains as a win of image a"),
+    Plant("margin-tie-as-a-win", "pipeline/losses.py", "        tied = torch.clamp(gap.abs() - margin, min=0)",
+          "        tied = torch.clamp(margin - gap, min=0)",
+          (COMPARISON_LOSS,),
+          "under the margin loss a tie pushes image a up by the margin"),
+    Plant("rater-weights-ignored", "pipeline/comparisons.py", '    if rule == "pooled" or len(raters) == 0:',
+          "    if True:", (COMPARISON_LOSS,),
+          "comparison_raters equal: a rater of many judgements still outvotes one of few"),
+    Plant("comparison-weight-ignored", "model.py",
+          "batch_loss = batch_loss + comparison_weight * step_comparison_loss(",
+          "batch_loss = batch_loss + 1.0 * step_comparison_loss(",
+          (COMPARISONS + "comparison_weight_adds_the_comparison_gradient_to_the_tier_pairs",),
+          "comparison_weight 0.5 trains as 1"),
+    Plant("comparison-order-unseeded", "pipeline/comparisons.py", "np.random.default_rng([seed, epoch])",
+          "np.random.default_rng()",
+          (COMPARISONS + "every_training_comparison_is_taken_once_an_epoch_in_an_order_of_seed_and_epoch_alone",),
+          "a resumed epoch takes other comparisons at its remaining steps"),
+    Plant("human-ties-counted-in-accuracy", "pipeline/comparison_metrics.py",
+          '    kept = (comparisons["winner"] != "tie").to_numpy()', "    kept = np.ones(len(comparisons), bool)",
+          (COMPARISON_EVAL,), "a teacher's tie counts as a comparison the model got wrong"),
+    Plant("within-tier-is-across", "pipeline/comparison_metrics.py",
+          "    within = np.array([tiers[a] == tiers[b]", "    within = np.array([tiers[a] != tiers[b]",
+          (COMPARISON_EVAL,), "the within-tier accuracy is measured on pairs of different tiers"),
+    Plant("agreement-counts-ties", "pipeline/comparison_metrics.py",
+          '    wins = comparisons[comparisons["winner"] != "tie"]', "    wins = comparisons",
+          (COMPARISON_EVAL,), "a tie against a win counts as raters disagreeing"),
+    Plant("comparisons-not-in-the-data-identity", "pipeline/runs.py",
+          "    if comparisons_sha256 is not None and recorded != comparisons_sha256:", "    if False:",
+          (COMPARISONS + "a_changed_comparisons_file_is_another_run_s_data",),
+          "a resumed run trains on an edited comparisons.csv unsaid"),
+    Plant("demo-raters-without-noise", "pipeline/demo_data.py", "(rng.random() < RATERS[rater])", "False",
+          (COMPARISONS + "the_demo_s_teachers_err_as_often_as_their_stated_noise_and_half_judge_within_one_student",),
+          "the demo's teachers never err, so the rater agreement shows no ceiling"),
 ]
 
 
