@@ -147,9 +147,13 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase, com
             write_train_log(out, records)
 
     log(selection_rules(cfg))
+    judged = index_pairs(comparisons, train_rows["image_id"], cfg.comparison_raters)
+    if len(judged["a"]):
+        log(f"teachers' comparisons: {len(judged['a'])} of the training split, weight {cfg.comparison_weight:g}, "
+            f"raters {cfg.comparison_raters}" + (" (weight 0: not trained on)" if cfg.comparison_weight == 0 else ""))
     with cli.deferred_interrupts() as interruption:
         finished = training.run(train_x, tiers_of(train_rows), val_x, val_tiers, after_epoch=after_epoch,
-                                comparisons=index_pairs(comparisons, train_rows["image_id"], cfg.comparison_raters),
+                                comparisons=judged,
                                 after_step=lambda: save_state(accelerator, progress, out,
                                                                    scheduler=training.scheduler),
                                 interruption=interruption)
