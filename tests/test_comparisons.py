@@ -191,3 +191,20 @@ def test_the_demo_s_teachers_err_as_often_as_their_stated_noise_and_half_judge_w
         assert abs(errors.mean() - noise) < 3 * math.sqrt(noise * (1 - noise) / len(errors)) + 0.01, rater
     same_student = (rows.image_a.map(artist) == rows.image_b.map(artist)).mean()
     assert 0.4 < same_student < 0.6
+
+
+def test_the_comparison_table_is_read_back_only_with_the_comparisons_file_it_was_made_from(judged, tmp_path):
+    from data import comparisons_dataset, comparisons_digest, read_comparisons
+    from pipeline.errors import ArtrankError
+    from pipeline.runs import write_record
+
+    data, table, _, names = judged
+    write(data, "image_a,image_b,winner,rater", f"{names['train'][0]},{names['train'][1]},a,x")
+    comparisons, _ = comparison_table(data, table, skip_bad_images=False)
+    write_record(tmp_path, config={}, table=table, stage="pairs", comparisons_sha256=comparisons_digest(data))
+    comparisons_dataset(comparisons, table, data).save_to_disk(str(tmp_path / "comparisons"))
+    assert read_comparisons(tmp_path)["winner"] == ["a"]
+    write(data, "image_a,image_b,winner,rater", f"{names['train'][0]},{names['train'][1]},b,x")
+    write_record(tmp_path, config={}, table=table, stage="pairs", comparisons_sha256=comparisons_digest(data))
+    with pytest.raises(ArtrankError):
+        read_comparisons(tmp_path)  # made from the first file, the run now records the second
