@@ -87,7 +87,7 @@ def results_section(output_dir: str | os.PathLike) -> str:
         lines += [f"| {pair} | {acc:.3f} | {report['per_tier_pair_n_pairs'][pair]:,} |"
                   for pair, acc in report["per_tier_pair"].items()]
         if summary := comparison_summary(report.get("comparisons"), report["split"].capitalize()):
-            lines += ["", "Teachers' comparisons:", "", *(f"- {line.strip()}" for line in summary)]
+            lines += ["", *(f"- {line.strip()}" for line in summary)]
     lines += ["", f"Made on: {machine_description()}. Ties count as wrong; the interval resamples artists."]
     return "\n".join(lines) + "\n"
 
