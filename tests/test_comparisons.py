@@ -208,3 +208,14 @@ def test_the_comparison_table_is_read_back_only_with_the_comparisons_file_it_was
     write_record(tmp_path, config={}, table=table, stage="pairs", comparisons_sha256=comparisons_digest(data))
     with pytest.raises(ArtrankError):
         read_comparisons(tmp_path)  # made from the first file, the run now records the second
+
+
+def test_a_comparisons_file_beside_a_dataset_file_is_refused_not_ignored(tmp_path):
+    from pipeline.comparisons import comparisons_path
+
+    (tmp_path / "works.parquet").write_bytes(b"")
+    assert comparisons_path(str(tmp_path / "works.parquet")) is None
+    (tmp_path / "comparisons.csv").write_text("image_a,image_b,winner\n")
+    assert comparisons_path(str(tmp_path)) == tmp_path / "comparisons.csv"
+    with pytest.raises(DataError, match="comparisons are read from a data folder, not beside a dataset file"):
+        comparisons_path(str(tmp_path / "works.parquet"))
