@@ -19,7 +19,6 @@ from pathlib import Path
 
 from pipeline import cli
 from pipeline.arguments import parse_config
-from pipeline.comparisons import split_counts
 from pipeline.config import MAKE_PAIRS, print_config
 from pipeline.files import atomic_dir
 from pipeline.runs import (
@@ -80,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                     comparisons_dataset(comparisons, table, cfg.data_dir).save_to_disk(str(tmp))
     print(summary(table, pairs))
     if len(comparisons):
+        from pipeline.comparisons import split_counts
+
         rows = frame(table)
         print("teachers' comparisons (a crossing one joins images of two splits and is used by none):")
         print(split_counts(comparisons, dict(zip(rows["image_id"], rows["tier"]))).to_string())

@@ -7,12 +7,15 @@ ties are left out of every accuracy and of the agreement, and counted beside the
 """
 
 from itertools import combinations
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
-def correct_and_kept(scores: dict, comparisons: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def correct_and_kept(scores: dict, comparisons: "pd.DataFrame") -> tuple[np.ndarray, np.ndarray]:
     """Per comparison: whether the scores (by image_id) rank its winner above its loser, and whether it is a
     win (not a tie)."""
     kept = (comparisons["winner"] != "tie").to_numpy()
@@ -22,7 +25,7 @@ def correct_and_kept(scores: dict, comparisons: pd.DataFrame) -> tuple[np.ndarra
     return (sign * (a - b) > 0) & kept, kept
 
 
-def comparison_accuracy(scores: dict, comparisons: pd.DataFrame, tiers: dict, artists: dict, *, resamples: int,
+def comparison_accuracy(scores: dict, comparisons: "pd.DataFrame", tiers: dict, artists: dict, *, resamples: int,
                         seed: int, level: float = 0.95) -> dict:
     """Accuracy over the comparisons' wins, overall (with the artist bootstrap interval), per rater and within
     one tier (the pairs tiers cannot order); `scores`, `tiers`, `artists` map image_id to each."""
@@ -45,7 +48,7 @@ def comparison_accuracy(scores: dict, comparisons: pd.DataFrame, tiers: dict, ar
                 agreement=rater_agreement(comparisons))
 
 
-def artist_bootstrap(correct: np.ndarray, kept: np.ndarray, comparisons: pd.DataFrame, artists: dict, *,
+def artist_bootstrap(correct: np.ndarray, kept: np.ndarray, comparisons: "pd.DataFrame", artists: dict, *,
                      resamples: int, seed: int, level: float) -> list | None:
     """Percentile interval of the accuracy, resampling artists with replacement as the tier pairs' interval
     does (metrics.artist_bootstrap_ci): a comparison counts once per draw of each of its two artists (the
@@ -65,9 +68,11 @@ def artist_bootstrap(correct: np.ndarray, kept: np.ndarray, comparisons: pd.Data
     return [float(low), float(high)]
 
 
-def rater_agreement(comparisons: pd.DataFrame) -> dict:
+def rater_agreement(comparisons: "pd.DataFrame") -> dict:
     """How often two raters who both judged a pair (each a win, not a tie) named the same winner: over every
     pair of raters on every such pair of images."""
+    import pandas as pd
+
     wins = comparisons[comparisons["winner"] != "tie"]
     pair = ["\t".join(sorted(p)) for p in zip(wins["image_a"], wins["image_b"])]
     winner = np.where(wins["winner"] == "a", wins["image_a"], wins["image_b"])
