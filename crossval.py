@@ -49,7 +49,7 @@ def add_arguments(parser) -> None:
 
 
 def fit_head(cfg: Config, fit_x: "torch.Tensor", fit_tiers: np.ndarray, stop_x: "torch.Tensor",
-             stop_tiers: np.ndarray):
+             stop_tiers: np.ndarray, comparisons: dict | None = None):
     """The head train.py would train, on the fitting folds, stopped and chosen on the stopping fold; kept in
     memory. Returns (best head, best epoch, epochs run)."""
     from model import HeadTraining
@@ -62,34 +62,48 @@ def fit_head(cfg: Config, fit_x: "torch.Tensor", fit_tiers: np.ndarray, stop_x: 
         if record.get("best"):
             best.update(epoch=record["epoch"], state=copy.deepcopy(training.unwrapped_head().state_dict()))
 
-    training.run(fit_x, fit_tiers, stop_x, stop_tiers, after_epoch=keep_best)
+    training.run(fit_x, fit_tiers, stop_x, stop_tiers, comparisons=comparisons, after_epoch=keep_best)
     head = training.unwrapped_head()
     head.load_state_dict(best["state"])
     return head.eval(), best["epoch"], training.progress.epoch
 
 
 def run_cell(cfg: Config, *, rows, table, features: "torch.Tensor", fold_of: np.ndarray, fold: int,
-             folds: int) -> dict:
-    """Train on all folds but two, stop early on one, score the held-out one."""
+             folds: int, comparisons=None) -> dict:
+    """Train on all folds but two (with the teachers' comparisons among their images), stop early on one, score
+    the held-out one (also on the comparisons among its images)."""
     from data import check_no_test_leak, tiers_of
     from model import score_features
+    from pipeline.comparison_metrics import correct_and_kept
+    from pipeline.comparisons import index_pairs, no_comparisons
 
     started = time.perf_counter()
     held, stopping = selection.fold_roles(fold, folds)
     parts = {name: np.flatnonzero(mask) for name, mask in (
         ("fit", (fold_of != held) & (fold_of != stopping)), ("stop", fold_of == stopping), ("held", fold_of == held))}
+    ids = np.asarray(rows["image_id"], dtype=object)
+    comparisons = no_comparisons() if comparisons is None else comparisons
     for index in parts.values():
-        check_no_test_leak(rows.select(index), table)  # every part that trains or scores a head
+        check_no_test_leak(rows.select(index), table, comparisons)  # every part that trains or scores a head
     tiers = tiers_of(rows)
+    fit_comparisons = index_pairs(comparisons, ids[parts["fit"]], cfg.comparison_raters)
     head, best_epoch, epochs_run = fit_head(cfg, features[parts["fit"]], tiers[parts["fit"]], features[parts["stop"]],
-                                            tiers[parts["stop"]])
+                                            tiers[parts["stop"]], comparisons=fit_comparisons)
     scores = score_features(head, features[parts["held"]]).numpy()
+    held_ids = set(ids[parts["held"]])
+    held = comparisons[comparisons["image_a"].isin(held_ids) & comparisons["image_b"].isin(held_ids)]
+    correct, kept = correct_and_kept(dict(zip(ids[parts["held"]], scores)), held)
+    tier_of = dict(zip(ids, tiers))
+    within = kept & np.array([tier_of[a] == tier_of[b] for a, b in zip(held["image_a"], held["image_b"])], bool)
     accuracy, pairs = pairwise_accuracy(scores, tiers[parts["held"]])
     tau, _ = rank_correlations(scores, tiers[parts["held"]])
     artists = np.asarray(rows["artist"], dtype=object)
     thresholds = head.thresholds()
     tier = {} if thresholds is None else tier_figures(scores, tiers[parts["held"]], thresholds.tolist())
     return dict(fold=fold, accuracy=accuracy, kendall_tau=tau, pairs=pairs, best_epoch=best_epoch, **tier,
+                comparison_accuracy=float(correct.sum() / kept.sum()) if kept.any() else None,
+                comparisons=int(kept.sum()), comparisons_within_tier=int(within.sum()),
+                comparison_accuracy_within_tier=float(correct[within].mean()) if within.any() else None,
                 epochs_run=epochs_run, images={name: len(index) for name, index in parts.items()},
                 artists_held_out=len(set(artists[parts["held"]])), seconds=time.perf_counter() - started)
 
@@ -108,22 +122,25 @@ def train_val_features(cfg: Config, settings: list[dict], accelerator) -> tuple:
 
     Returns (rows, table, {feature: tensor}, what the features depend on).
     """
-    from data import check_no_test_leak, load_images, split_rows
+    from data import check_no_test_leak, comparisons_digest, load_comparisons, load_images, split_rows
     from model import features_of, load_backbone
 
     table = load_images(cfg, accelerator)
     rows = split_rows(table, "train", "val")  # the test split goes no further
-    check_no_test_leak(rows, table)
+    comparisons = load_comparisons(cfg, accelerator, table)
+    comparisons = comparisons[comparisons["split"].isin(["train", "val"])]  # crossing and test ones go no further
+    check_no_test_leak(rows, table, comparisons)
     backbone = load_backbone(cfg, accelerator)
     features = {feature: features_of(replace(cfg, feature=feature), [rows], accelerator, backbone=backbone)[0]
                 for feature in dict.fromkeys(replace(cfg, **s).feature for s in settings)}
     source = dict(backbone=backbone.id, image_size=cfg.image_size, device=accelerator.device.type,
-                  mixed_precision=accelerator.mixed_precision, data=manifest_digest(frame(rows)))
-    return rows, table, features, source
+                  mixed_precision=accelerator.mixed_precision, data=manifest_digest(frame(rows)),
+                  comparisons=comparisons_digest(cfg.data_dir))
+    return rows, table, features, source, comparisons
 
 
 def sweep(cfg: Config, settings: list[dict], *, folds: int, rows, table, features: dict, source: dict,
-          out: Path) -> list[list[dict]]:
+          out: Path, comparisons=None) -> list[list[dict]]:
     """Every (setting, fold) cell, each stored as it finishes; finished cells are read back, not rerun."""
     fold_of = selection.crossval_folds(frame(rows), folds=folds, seed=cfg.seed)
     origins = [[selection.cell_origin(replace(cfg, **s), fold=f, folds=folds, data=source["data"], features=source)
@@ -142,11 +159,13 @@ def sweep(cfg: Config, settings: list[dict], *, folds: int, rows, table, feature
         for fold, origin in enumerate(origins[i]):
             if results[i][fold] is None:
                 results[i][fold] = run_cell(setting_cfg, rows=rows, table=table, features=features[setting_cfg.feature],
-                                            fold_of=fold_of, fold=fold, folds=folds)
+                                            fold_of=fold_of, fold=fold, folds=folds, comparisons=comparisons)
                 selection.save_cell(out / "cells", origin, {"setting": setting, **results[i][fold]})
                 bar.update()
             r = results[i][fold]
-            bar.write(f"{label} | fold {fold + 1}/{folds} | acc {r['accuracy']:.3f} | tau {r['kendall_tau']:.3f} | "
+            judged = "" if r.get("comparison_accuracy") is None else f" | comparisons {r['comparison_accuracy']:.3f}"
+            bar.write(f"{label} | fold {fold + 1}/{folds} | acc {r['accuracy']:.3f}{judged} | "
+                      f"tau {r['kendall_tau']:.3f} | "
                       f"best epoch {r['best_epoch']} of {r['epochs_run']} | {r['seconds']:.1f} s")
             run.log({"fold/pairwise_acc": r["accuracy"], "fold/kendall_tau": r["kendall_tau"],
                      "fold/seconds": r["seconds"], "fold/best_epoch": r["best_epoch"]}, step=fold)
@@ -185,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         accelerator = cli.make_accelerator(cfg)
         # OUTPUT_DIR/crossval alone: a train.py of OUTPUT_DIR may run beside it, a second crossval may not.
         with locked_run_folder(out, accelerator, "crossval.py"):
-            rows, table, features, source = train_val_features(cfg, settings, accelerator)
+            rows, table, features, source, comparisons = train_val_features(cfg, settings, accelerator)
             save_config(cfg, out / "config.json")
             phase.kept = f"every finished (setting, fold) in {out}; a rerun continues from there"
             # A head's small matrices gain nothing from more threads (on a busy CPU they cost many times over),
@@ -194,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
 
             torch.set_num_threads(1)
             results = sweep(cfg, settings, folds=args.folds, rows=rows, table=table, features=features,
-                            source=source, out=out)
+                            source=source, out=out, comparisons=comparisons)
             report(cfg, settings, results, folds=args.folds, images=len(rows), out=out)
 
 

@@ -9,112 +9,25 @@ C), artist, path, row, sha256 and split (a class label: train, val, test).
 """
 
 import os
-import unicodedata
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline.cli import bar
+from pipeline.comparisons import checked_comparisons, comparisons_path, file_digest, no_comparisons
 from pipeline.images import check_images
 from pipeline.provenance import data_origin, dataset_info, load_dataset_artifact
+from pipeline.rows import bad_rows, checked_rows, missing_files_cause
 from pipeline.runs import PAIRS, manifest_digest
 from pipeline.sources import DataError, Rows, check_source, read_rows
-from pipeline.tables import SPLITS, TIER_RANK, TIERS, artist_folds, cross_tier_pairs, frame, to_dataset
+from pipeline.tables import SPLITS, TIERS, artist_folds, cross_tier_pairs, frame, to_dataset
 
 # The only folder the demo's data set is generated into: a mistyped --data_dir is an error, not a new data set.
 DEMO_DATA_DIR = Path(__file__).resolve().parent / "data" / "demo"
 
 
 # ---------------------------------------------------------------- the rows of any source
-
-def artist_key(name: str) -> str:
-    """The grouping key of an artist: Unicode form, case and runs of spaces do not make another artist."""
-    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
-
-
-def canonical_spelling(spellings: pd.Series) -> str:
-    """The name one artist's works are filed under: the spelling used most, then one already in normal form
-    (NFKC, single spaces, trimmed), then one in mixed case (all capitals or all lower case is more often a
-    shortcut in typing), then the first in sorted order. Never the first seen: the split (seeded by the names)
-    would then change when the sheet is re-sorted."""
-    counts = spellings.value_counts()
-
-    def rank(name: str):
-        unusual = " ".join(unicodedata.normalize("NFKC", name).split()) != name
-        return -counts[name], unusual, name.isupper() or name.islower(), name
-
-    return min(counts.index, key=rank)
-
-
-def merge_artist_spellings(df: pd.DataFrame) -> list[str]:
-    """Give every spelling of one artist one name (canonical_spelling): one artist, one split."""
-    keys = df["artist"].map(artist_key)
-    first = df.groupby(keys, sort=False)["artist"].agg(canonical_spelling)
-    spellings = df.groupby(keys, sort=False)["artist"].unique()
-    df["artist"] = keys.map(first)
-    return [f"artist names merged as one artist {first[k]!r}: " + ", ".join(repr(n) for n in names)
-            for k, names in spellings.items() if len(names) > 1]
-
-
-def checked_rows(source: Rows) -> tuple[pd.DataFrame, list[tuple[int, str]], list[str]]:
-    """The checks every row needs, whatever its source: a known tier, an artist, no image or id twice.
-
-    Returns the rows (tiers upper-cased, artist spellings merged), every problem as (row, message), and the
-    notes to show.
-    """
-    df, problems = source.rows.copy(), list(source.problems)
-    df["tier"] = df["tier"].str.upper()
-    notes = list(source.notes) + merge_artist_spellings(df)
-    first_file, first_id = {}, {}
-    for r in df.itertuples():
-        where = f"row {r.row} ({r.file_name})" if r.file_name else f"row {r.row}"
-        if r.tier not in TIER_RANK:
-            problems.append((r.row, f"{where}: unknown tier {r.tier!r}, expected one of {', '.join(TIERS)}"))
-        if not r.artist:
-            problems.append((r.row, f"{where}: missing artist"))
-        if source.names_are_files and r.file_name and r.file_name in first_file:
-            problems.append((r.row, f"{where}: image listed twice, first at row {first_file[r.file_name]}"))
-        elif r.image_id and r.image_id in first_id:
-            problems.append((r.row, f"{where}: duplicate image_id {r.image_id!r}, first at row {first_id[r.image_id]}"))
-        first_file.setdefault(r.file_name, r.row)
-        first_id.setdefault(r.image_id, r.row)
-    return df, problems, notes
-
-
-def bad_rows(problems: Sequence[tuple[int, str]], *, source: str, skip_bad_images: bool,
-             cause: str | None = None) -> list[str]:
-    """Every problem, in row order; a DataError listing them all (after their common cause, when there is
-    one) unless skip_bad_images."""
-    messages = [message for _, message in sorted(problems, key=lambda p: p[0])]
-    if messages and not skip_bad_images:
-        raise DataError(f"{source}: {len({row for row, _ in problems})} bad row(s); fix or remove them, or pass "
-                        "--skip_bad_images true to drop them:\n  " + "\n  ".join(([cause] if cause else []) + messages))
-    return messages
-
-
-def missing_files_cause(names: list[str], data_dir: Path) -> str | None:
-    """The one fixable cause every missing file shares, when there is one: a file_name that starts with the
-    data folder's own name, or a file on disk whose extension is in another case (names are case-sensitive)."""
-    if len(names) < 2:
-        return None
-    prefix = data_dir.name + "/"
-    if all(name.startswith(prefix) and (data_dir / name[len(prefix):]).is_file() for name in names):
-        return (f"all {len(names)} missing files start with the data folder's own name {prefix!r}: a file_name is "
-                f"relative to the data folder ({names[0][len(prefix):]!r}, not {names[0]!r})")
-    found = []
-    for name in names:
-        path = data_dir / name
-        stem, suffix = os.path.splitext(path.name)
-        others = [p for p in (os.listdir(path.parent) if path.parent.is_dir() else [])
-                  if os.path.splitext(p)[0] == stem and os.path.splitext(p)[1].lower() == suffix.lower()]
-        if not others:
-            return None
-        found.append(others[0])
-    return (f"all {len(names)} missing files exist with the extension in another case ({names[0]!r} is "
-            f"{found[0]!r} on disk): file names are case-sensitive; correct the file_names or rename the files")
-
 
 def read_metadata(data_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """The checked rows of a source without opening the images (row, image_id, file_name, tier, artist, path).
@@ -266,6 +179,19 @@ def load_images(cfg, accelerator):
     return table
 
 
+def load_comparisons(cfg, accelerator, table) -> pd.DataFrame:
+    """The checked comparisons of the config's data (comparison_table), their notes shown as warnings."""
+    comparisons, notes = comparison_table(cfg.data_dir, table, skip_bad_images=cfg.skip_bad_images)
+    for message in notes:
+        accelerator.print(f"warning: {message}")
+    return comparisons
+
+
+def comparisons_digest(data_dir) -> str:
+    """What a run's comparisons are made from: the comparisons file's bytes ("" when there is none)."""
+    return file_digest(comparisons_path(str(data_dir)))
+
+
 FEW_ARTISTS = 5
 
 
@@ -313,16 +239,51 @@ def pair_table(table):
                                info=dataset_info(origin, features=features))
 
 
+def comparison_table(data_dir: str | os.PathLike, table, *, skip_bad_images: bool) -> tuple[pd.DataFrame, list[str]]:
+    """The checked comparisons of DATA_DIR/comparisons.csv against the image table (pipeline/comparisons.py; no
+    rows when there is no such file): every bad row in one DataError, or dropped with skip_bad_images. Also
+    returns the notes to show."""
+    path = comparisons_path(str(data_dir))
+    if path is None:
+        return no_comparisons(), []
+    comparisons, problems = checked_comparisons(path, frame(table))
+    return comparisons, [f"skipped {m}" for m in bad_rows(problems, source=str(path), skip_bad_images=skip_bad_images)]
+
+
+def comparisons_dataset(comparisons: pd.DataFrame, table, data_dir):
+    """The comparisons as a Dataset (image_a, image_b, winner, rater, split: a split name or "crossing") whose
+    info records the rows and the comparisons file it was made from (read_comparisons)."""
+    from datasets import Dataset
+
+    origin = dict(manifest_sha256=manifest_digest(frame(table)),
+                  comparisons_sha256=comparisons_digest(data_dir))
+    columns = comparisons[["image_a", "image_b", "winner", "rater", "split"]].astype(str)
+    dataset = Dataset.from_pandas(columns, preserve_index=False)
+    return Dataset.from_pandas(columns, preserve_index=False, features=dataset.features,
+                               info=dataset_info(origin, features=dataset.features))
+
+
+def read_comparisons(output_dir: str | os.PathLike):
+    """OUTPUT_DIR/comparisons, refused unless made from the rows and the comparisons file the run records."""
+    from pipeline.runs import COMPARISONS, read_record
+
+    expected = data_origin(output_dir) | dict(comparisons_sha256=read_record(output_dir)["data"]
+                                              .get("comparisons_sha256", ""))
+    return load_dataset_artifact(Path(output_dir) / COMPARISONS, what="comparison table", expected=expected)
+
+
 def read_pairs(output_dir: str | os.PathLike):
     """OUTPUT_DIR/pairs, refused unless it was made from the rows and split the run folder records."""
     return load_dataset_artifact(Path(output_dir) / PAIRS, what="pair table", expected=data_origin(output_dir))
 
 
-def check_no_test_leak(rows, table) -> None:
+def check_no_test_leak(rows, table, comparisons: pd.DataFrame | None = None) -> None:
     """Raise if `rows`, about to reach training or validation, touch the test split.
 
     Checks the rows (by split and by image_id), the artists and the image contents: a copy of a test image
     under another name is still a test image. Both are Datasets of the image table (`table` the whole of it).
+    The images of `comparisons` (rows of comparison_table about to be used with them) are checked as rows too:
+    a comparison with a test image, or with a copy of one, is a test leak.
     """
     for name, dataset, needed in (("rows", rows, {"image_id", "artist", "sha256"}),
                                   ("table", table, {"image_id", "artist", "sha256", "split"})):
@@ -331,6 +292,9 @@ def check_no_test_leak(rows, table) -> None:
                              "pass rows of the image table")
     rows, test = frame(rows), frame(split_rows(table, "test"))
     leaks = []
+    if comparisons is not None and len(comparisons):
+        whole, named = frame(table), set(comparisons["image_a"]) | set(comparisons["image_b"])
+        rows = pd.concat([rows, whole[whole["image_id"].isin(named)]], ignore_index=True)
     inside = rows["image_id"].isin(set(test["image_id"]))
     if "split" in rows:
         inside |= rows["split"] == "test"

@@ -25,6 +25,7 @@ import numpy as np
 from pipeline import cli
 from pipeline.arguments import parse_config
 from pipeline.card import RANDOM_BACKBONE, write_model_card
+from pipeline.comparison_metrics import comparison_accuracy, comparison_summary
 from pipeline.config import EVALUATE, Config, print_config
 from pipeline.errors import ArtrankError
 from pipeline.files import atomic_write_json, atomic_write_text
@@ -115,6 +116,7 @@ def console_report(results: dict[str, dict], split: str, out: Path, written: lis
                                                    for pair, acc in r["per_tier_pair"].items())]
         if "tier_model" in r:
             lines.append("  tier model: " + tier_summary(r["tier_model"]))
+        lines += comparison_summary(r.get("comparisons"), f"{split}, {name}")
     return "\n".join(lines + [f"wrote into {out}: " + ", ".join(str(p.relative_to(out)) for p in written)])
 
 
@@ -125,16 +127,35 @@ def tracker_metrics(report: dict, prefix: str) -> dict[str, float]:
     metrics |= {f"{prefix}/{split}/ci95_low": report["ci95"][0], f"{prefix}/{split}/ci95_high": report["ci95"][1]}
     metrics |= {f"{prefix}/{split}/tier_model/{k}": report["tier_model"][k] for k in TIER_FIGURES
                 if "tier_model" in report}
+    if (judged := report.get("comparisons")) and judged["n_comparisons"]:
+        metrics |= {f"{prefix}/{split}/comparison_acc": judged["accuracy"],
+                    f"{prefix}/{split}/comparison_n": judged["n_comparisons"]}
+        metrics |= {f"{prefix}/{split}/comparison_acc/{r}": a for r, a in judged["per_rater"].items() if a is not None}
+        if judged["within_tier_n"]:
+            metrics[f"{prefix}/{split}/comparison_acc_within_tier"] = judged["within_tier"]
     return metrics | {f"{prefix}/{split}/tier_pair/{p}": a for p, a in report["per_tier_pair"].items()}
+
+
+def split_comparisons(scores: np.ndarray, rows, comparisons, cfg: Config) -> dict | None:
+    """The accuracy on the split's teachers' comparisons (comparison_metrics), None when it has none."""
+    from data import tiers_of
+
+    own = comparisons[comparisons["split"] == cfg.split]
+    if own.empty:
+        return None
+    ids = list(rows["image_id"])
+    return comparison_accuracy(dict(zip(ids, scores)), own, dict(zip(ids, tiers_of(rows))),
+                               dict(zip(ids, rows["artist"])), seed=cfg.seed, resamples=cfg.bootstrap)
 
 
 def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, object]:
     """Reports per model (the ensemble first when there is one, then the best single checkpoint), and the
     first model's scores of the rows of cfg.split."""
-    from data import load_images, split_rows, tiers_of
+    from data import load_comparisons, load_images, split_rows, tiers_of
     from model import features_of, head_identity, load_backbone, load_head
 
     table = load_images(cfg, accelerator)
+    comparisons = load_comparisons(cfg, accelerator, table)
     check_same_data(cfg.output_dir, table)  # "test" must be the test split the head never saw
     single, members = checkpoint_dirs(cfg)
     # Heads first, so a checkpoint of another backbone or size is refused before any extraction.
@@ -159,7 +180,8 @@ def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, obj
                                             thresholds=None if thresholds is None else thresholds.tolist()),
             pairwise_accuracy_by_split=accuracy_by_split, n_pairs_by_split={s: n for s, (_, n) in by_split.items()},
             gates=gate_results(accuracy_by_split), ties="count as wrong",
-            bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, unit="artist"))
+            bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, unit="artist"),
+            comparisons=split_comparisons(scores[cfg.split], rows, comparisons, cfg))
         split_scores[name] = scores[cfg.split]
     report = next(iter(results.values()))
     report |= dict(checkpoint=[str(m) for m in members] if members else str(single), ensemble=bool(members),

@@ -8,7 +8,10 @@ is found now, not an hour into training). Writes into OUTPUT_DIR:
   image_table/  the same rows as a Hugging Face dataset (tier and split as class labels)
   run.json      what the split depends on (settings, rows and their content hashes); train.py checks it
   pairs/        a Hugging Face dataset: image_a, image_b, label (1 if image_a's tier is higher, else -1), split
-and prints images, artists and pairs per split and tier. train.py computes the same split itself.
+  comparisons/  the teachers' comparisons of DATA_DIR/comparisons.csv when there is one: image_a, image_b
+                (image_ids), winner (a, b or tie), rater, split (of both images, or "crossing": used by no split)
+and prints images, artists and pairs per split and tier, and the comparisons per split. train.py computes the
+same split itself.
 """
 
 import dataclasses
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg, _ = parse_config(__doc__, argv, script=MAKE_PAIRS)
         if cfg.verbose:  # train.py prints it, once per run
             print_config(cfg)
-        from data import load_images, pair_table
+        from data import comparisons_dataset, comparisons_digest, load_comparisons, load_images, pair_table
 
         out, config = Path(cfg.output_dir), dataclasses.asdict(cfg)
         accelerator = cli.make_accelerator(cfg)
@@ -60,16 +63,27 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 check_fresh_start(out, config, overwrite=cfg.overwrite_output_dir)
             table = load_images(cfg, accelerator)
+            comparisons = load_comparisons(cfg, accelerator, table)
             if trained:
-                check_same_data(out, table)
+                check_same_data(out, table, comparisons_digest(cfg.data_dir))
             pairs = pair_table(table)
             if cfg.overwrite_output_dir and (removed := remove_run(out)):
                 print(f"--overwrite_output_dir: deleted the previous run's {', '.join(removed)}")
             if not trained:
-                write_record(out, config=config, table=table, stage="pairs")
+                write_record(out, config=config, table=table, stage="pairs",
+                             comparisons_sha256=comparisons_digest(cfg.data_dir))
             with atomic_dir(out / "pairs") as tmp:
                 pairs.save_to_disk(str(tmp))
+            if len(comparisons):
+                with atomic_dir(out / "comparisons") as tmp:
+                    comparisons_dataset(comparisons, table, cfg.data_dir).save_to_disk(str(tmp))
     print(summary(table, pairs))
+    if len(comparisons):
+        from pipeline.comparisons import split_counts
+
+        rows = frame(table)
+        print("teachers' comparisons (a crossing one joins images of two splits and is used by none):")
+        print(split_counts(comparisons, dict(zip(rows["image_id"], rows["tier"]))).to_string())
     print(f"wrote {out / 'splits.csv'} and {out / 'pairs'} ({pairs.num_rows} pairs)")
 
 

@@ -10,6 +10,7 @@ epoch): train.py, crossval.py and the benchmarks all run it.
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 from accelerate.utils import set_seed
@@ -17,11 +18,12 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.backbones import Backbone, DinoFeatureExtractor, resolve_backbone
 from pipeline.cli import bar
+from pipeline.comparisons import comparisons_per_step
 from pipeline.errors import ArtrankError
 from pipeline.features import table_features
 from pipeline.files import atomic_dir, atomic_write_json
 from pipeline.images import PREPROCESSING_VERSION
-from pipeline.losses import split_objective, tier_objective
+from pipeline.losses import comparison_loss, split_objective, tier_objective
 from pipeline.metrics import pairwise_accuracy
 from pipeline.ordinal import is_tier_model
 from pipeline.provenance import MADE_FROM, load_artifact, run_origin
@@ -165,9 +167,12 @@ def stop_reason(progress: Progress, cfg, next_lr: float) -> str | None:
 
 
 def train_epoch(accelerator, head, optimizer, train_x: torch.Tensor, train_r: torch.Tensor, progress: Progress, *,
-                batch_size: int, margin: float, loss: str, ordinal_weight: float, seed: int, interruption=None) -> bool:
+                batch_size: int, margin: float, loss: str, ordinal_weight: float, seed: int,
+                comparisons: dict | None = None, comparison_weight: float = 0.0, interruption=None) -> bool:
     """One pass over the training images, the loss over every cross-tier pair within each batch (and the
-    ordinal loss of its images, for a tier model).
+    ordinal loss of its images, for a tier model), plus comparison_weight times the loss of this step's share
+    of the teachers' `comparisons` (index pairs into train_x: comparisons.index_pairs), every one of them once
+    an epoch (comparisons_per_step).
 
     Starts at progress.batches_done (mid-epoch resume); returns False when `interruption` is set, after the
     batch in hand. Every process takes the whole batch: training on cached features costs seconds, and
@@ -175,7 +180,10 @@ def train_epoch(accelerator, head, optimizer, train_x: torch.Tensor, train_r: to
     """
     head.train()
     order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed + progress.epoch))
-    for step, batch in enumerate(order.split(batch_size)):
+    batches = order.split(batch_size)
+    judged = comparison_weight > 0 and comparisons is not None and len(comparisons["a"]) > 0
+    shares = comparisons_per_step(len(comparisons["a"]), len(batches), seed, progress.epoch) if judged else None
+    for step, batch in enumerate(batches):
         if step < progress.batches_done:
             continue
         with accelerator.accumulate(head):
@@ -183,6 +191,10 @@ def train_epoch(accelerator, head, optimizer, train_x: torch.Tensor, train_r: to
             with accelerator.autocast():
                 batch_loss = tier_objective(head(x).float(), r, accelerator.unwrap_model(head).thresholds(), loss=loss,
                                             margin=margin, ordinal_weight=ordinal_weight)
+                if judged and len(shares[step]):
+                    batch_loss = batch_loss + comparison_weight * step_comparison_loss(
+                        head, train_x, {k: comparisons[k][shares[step]] for k in ("a", "b", "outcome", "weight")},
+                        margin, loss, accelerator.device)
             accelerator.backward(batch_loss)
             optimizer.step()
             optimizer.zero_grad()
@@ -191,6 +203,15 @@ def train_epoch(accelerator, head, optimizer, train_x: torch.Tensor, train_r: to
         if interruption:
             return False
     return True
+
+
+def step_comparison_loss(head, train_x: torch.Tensor, share: dict, margin: float, loss: str, device) -> torch.Tensor:
+    """The comparison loss of one step's comparisons (numpy index pairs into train_x), both sides in one pass."""
+    index = torch.from_numpy(np.concatenate([share["a"], share["b"]]))
+    scores = head(train_x[index].to(device)).float()
+    score_a, score_b = scores.split(len(share["a"]))
+    return comparison_loss(score_a, score_b, torch.from_numpy(share["outcome"]).to(device),
+                           torch.from_numpy(share["weight"]).to(device), margin, loss)
 
 
 class HeadTraining:
@@ -209,13 +230,15 @@ class HeadTraining:
         self.head, self.optimizer = accelerator.prepare(head, optimizer)
         self.progress = Progress()
 
-    def run(self, train_x: torch.Tensor, train_tiers, val_x: torch.Tensor, val_tiers, *, after_epoch=None,
-            after_step=None, interruption=None) -> bool:
+    def run(self, train_x: torch.Tensor, train_tiers, val_x: torch.Tensor, val_tiers, *, comparisons=None,
+            after_epoch=None, after_step=None, interruption=None) -> bool:
         """Train until a stop rule fires; returns False when `interruption` was set (after the batch in hand).
 
         after_epoch(record, val_scores) follows each validated epoch; record holds the epoch, the train and
         validation losses, the validation accuracy, "best" when it is the best epoch so far, and the rate the
-        epoch trained with. after_step() follows each epoch, and an interruption: where a run saves its state.
+        epoch trained with. `comparisons` are the training split's (train_epoch); validation and the best epoch
+        stay on the tier pairs, as without them. after_step() follows each epoch, and an interruption: where a
+        run saves its state.
         """
         cfg, progress = self.cfg, self.progress
         train_r, val_r = torch.from_numpy(tier_ranks(train_tiers)), torch.from_numpy(tier_ranks(val_tiers))
@@ -226,6 +249,7 @@ class HeadTraining:
             if train_epoch(self.accelerator, self.head, self.optimizer, train_x, train_r, progress,
                            batch_size=cfg.batch_size, margin=cfg.margin, loss=cfg.loss,
                            ordinal_weight=cfg.ordinal_weight, seed=cfg.seed,
+                           comparisons=comparisons, comparison_weight=cfg.comparison_weight,
                            interruption=interruption):
                 lr = self.scheduler.get_last_lr()[0]
                 self.scheduler.step()

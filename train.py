@@ -48,7 +48,7 @@ def train(cfg, phase) -> None:
     # torch, transformers and datasets load here, after the flags were parsed: --help and a typo answer at once.
     from accelerate.utils import set_seed
 
-    from data import check_data_dir, check_no_test_leak, load_images, split_rows
+    from data import check_data_dir, check_no_test_leak, comparisons_digest, load_comparisons, load_images, split_rows
     from model import load_backbone
 
     accelerator = cli.make_accelerator(cfg)
@@ -76,10 +76,11 @@ def train(cfg, phase) -> None:
             raise runs.RunFolderError(f"cannot resume {out}: backbone weights {backbone.id} differ from the run's "
                                       f"{record['backbone_id']} ({cfg.backbone})")
         table = load_images(cfg, accelerator)
+        comparisons, judged = load_comparisons(cfg, accelerator, table), comparisons_digest(cfg.data_dir)
         if record or (not cfg.overwrite_output_dir and runs.read_record(out)):  # or make_pairs.py's split: pairs/
-            runs.check_same_data(out, table)  # labels it, and a silent re-split would make those labels wrong
+            runs.check_same_data(out, table, judged)  # labels it, and a silent re-split would make those labels wrong
         for name in ("train", "val"):  # guards, not conventions, before anything is written
-            check_no_test_leak(split_rows(table, name), table)
+            check_no_test_leak(split_rows(table, name), table, comparisons[comparisons["split"] == name])
         if accelerator.is_main_process:
             if cfg.overwrite_output_dir and not resume:
                 removed = runs.remove_run(out)
@@ -87,22 +88,25 @@ def train(cfg, phase) -> None:
             print_config(cfg)
             save_config(cfg, out / "config.json")
             runs.write_record(out, config=config, table=table, stage="train", backbone_id=backbone.id,
-                              run_id=record.get("run_id") if resume and record else None)
+                              run_id=record.get("run_id") if resume and record else None, comparisons_sha256=judged)
         accelerator.wait_for_everyone()
         phase.kept = f"the run's settings in {out}; extracted features in {cfg.cache_dir}"
         try:
-            progress = train_head(cfg, accelerator, table, backbone, state, phase)
+            progress = train_head(cfg, accelerator, table, backbone, state, phase,
+                                  comparisons[comparisons["split"] == "train"])
             phase.kept = f"the trained run in {out}; --resume scores the test split"
             test_best(cfg, accelerator, table, backbone, progress)
         finally:
             accelerator.end_training()
 
 
-def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
+def train_head(cfg, accelerator, table, backbone, state: Path | None, phase, comparisons):
     """The head's training (from the saved state when resuming), with a checkpoint after each best
-    validation, the top-k kept, a log line per epoch and the state saved after every epoch."""
+    validation, the top-k kept, a log line per epoch and the state saved after every epoch; `comparisons`
+    are the training split's."""
     from data import split_rows, tiers_of
     from model import HeadTraining, features_of, head_meta, save_head, selection_rules
+    from pipeline.comparisons import index_pairs
 
     out, log = Path(cfg.output_dir), accelerator.print
     train_rows, val_rows = split_rows(table, "train"), split_rows(table, "val")
@@ -143,8 +147,13 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase):
             write_train_log(out, records)
 
     log(selection_rules(cfg))
+    judged = index_pairs(comparisons, train_rows["image_id"], cfg.comparison_raters)
+    if len(judged["a"]):
+        log(f"teachers' comparisons: {len(judged['a'])} of the training split, weight {cfg.comparison_weight:g}, "
+            f"raters {cfg.comparison_raters}" + (" (weight 0: not trained on)" if cfg.comparison_weight == 0 else ""))
     with cli.deferred_interrupts() as interruption:
         finished = training.run(train_x, tiers_of(train_rows), val_x, val_tiers, after_epoch=after_epoch,
+                                comparisons=judged,
                                 after_step=lambda: save_state(accelerator, progress, out,
                                                                    scheduler=training.scheduler),
                                 interruption=interruption)

@@ -10,12 +10,18 @@
     provenance   what each artifact was made from, checked by every reader in one place
     tables       tiers, splits, the image table's columns; cross-tier pairs; artist folds
     sources      a metadata.csv folder or a Hugging Face dataset, read as rows
+    rows         the checks every row needs, and the one way bad rows are refused or skipped
+    comparisons  the teachers' comparisons.csv: read, checked, split with its images, weighted per rater
     images       decoding and the one preprocessing; image checks
     resample     torch's 8-bit antialiased bicubic resize in numpy, for the ONNX path without torch
     backbones    the frozen DINO backbones: found, loaded, keyed by their weights
     features     backbone features, extracted once and cached
-    losses       the pair losses a head trains on, per batch and over a split
+    losses       the pair, ordinal and comparison losses a head trains on, per batch and over a split
+    ordinal      the tier model's P(tier) from a score and ordered thresholds (numpy, for the ONNX path)
+    tier_head    the tier model's learnable ordered thresholds
     metrics      pairwise accuracy, intervals, correlations; the spec's gates
+    tier_metrics a tier model's confusion matrix, exact and adjacent accuracy, quadratic kappa, intervals
+    comparison_metrics  accuracy on held-out teachers' comparisons, per rater and within a tier; agreement
     calibration  P(A better) and tier hints, fitted on validation
     selection    cross-validation: grids, folds, stored cells, the summary
     tracking     wandb, online or offline, never off

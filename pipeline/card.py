@@ -13,6 +13,7 @@ import platform
 from pathlib import Path
 
 from .calibration import read_calibration
+from .comparison_metrics import comparison_summary
 from .errors import ArtrankError
 from .files import atomic_write_text, read_json
 from .metrics import gate_results
@@ -109,6 +110,8 @@ def results_section(output_dir: str | os.PathLike) -> str:
                   for pair, acc in report["per_tier_pair"].items()]
         if "tier_model" in report:
             lines += ["", tier_section(report["tier_model"])]
+        if summary := comparison_summary(report.get("comparisons"), report["split"].capitalize()):
+            lines += ["", *(f"- {line.strip()}" for line in summary)]
     lines += ["", f"Made on: {machine_description()}. Ties count as wrong; the interval resamples artists."]
     return "\n".join(lines) + "\n"
 

@@ -131,6 +131,12 @@ class Config:
     ordinal_weight: float = key(0.0, "weight of the tier model's ordinal loss added to the margin or logistic pair "
                                 "loss; above 0 (or loss ordinal) the head also gives P(tier)", TRAINING, TRAINS,
                                 bounds=at_least(0), searchable=True)
+    # teachers' comparisons (DATA_DIR/comparisons.csv, pipeline/comparisons.py)
+    comparison_weight: float = key(1.0, "weight of the comparisons' loss beside the tier pairs' (0: tiers alone)",
+                                   TRAINING, TRAINS, bounds=at_least(0), searchable=True)
+    comparison_raters: str = key("pooled", "pooled: every comparison weighs the same; equal: each rater's "
+                                 "comparisons together weigh the same", TRAINING, TRAINS, choices=("pooled", "equal"),
+                                 searchable=True)
     seed: int = key(42, "seed of the split, the head and the bootstrap", SPLIT, READS_DATA + TRAINS,
                     bounds=((lambda v: 0 <= v < 2**32), "from 0 to 2**32 - 1 (numpy seeds)"))
     mixed_precision: str = key("fp16", "used on CUDA; CPU runs fp32 (Accelerate has no CPU fp16)", FEATURES,

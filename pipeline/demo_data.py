@@ -6,6 +6,11 @@ tonal range, line steadiness and paper cleanliness; its tier S/A/B/C is q cut at
 neighbouring tiers are harder to tell apart than S and C. Every artist has a style of their own (palette,
 motif, stroke width, paper tint, hatching) and a skill that shifts their q. Style alone therefore predicts
 tier for a known artist, which is why train and test must be split by artist.
+
+DATA_DIR/comparisons.csv holds the judgements of synthetic teachers (RATERS: each names the work of higher q,
+and gives the wrong answer with a known probability; works closer than TIE_GAP in q are a tie), half of them
+between works of one tier, where only q, never the tier, decides. They come from an RNG of their own, so the
+images are the same with or without them.
 """
 
 import colorsys
@@ -25,6 +30,9 @@ ASPECTS = (4 / 3, 3 / 4, 1.0, 3 / 2, 2 / 3)
 ANCHORS = ((0.5, 0.5), (1 / 3, 0.55), (2 / 3, 0.55), (0.5, 0.6))  # centre and rule-of-thirds points
 MOTIFS = ("still_life", "landscape", "blocks")
 SS = 2  # draw at 2x and downsample, for anti-aliased edges
+RATERS = {"teacher1": 0.05, "teacher2": 0.1, "teacher3": 0.3}  # the probability each names the wrong winner
+TIE_GAP = 0.02  # works closer than this in q are judged a tie
+COMPARISONS, SECOND_OPINIONS = 1500, 0.2  # judgements, and the share of pairs a second teacher judges too
 
 
 @dataclass
@@ -226,17 +234,51 @@ def write_works(out: Path, num_artists: int, works_per_artist: int, seed: int) -
             img = draw_work(style, q, rng)
             name = f"images/{artist}_{i:03d}.{'jpg' if rng.random() < 0.6 else 'png'}"
             img.save(out / name, **({"quality": 90} if name.endswith(".jpg") else {}))
-            rows.append((name, tier_of(q), artist))
+            rows.append((name, tier_of(q), artist, q))
     with open(out / "metadata.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(("file_name", "tier", "artist"))
-        writer.writerows(rows)
+        writer.writerows(row[:3] for row in rows)
+    names, tiers, artists, q = (list(column) for column in zip(*rows))
+    write_comparisons(out, names, tiers, artists, np.array(q), seed)
+
+
+def write_comparisons(out: Path, names: list[str], tiers: list[str], artists: list[str], q: np.ndarray,
+                      seed: int) -> None:
+    """comparisons.csv: COMPARISONS judgements by RATERS, half of them of two works by one student (as a
+    teacher compares a student's works; such a pair never crosses splits), the rest of random pairs of which
+    half are of one tier."""
+    rng = np.random.default_rng([seed, 24])  # its own stream: the images do not depend on it
+    tiers, artists, raters = np.asarray(tiers), np.asarray(artists), list(RATERS)
+    judgements, seen = [], set()
+    while len(judgements) < COMPARISONS:
+        a = int(rng.integers(len(names)))
+        if rng.random() < 0.5:
+            same = np.flatnonzero(artists == artists[a])
+        else:
+            same = np.flatnonzero((tiers == tiers[a]) if rng.random() < 0.5 else (tiers != tiers[a]))
+        b = int(rng.choice(same[same != a]))
+        if (min(a, b), max(a, b)) in seen:  # one judgement per teacher and pair: a flip would contradict it
+            continue
+        seen.add((min(a, b), max(a, b)))
+        for rater in rng.permutation(raters)[:2 if rng.random() < SECOND_OPINIONS else 1]:
+            if abs(q[a] - q[b]) < TIE_GAP:
+                winner = "tie"
+            else:
+                right = q[a] > q[b]
+                winner = "a" if right != (rng.random() < RATERS[rater]) else "b"
+            judgements.append((names[a], names[b], winner, rater))
+    with open(out / "comparisons.csv", "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(("image_a", "image_b", "winner", "rater"))
+        writer.writerows(judgements)
 
 
 def generate_demo_dataset(
     data_dir: str | Path, *, num_artists: int = 60, works_per_artist: int = 10, seed: int = 42
 ) -> Path:
-    """Write DATA_DIR/metadata.csv (file_name,tier,artist) and DATA_DIR/images/*.png|jpg. Returns data_dir."""
+    """Write DATA_DIR/metadata.csv (file_name,tier,artist), DATA_DIR/comparisons.csv and DATA_DIR/images/*.png|jpg.
+    Returns data_dir."""
     data_dir = Path(data_dir)
     if (data_dir / "metadata.csv").exists():
         return data_dir

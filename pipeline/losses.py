@@ -1,5 +1,5 @@
-"""The losses a head trains on: pair losses over score gaps, within a batch and over a whole split, and the tier
-model's ordinal loss."""
+"""The losses a head trains on: pair losses over score gaps, within a batch and over a whole split, the tier
+model's ordinal loss and the loss of the teachers' comparisons."""
 
 import torch
 import torch.nn.functional as F
@@ -82,3 +82,26 @@ def split_objective(scores: torch.Tensor, ranks: torch.Tensor, thresholds: torch
     if loss == "ordinal":
         return ordinal
     return all_pairs_loss(scores, ranks, margin, loss) + ordinal_weight * ordinal
+
+
+def comparison_loss(score_a: torch.Tensor, score_b: torch.Tensor, outcome: torch.Tensor, weight: torch.Tensor,
+                    margin: float, loss: str) -> torch.Tensor:
+    """The weighted mean loss of teachers' comparisons: outcome 1 when image a won, -1 when b won, 0 a tie.
+
+    A win is the tier pairs' loss (pair_loss_terms) of the winner-minus-loser gap. A tie:
+    "logistic": half a win each way, 0.5 log(1 + exp(-gap)) + 0.5 log(1 + exp(gap)) (Bradley-Terry with
+    the tie counted as half a win for each image), least at gap 0;
+    "margin": max(0, |gap| - margin): a tie may lie up to `margin` apart, where a win starts to count as won.
+    "ordinal" has no pair loss of its own: its comparisons take the logistic form, as its cumulative link is a
+    logistic model of the same score.
+    The mean is over the comparisons given, each weighted by `weight` (rater_weights: they average 1 over the
+    whole training split, so a step's share stays unbiased).
+    """
+    loss = "logistic" if loss == "ordinal" else loss
+    gap = (score_a - score_b) * torch.where(outcome == 0, torch.ones_like(outcome), outcome)
+    won = pair_loss_terms(gap, margin, loss)
+    if loss == "logistic":
+        tied = 0.5 * (F.softplus(-gap) + F.softplus(gap))
+    else:
+        tied = torch.clamp(gap.abs() - margin, min=0)
+    return (weight * torch.where(outcome == 0, tied, won)).sum() / max(1, len(outcome))

@@ -31,14 +31,15 @@ RUN_RECORD = "run.json"
 SPLITS_CSV = "splits.csv"
 IMAGE_TABLE = "image_table"
 PAIRS = "pairs"
+COMPARISONS = "comparisons"  # the teachers' comparisons of the run's images, beside pairs/
 TRAIN_LOG = "train_log.jsonl"
 FINAL_METRICS = "final_metrics.json"
 STATE = "state"
 # 2: the rows are also kept as a Dataset (image_table/); 3: a trained run has a run_id; 4: it lists its files
 RECORD_FORMAT = 4
 # The names a run may write; of these, run.json lists those it wrote, and --overwrite_output_dir deletes those alone.
-RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, PAIRS, TRAIN_LOG, STATE, "checkpoints",
-             "calibration.json", FINAL_METRICS, "eval_*.json", "scores_*.csv", "figures", "model.onnx*",
+RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, PAIRS, COMPARISONS, TRAIN_LOG, STATE,
+             "checkpoints", "calibration.json", FINAL_METRICS, "eval_*.json", "scores_*.csv", "figures", "model.onnx*",
              "model_fp16.onnx*", "model.json", "README.md", "wandb")
 # The files that show a head was trained here (a folder with only make_pairs.py's output holds none).
 TRAINED_FILES = (STATE, "checkpoints", TRAIN_LOG, FINAL_METRICS)
@@ -176,7 +177,7 @@ def manifest_digest(rows) -> str:
 
 
 def write_record(output_dir: str | os.PathLike, *, config: dict, table, stage: str,
-                 backbone_id: str | None = None, run_id: str | None = None) -> None:
+                 backbone_id: str | None = None, run_id: str | None = None, comparisons_sha256: str = "") -> None:
     """run.json (what the results depend on), splits.csv and image_table/ (the rows, their hashes and split).
 
     A trained run (stage "train") records its backbone weights, the preprocessing its features came from and
@@ -189,7 +190,8 @@ def write_record(output_dir: str | os.PathLike, *, config: dict, table, stage: s
     atomic_write_text(out / SPLITS_CSV, rows[list(MANIFEST_COLUMNS)].to_csv(index=False))
     with atomic_dir(out / IMAGE_TABLE) as tmp:
         to_dataset(rows, MANIFEST_COLUMNS).save_to_disk(str(tmp))
-    data = dict(images=len(rows), artists=int(rows.artist.nunique()), manifest_sha256=manifest_digest(rows))
+    data = dict(images=len(rows), artists=int(rows.artist.nunique()), manifest_sha256=manifest_digest(rows),
+                comparisons_sha256=comparisons_sha256)  # the comparisons file's bytes ("" when none)
     run_id = (run_id or uuid.uuid4().hex) if stage == "train" else None
     atomic_write_json(out / RUN_RECORD, dict(format=RECORD_FORMAT, stage=stage, run_id=run_id, config=identity(config),
                                              backbone_id=backbone_id, preprocessing=preprocessing, data=data,
@@ -336,9 +338,13 @@ def manifest_changes(recorded, rows) -> list[str]:
     return changes
 
 
-def check_same_data(output_dir: str | os.PathLike, table) -> None:
+def check_same_data(output_dir: str | os.PathLike, table, comparisons_sha256: str | None = None) -> None:
     """The rows, their content and their split must be the run's: a re-split could put trained images in
-    today's test split."""
+    today's test split. With comparisons_sha256, the comparisons file must be the run's too."""
+    recorded = (read_record(output_dir) or {}).get("data", {}).get("comparisons_sha256", "")
+    if comparisons_sha256 is not None and recorded != comparisons_sha256:
+        raise RunFolderError(f"{Path(output_dir) / RUN_RECORD}: the comparisons file differs from this run's; a run "
+                             "keeps its data: use the run's comparisons.csv, or train a new run")
     if changes := manifest_changes(recorded_rows(output_dir), frame(table)):
         raise RunFolderError(f"{Path(output_dir) / IMAGE_TABLE}: the data differ from this run's "
                              f"({'; '.join(changes)}); a run keeps its data and split: use the run's data, or train "

@@ -115,11 +115,11 @@ def save_cell(directory: Path, origin: dict, result: dict) -> None:
     atomic_write_json(directory / f"{cell_key(origin)}.json", {**result, MADE_FROM: origin})
 
 
-def tier_model_columns(results: list[dict]) -> dict[str, float]:
-    """Mean and sd over folds of a tier model's exact accuracy and kappa; NaN for a setting whose head names no
-    tier (its cells hold neither)."""
+def optional_columns(results: list[dict], names: tuple[str, ...]) -> dict[str, float]:
+    """Mean and sd over folds of figures not every cell has (a tier model's, the folds' teachers' comparisons);
+    NaN where no cell holds one (the setting's head names no tier, the folds hold no comparison)."""
     columns = {}
-    for name in ("exact_accuracy", "quadratic_kappa"):
+    for name in names:
         values = np.array([r[name] for r in results if r.get(name) is not None], dtype=float)
         columns[f"{name}_mean"] = float(values.mean()) if len(values) else float("nan")
         columns[f"{name}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
@@ -141,7 +141,8 @@ def summarize(settings: list[dict], cells: list[list[dict]]) -> "pd.DataFrame":
         records.append({"setting": setting_label(setting), **setting, "folds": len(results),
                         "accuracy_mean": accuracy.mean(), "accuracy_sd": accuracy.std(ddof=1),
                         "kendall_tau_mean": tau.mean(), "kendall_tau_sd": tau.std(ddof=1),
-                        **tier_model_columns(results),
+                        **optional_columns(results, ("exact_accuracy", "quadratic_kappa", "comparison_accuracy",
+                                                     "comparison_accuracy_within_tier")),
                         "seconds_per_fold": float(np.mean([r["seconds"] for r in results]))})
     table = pd.DataFrame(records)
     best = int(table["accuracy_mean"].to_numpy().argmax())  # the first of equals: grid order breaks ties
@@ -155,11 +156,14 @@ def markdown_table(table: "pd.DataFrame") -> str:
     def tier(mean: float, sd: float) -> str:  # "-": the setting's head is not a tier model
         return "-" if np.isnan(mean) else f"{mean:.3f} ± {sd:.3f}"
 
-    lines = ["| setting | pairwise accuracy | Kendall tau | exact tier | quadratic kappa | s per fold | |",
-             "|---|---|---|---|---|---|---|"]
+    judged = bool(table["comparison_accuracy_mean"].notna().any())
+    lines = ["| setting | pairwise accuracy |" + (" comparison accuracy |" if judged else "") +
+             " Kendall tau | exact tier | quadratic kappa | s per fold | |",
+             "|---|---|" + ("---|" if judged else "") + "---|---|---|---|---|"]
     for row in table.itertuples():
         mark = "**best**" if row.best else "within 1 SE" if row.within_1se else ""
-        lines.append(f"| {row.setting} | {row.accuracy_mean:.3f} ± {row.accuracy_sd:.3f} | "
+        comparison = f" {row.comparison_accuracy_mean:.3f} ± {row.comparison_accuracy_sd:.3f} |" if judged else ""
+        lines.append(f"| {row.setting} | {row.accuracy_mean:.3f} ± {row.accuracy_sd:.3f} |{comparison} "
                      f"{row.kendall_tau_mean:.3f} ± {row.kendall_tau_sd:.3f} | "
                      f"{tier(row.exact_accuracy_mean, row.exact_accuracy_sd)} | "
                      f"{tier(row.quadratic_kappa_mean, row.quadratic_kappa_sd)} | "

@@ -185,11 +185,11 @@ SEPARATORS = {",": "commas", ";": "semicolons (a spreadsheet's CSV in a comma-de
 COLUMNS = ("file_name", "tier", "artist", "image_id")
 
 
-def column_name(name: str) -> str:
+def column_name(name: str, columns: tuple[str, ...] = COLUMNS) -> str:
     """Our column a header cell means, whatever its case and spacing ('File Name', ' TIER ', 'image-id'), or
-    the cell as it is."""
+    the cell as it is (`columns`: metadata's, or another table's such as comparisons.csv's)."""
     key = re.sub(r"[\s_-]+", "_", name.strip().lower())
-    return key if key in COLUMNS else name.strip()
+    return key if key in columns else name.strip()
 
 
 def sniff_separator(text: str) -> str:

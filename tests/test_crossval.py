@@ -156,7 +156,7 @@ def test_a_cell_trains_on_the_other_folds_stops_on_the_next_fold_and_scores_only
     features = torch.tensor(np.stack([np.arange(len(tiers)), signal], axis=1), dtype=torch.float32)
     seen = {}
 
-    def recording_fit_head(cfg, fit_x, fit_tiers, stop_x, stop_tiers):
+    def recording_fit_head(cfg, fit_x, fit_tiers, stop_x, stop_tiers, **_):
         seen.update(fit=set(fit_x[:, 0].int().tolist()), stop=set(stop_x[:, 0].int().tolist()))
         assert list(fit_tiers) == list(tiers[fit_x[:, 0].int().numpy()])
         assert list(stop_tiers) == list(tiers[stop_x[:, 0].int().numpy()])
