@@ -93,7 +93,8 @@ def test_comparison_loss_with_ties_and_rater_weights_against_a_hand_computation(
     logistic = [softplus(-1.0), softplus(-1.0), 0.5 * (softplus(-0.8) + softplus(0.8)),
                 0.5 * (softplus(2.5) + softplus(-2.5))]
     margin = [max(0, 1 - 1.0), max(0, 1 - 1.0), max(0, 0.8 - 1), max(0, 2.5 - 1)]
-    for loss, terms in (("logistic", logistic), ("margin", margin)):
+    # The tier model's loss has no pair loss of its own: its comparisons are the logistic ones.
+    for loss, terms in (("logistic", logistic), ("margin", margin), ("ordinal", logistic)):
         expected = sum(wi * t for wi, t in zip(weights, terms)) / 4
         assert comparison_loss(score_a, score_b, outcome, w, 1.0, loss).item() == pytest.approx(expected, rel=1e-5)
     # A tie is least at an equal score under both rules.
