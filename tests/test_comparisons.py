@@ -125,7 +125,7 @@ def test_comparison_weight_adds_the_comparison_gradient_to_the_tier_pairs():
         head = RankingHead(input_dim=4, hidden_dim=4, proj_dim=2, dropout=0.0)
         optimizer = torch.optim.SGD(head.parameters(), lr=1.0)
         train_epoch(Accelerator(cpu=True), head, optimizer, x, ranks, Progress(), batch_size=8, margin=1.0,
-                    loss="logistic", seed=0, comparisons=judged, comparison_weight=weight)
+                    loss="logistic", ordinal_weight=0.0, seed=0, comparisons=judged, comparison_weight=weight)
         return head, torch.cat([p.detach().flatten() for p in head.parameters()])
 
     torch.manual_seed(0)
