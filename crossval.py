@@ -74,7 +74,7 @@ def run_cell(cfg: Config, *, rows, table, features: "torch.Tensor", fold_of: np.
     the held-out one (also on the comparisons among its images)."""
     from data import check_no_test_leak, tiers_of
     from model import score_features
-    from pipeline.comparison_metrics import correct_and_kept
+    from pipeline.comparison_metrics import accuracy_figures
     from pipeline.comparisons import index_pairs, no_comparisons
 
     started = time.perf_counter()
@@ -91,19 +91,16 @@ def run_cell(cfg: Config, *, rows, table, features: "torch.Tensor", fold_of: np.
                                             tiers[parts["stop"]], comparisons=fit_comparisons)
     scores = score_features(head, features[parts["held"]]).numpy()
     held_ids = set(ids[parts["held"]])
-    held = comparisons[comparisons["image_a"].isin(held_ids) & comparisons["image_b"].isin(held_ids)]
-    correct, kept = correct_and_kept(dict(zip(ids[parts["held"]], scores)), held)
-    tier_of = dict(zip(ids, tiers))
-    within = kept & np.array([tier_of[a] == tier_of[b] for a, b in zip(held["image_a"], held["image_b"])], bool)
+    judged = accuracy_figures(dict(zip(ids[parts["held"]], scores)), comparisons[
+        comparisons["image_a"].isin(held_ids) & comparisons["image_b"].isin(held_ids)], dict(zip(ids, tiers)))
     accuracy, pairs = pairwise_accuracy(scores, tiers[parts["held"]])
     tau, _ = rank_correlations(scores, tiers[parts["held"]])
     artists = np.asarray(rows["artist"], dtype=object)
     thresholds = head.thresholds()
     tier = {} if thresholds is None else tier_figures(scores, tiers[parts["held"]], thresholds.tolist())
     return dict(fold=fold, accuracy=accuracy, kendall_tau=tau, pairs=pairs, best_epoch=best_epoch, **tier,
-                comparison_accuracy=float(correct.sum() / kept.sum()) if kept.any() else None,
-                comparisons=int(kept.sum()), comparisons_within_tier=int(within.sum()),
-                comparison_accuracy_within_tier=float(correct[within].mean()) if within.any() else None,
+                comparison_accuracy=judged["accuracy"], comparisons=judged["n_comparisons"],
+                comparisons_within_tier=judged["within_tier_n"], comparison_accuracy_within_tier=judged["within_tier"],
                 epochs_run=epochs_run, images={name: len(index) for name, index in parts.items()},
                 artists_held_out=len(set(artists[parts["held"]])), seconds=time.perf_counter() - started)
 

@@ -25,10 +25,9 @@ def correct_and_kept(scores: dict, comparisons: "pd.DataFrame") -> tuple[np.ndar
     return (sign * (a - b) > 0) & kept, kept
 
 
-def comparison_accuracy(scores: dict, comparisons: "pd.DataFrame", tiers: dict, artists: dict, *, resamples: int,
-                        seed: int, level: float = 0.95) -> dict:
-    """Accuracy over the comparisons' wins, overall (with the artist bootstrap interval), per rater and within
-    one tier (the pairs tiers cannot order); `scores`, `tiers`, `artists` map image_id to each."""
+def accuracy_figures(scores: dict, comparisons: "pd.DataFrame", tiers: dict) -> dict:
+    """Accuracy over the comparisons' wins, overall, per rater and within one tier (the pairs tiers cannot
+    order), with their counts and correct_and_kept's two arrays; `scores`, `tiers` map image_id to each."""
     correct, kept = correct_and_kept(scores, comparisons)
     within = np.array([tiers[a] == tiers[b] for a, b in zip(comparisons["image_a"], comparisons["image_b"])], bool)
 
@@ -41,11 +40,20 @@ def comparison_accuracy(scores: dict, comparisons: "pd.DataFrame", tiers: dict, 
                  for rater in sorted(set(comparisons["rater"]))}
     within_accuracy, within_n = share(within)
     return dict(accuracy=accuracy, n_comparisons=n, n_ties=int((~kept).sum()),
-                ci95=artist_bootstrap(correct, kept, comparisons, artists, resamples=resamples, seed=seed, level=level),
                 per_rater={r: a for r, (a, _) in per_rater.items()},
                 per_rater_n={r: m for r, (_, m) in per_rater.items()},
-                within_tier=within_accuracy, within_tier_n=within_n, ties="left out (counted in n_ties)",
-                agreement=rater_agreement(comparisons))
+                within_tier=within_accuracy, within_tier_n=within_n, correct=correct, kept=kept)
+
+
+def comparison_accuracy(scores: dict, comparisons: "pd.DataFrame", tiers: dict, artists: dict, *, resamples: int,
+                        seed: int, level: float = 0.95) -> dict:
+    """accuracy_figures with the artist bootstrap interval of the overall accuracy and the raters' agreement;
+    `artists` maps image_id to artist."""
+    figures = accuracy_figures(scores, comparisons, tiers)
+    correct, kept = figures.pop("correct"), figures.pop("kept")
+    return dict(figures, ci95=artist_bootstrap(correct, kept, comparisons, artists, resamples=resamples, seed=seed,
+                                               level=level),
+                ties="left out (counted in n_ties)", agreement=rater_agreement(comparisons))
 
 
 def artist_bootstrap(correct: np.ndarray, kept: np.ndarray, comparisons: "pd.DataFrame", artists: dict, *,
