@@ -151,12 +151,13 @@ def split_comparisons(scores: np.ndarray, rows, comparisons, cfg: Config) -> dic
 def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, object]:
     """Reports per model (the ensemble first when there is one, then the best single checkpoint), and the
     first model's scores of the rows of cfg.split."""
-    from data import load_comparisons, load_images, split_rows, tiers_of
+    from data import comparisons_digest, load_comparisons, load_images, split_rows, tiers_of
     from model import features_of, head_identity, load_backbone, load_head
 
     table = load_images(cfg, accelerator)
     comparisons = load_comparisons(cfg, accelerator, table)
-    check_same_data(cfg.output_dir, table)  # "test" must be the test split the head never saw
+    # "test" must be the test split the head never saw, and its comparisons the ones the run was made with
+    check_same_data(cfg.output_dir, table, comparisons_sha256=comparisons_digest(cfg.data_dir))
     single, members = checkpoint_dirs(cfg)
     # Heads first, so a checkpoint of another backbone or size is refused before any extraction.
     backbone = load_backbone(cfg, accelerator)

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
             check_reader(cfg.output_dir, dataclasses.asdict(cfg), what="export it")  # before the backbone: cheap
             phase.kept = "the previous export, if any, as it was"
             table = load_images(cfg, accelerator)
-            check_same_data(cfg.output_dir, table)
+            check_same_data(cfg.output_dir, table, comparisons_sha256=None)  # an export reads no comparisons
             ranker, meta, checkpoint = load_ranker(cfg, accelerator)
             paths, pixels = parity_images(table, max(2, args.parity_images), image_size=cfg.image_size,
                                           patch_size=meta["patch_size"])

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             table = load_images(cfg, accelerator)
             comparisons = load_comparisons(cfg, accelerator, table)
             if trained:
-                check_same_data(out, table, comparisons_digest(cfg.data_dir))
+                check_same_data(out, table, comparisons_sha256=comparisons_digest(cfg.data_dir))
             pairs = pair_table(table)
             if cfg.overwrite_output_dir and (removed := remove_run(out)):
                 print(f"--overwrite_output_dir: deleted the previous run's {', '.join(removed)}")

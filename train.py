@@ -77,8 +77,9 @@ def train(cfg, phase) -> None:
                                       f"{record['backbone_id']} ({cfg.backbone})")
         table = load_images(cfg, accelerator)
         comparisons, judged = load_comparisons(cfg, accelerator, table), comparisons_digest(cfg.data_dir)
-        if record or (not cfg.overwrite_output_dir and runs.read_record(out)):  # or make_pairs.py's split: pairs/
-            runs.check_same_data(out, table, judged)  # labels it, and a silent re-split would make those labels wrong
+        # A resumed run, or make_pairs.py's split (pairs/ labels it): a silent re-split would make those labels wrong.
+        if record or (not cfg.overwrite_output_dir and runs.read_record(out)):
+            runs.check_same_data(out, table, comparisons_sha256=judged)
         for name in ("train", "val"):  # guards, not conventions, before anything is written
             check_no_test_leak(split_rows(table, name), table, comparisons[comparisons["split"] == name])
         if accelerator.is_main_process:

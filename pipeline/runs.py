@@ -338,9 +338,10 @@ def manifest_changes(recorded, rows) -> list[str]:
     return changes
 
 
-def check_same_data(output_dir: str | os.PathLike, table, comparisons_sha256: str | None = None) -> None:
+def check_same_data(output_dir: str | os.PathLike, table, *, comparisons_sha256: str | None) -> None:
     """The rows, their content and their split must be the run's: a re-split could put trained images in
-    today's test split. With comparisons_sha256, the comparisons file must be the run's too."""
+    today's test split. The comparisons file (its digest) must be the run's too, for every caller that reads
+    comparisons; None is for a caller that reads none (export), and each caller says which it is."""
     recorded = (read_record(output_dir) or {}).get("data", {}).get("comparisons_sha256", "")
     if comparisons_sha256 is not None and recorded != comparisons_sha256:
         raise RunFolderError(f"{Path(output_dir) / RUN_RECORD}: the comparisons file differs from this run's; a run "

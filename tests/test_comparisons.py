@@ -168,9 +168,9 @@ def test_a_changed_comparisons_file_is_another_run_s_data(judged, tmp_path):
 
     _, table, _, _ = judged
     write_record(tmp_path, config={}, table=table, stage="pairs", comparisons_sha256="first")
-    check_same_data(tmp_path, table, "first")
+    check_same_data(tmp_path, table, comparisons_sha256="first")
     with pytest.raises(RunFolderError, match="the comparisons file differs from this run's"):
-        check_same_data(tmp_path, table, "second")
+        check_same_data(tmp_path, table, comparisons_sha256="second")
 
 
 def test_the_demo_s_teachers_err_as_often_as_their_stated_noise_and_half_judge_within_one_student(tmp_path):

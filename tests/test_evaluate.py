@@ -133,3 +133,10 @@ def test_evaluate_end_to_end(tmp_path, dataset, tiny_backbone):
         evaluate.main([*args, "--feature", "cls_mean"])
     line = str(refused.value)
     assert line.startswith("error: ") and "\n" not in line and "feature: 'cls' -> 'cls_mean'" in line
+
+    # Judgements a teacher adds after training are not the run's: its test comparisons would be other ones.
+    names = list(scores.file_name)
+    (dataset / "comparisons.csv").write_text(f"image_a,image_b,winner,rater\n{names[0]},{names[1]},a,x\n")
+    with pytest.raises(SystemExit) as refused:
+        evaluate.main(args)
+    assert "the comparisons file differs from this run's" in str(refused.value)
