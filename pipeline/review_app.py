@@ -23,6 +23,7 @@ from .review_queues import (
     LABEL_AUDIT,
     NEXT_PAIRS,
     DataFolder,
+    ReviewError,
     audit_rows,
     missing_note,
     nearest_by_score,
@@ -267,7 +268,15 @@ def serve(output_dir: str | os.PathLike, data_dir: str | os.PathLike, *, port: i
     app = blocks(page, rater)
     system_fonts = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                                      font_mono=["ui-monospace", "Consolas", "monospace"])  # no web fonts fetched
-    app.launch(server_name="127.0.0.1", server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
-               quiet=True, show_error=True, ssr_mode=False, allowed_paths=[str(Path(data_dir).resolve())],
-               js=KEYS_JS, css=CSS, theme=system_fonts, footer_links=[])
+    if block:
+        print(f"the review page: http://127.0.0.1:{port} (this machine only; answers go to {page.data.data_dir}); "
+              "Ctrl-C stops it", flush=True)
+    try:
+        app.launch(server_name="127.0.0.1", server_port=port, share=False, inbrowser=False,
+                   prevent_thread_lock=not block, quiet=True, show_error=True, ssr_mode=False,
+                   allowed_paths=[str(Path(data_dir).resolve())], js=KEYS_JS, css=CSS, theme=system_fonts,
+                   footer_links=[])
+    except OSError as err:  # the port is taken: gradio's message names its own settings, not ours
+        raise ReviewError(f"127.0.0.1:{port}: cannot listen there ({str(err).split('.')[0]}); choose another "
+                          "--port") from None
     return app

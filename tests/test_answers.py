@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from conftest import ROOT
@@ -97,8 +98,9 @@ WRITER = textwrap.dedent("""
 def test_killing_the_writer_during_writes_loses_nothing_already_written(tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    reported = [int(writer.stdout.readline()) for _ in range(200)]
-    os.kill(writer.pid, signal.SIGKILL)  # mid-loop: most likely inside a write or an fsync
+    reported = [int(writer.stdout.readline()) for _ in range(50)]  # writing by now
+    time.sleep(0.3)  # then killed at a moment not tied to its output: most likely inside a write or an fsync
+    os.kill(writer.pid, signal.SIGKILL)
     reported += [int(line) for line in writer.stdout]  # what it reported before the kill
     writer.wait()
     rows, problems = read_comparison_rows(tmp_path / "comparisons.csv")

@@ -76,8 +76,14 @@ def listen(event: str, args) -> None:
 
 
 def shot(page, name: str) -> None:
+    """A screenshot of the page into $ARTRANK_SCREENSHOTS, in 48 colours (the test's noise images would
+    otherwise make each PNG half a megabyte)."""
     if folder := os.environ.get("ARTRANK_SCREENSHOTS"):
-        page.screenshot(path=str(Path(folder) / f"review_{name}.png"), full_page=True)
+        from PIL import Image
+
+        path = Path(folder) / f"review_{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        Image.open(path).convert("RGB").quantize(48).save(path, optimize=True)
 
 
 @pytest.mark.slow
@@ -175,3 +181,14 @@ def test_the_page_refuses_a_data_source_that_is_not_a_folder_it_can_answer_into(
     (tmp_path / "table.parquet").write_bytes(b"")
     with pytest.raises(ReviewError, match=r"table.parquet: the review page answers into a data folder"):
         Page(review["run"], tmp_path / "table.parquet", load_ranker=None)
+
+
+def test_a_port_in_use_is_refused_in_one_line(review):
+    from pipeline.review_app import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ReviewError, match=rf"^127.0.0.1:{port}: cannot listen there \(.*\); choose another"):
+            serve(review["run"], review["data"], port=port, load_ranker=None, block=False)
