@@ -192,3 +192,16 @@ def test_a_port_in_use_is_refused_in_one_line(review):
         port = taken.getsockname()[1]
         with pytest.raises(ReviewError, match=rf"^127.0.0.1:{port}: cannot listen there \(.*\); choose another"):
             serve(review["run"], review["data"], port=port, load_ranker=None, block=False)
+
+
+def test_a_tab_whose_file_is_missing_says_which_command_writes_it(review):
+    from pipeline.review_app import Page, Session
+
+    (review["run"] / "review" / "next_pairs.csv").unlink()
+    page = Page(review["run"], review["data"], load_ranker=None)
+    session = Session(page)
+    missing = review["run"] / "review" / "next_pairs.csv"
+    assert page.pair_view(session)[2] == (f"No {missing} yet: run `python review.py pairs --output_dir "
+                                          f"{review['run']}` first, then reload this page.")
+    assert page.judge("judge-a", "Ms Kim", session)[3] == "Nothing to judge."
+    assert len(session.audit) == 2 and page.audit_view(session)[1].startswith("**1 of 2**")  # the other tab works
