@@ -18,9 +18,9 @@ from pipeline.cli import bar
 from pipeline.comparisons import checked_comparisons, comparisons_path, file_digest, no_comparisons
 from pipeline.images import check_images
 from pipeline.provenance import data_origin, dataset_info, load_dataset_artifact
-from pipeline.rows import bad_rows, checked_rows, missing_files_cause
+from pipeline.rows import bad_rows, missing_files_cause, source_rows
 from pipeline.runs import PAIRS, manifest_digest
-from pipeline.sources import DataError, Rows, check_source, read_rows
+from pipeline.sources import DataError, Rows, check_source
 from pipeline.tables import SPLITS, TIERS, artist_folds, cross_tier_pairs, frame, to_dataset
 
 # The only folder the demo's data set is generated into: a mistyped --data_dir is an error, not a new data set.
@@ -34,8 +34,7 @@ def read_metadata(data_dir: str | os.PathLike, *, cache_dir: str | os.PathLike |
 
     Raises DataError listing every bad row.
     """
-    source = read_rows(str(data_dir), cache_dir=cache_dir)
-    df, problems, _ = checked_rows(source)
+    source, df, problems, _ = source_rows(str(data_dir), cache_dir=cache_dir)
     bad_rows(problems, source=source.source, skip_bad_images=False)
     return df.reset_index(drop=True)
 
@@ -140,8 +139,7 @@ def image_table(data_dir: str | os.PathLike, *, val_fraction: float, test_fracti
     in the images, is listed in one DataError (or dropped with skip_bad_images). Also returns the notes to
     show: artist spellings merged, rows skipped.
     """
-    source = read_rows(str(data_dir), cache_dir=cache_dir)
-    rows, problems, notes = checked_rows(source)
+    source, rows, problems, notes = source_rows(str(data_dir), cache_dir=cache_dir)
     df, skipped = scan_images(rows, source=source, problems=problems, skip_bad_images=skip_bad_images, track=track,
                               cache_dir=cache_dir)
     df["image_id"] = df["image_id"].where(df["image_id"] != "", df["sha256"])  # a dataset row with no name

@@ -31,4 +31,8 @@
     scoring      an export or a checkpoint as a scorer of image files
     sharing      an export published on the model hub, and loaded back from it
     demo_data    the synthetic demo data set
+    corrections  the teachers' corrections.csv: a corrected tier per image, applied wherever rows are read
+    answers      the review page's answer files, crash-safe: one row appended per answer, undo of one's own last
+    review_queues  what the review page shows: the pairs still to judge, the label audit, the nearest works
+    review_app   the teacher's page (Gradio, local only): judge pairs, audit labels, try drawings
 """

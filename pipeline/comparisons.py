@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .sources import DataError, column_name
+from .sources import DataError, column_name, folder_file
 
 COMPARISONS_CSV = "comparisons.csv"
 COMPARISON_COLUMNS = ("image_a", "image_b", "winner", "rater")
@@ -26,15 +26,8 @@ OUTCOME = {"a": 1, "b": -1, "tie": 0}
 
 
 def comparisons_path(data_dir: str) -> Path | None:
-    """DATA_DIR/comparisons.csv when DATA_DIR is a folder (an imagefolder or a save_to_disk dataset) holding
-    one; a parquet file or a hub id has no folder of its own: a comparisons.csv beside a dataset file is
-    refused rather than ignored."""
-    path = Path(data_dir) / COMPARISONS_CSV
-    beside = Path(data_dir).parent / COMPARISONS_CSV
-    if Path(data_dir).is_file() and beside.is_file():  # meant for this dataset, most likely: never ignore it unsaid
-        raise DataError(f"{beside}: comparisons are read from a data folder, not beside a dataset file: put "
-                        f"{Path(data_dir).name} in a folder (save_to_disk) with its comparisons.csv")
-    return path if Path(data_dir).is_dir() and path.is_file() else None
+    """DATA_DIR/comparisons.csv when the data folder holds one (see sources.folder_file)."""
+    return folder_file(data_dir, COMPARISONS_CSV, "comparisons")
 
 
 def file_digest(path: Path | None) -> str:

@@ -36,6 +36,7 @@ RUNTIME = "runtime"
 MAKE_PAIRS, TRAIN, EVALUATE, EXPORT, PREDICT, CROSSVAL = (
     "make_pairs", "train", "evaluate", "export_onnx", "predict", "crossval")
 SCRIPTS = (MAKE_PAIRS, TRAIN, EVALUATE, EXPORT, PREDICT, CROSSVAL)
+REVIEW = "review"  # review.py: the label audit, the pairs to ask next and the teacher's page (review_app.py)
 READS_DATA = (MAKE_PAIRS, TRAIN, EVALUATE, EXPORT, CROSSVAL)
 RUNS_BACKBONE = (TRAIN, EVALUATE, EXPORT, PREDICT, CROSSVAL)
 EXTRACTS = (TRAIN, EVALUATE, CROSSVAL)
@@ -161,6 +162,9 @@ class Config:
     ensemble: bool = key(False, "average the top-k checkpoints", RUNTIME, (EVALUATE,))
     bootstrap: int = key(1000, "artist bootstrap resamples of the confidence interval", RUNTIME, (EVALUATE,),
                          bounds=at_least(1))
+    # the review page
+    port: int = key(7860, "the review page's port; it listens on 127.0.0.1 only", RUNTIME, (REVIEW,),
+                    bounds=((lambda v: 1 <= v <= 65535), "from 1 to 65535"))
 
 
 KEYS: dict[str, Key] = {f.name: f.metadata["key"] for f in fields(Config)}

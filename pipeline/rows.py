@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .sources import DataError, Rows
+from .corrections import apply_corrections
+from .sources import DataError, Rows, read_rows
 from .tables import TIER_RANK, TIERS
 
 
@@ -64,6 +65,16 @@ def checked_rows(source: Rows) -> tuple[pd.DataFrame, list[tuple[int, str]], lis
         first_file.setdefault(r.file_name, r.row)
         first_id.setdefault(r.image_id, r.row)
     return df, problems, notes
+
+
+def source_rows(data_dir: str, *, cache_dir: str | os.PathLike | None) -> tuple[Rows, pd.DataFrame,
+                                                                              list[tuple[int, str]], list[str]]:
+    """The rows of a source, checked (checked_rows), with the data folder's tier corrections applied
+    (corrections.py): the one way every script and the review page read them. Returns the source, the rows,
+    the problems and the notes."""
+    source = read_rows(str(data_dir), cache_dir=cache_dir)
+    rows, problems, notes = checked_rows(source)
+    return source, apply_corrections(rows, str(data_dir)), problems, notes
 
 
 def bad_rows(problems: Sequence[tuple[int, str]], *, source: str, skip_bad_images: bool,

@@ -82,6 +82,17 @@ def read_rows(data_dir: str, *, cache_dir: str | os.PathLike | None) -> Rows:
     return read_dataset(data_dir, kind, cache_dir=Path(cache_dir))
 
 
+def folder_file(data_dir: str, name: str, what: str) -> Path | None:
+    """DATA_DIR/NAME (comparisons.csv, corrections.csv) when DATA_DIR is a folder (an imagefolder or a
+    save_to_disk dataset) holding one; a parquet file or a hub id has no folder of its own: such a file beside
+    a dataset file is refused rather than ignored."""
+    path, beside = Path(data_dir) / name, Path(data_dir).parent / name
+    if Path(data_dir).is_file() and beside.is_file():  # meant for this dataset, most likely: never ignore it unsaid
+        raise DataError(f"{beside}: {what} are read from a data folder, not beside a dataset file: put "
+                        f"{Path(data_dir).name} in a folder (save_to_disk) with its {name}")
+    return path if Path(data_dir).is_dir() and path.is_file() else None
+
+
 # ---------------------------------------------------------------- a folder of images with its metadata
 
 def image_path(data_dir: str | os.PathLike, name: str) -> str:

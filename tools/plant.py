@@ -58,6 +58,9 @@ PREDICT = RUN + "predict_tier_hint_and_probability_come_from_the_run_s_calibrati
 TOP_K = RUN + "req_o_005_top_k_keeps_the_best_checkpoints_and_the_best_is_the_first_of_equals"
 ACCUMULATION = RUN + "req_o_001_accumulated_gradient_is_the_mean_of_the_micro_batch_gradients"
 LEAK = RUN + "req_n_001_train_py_refuses_a_split_that_leaks_test_images"
+ANSWERS, CORRECTIONS = "tests/test_answers.py::test_", "tests/test_corrections.py::test_"
+REVIEW_APP = "tests/test_review_app.py::test_"
+BROWSER = REVIEW_APP + "a_teacher_judges_undoes_judges_again_and_corrects_in_a_real_browser"
 COMPARISONS = "tests/test_comparisons.py::test_"
 COMPARISON_LOSS = COMPARISONS + "comparison_loss_with_ties_and_rater_weights_against_a_hand_computation"
 COMPARISON_LEAK = COMPARISONS + "req_n_001_a_comparison_with_a_test_image_never_reaches_training_or_validation"
@@ -661,13 +664,59 @@ PLANTS = [
           '    expected = data_origin(output_dir) or dict(comparisons_sha256=read_record(output_dir)["data"]',
           (COMPARISONS + "the_comparison_table_is_read_back_only_with_the_comparisons_file_it_was_made_from",),
           "comparisons/ of an older comparisons.csv is read as the run's"),
-    Plant("comparisons-beside-a-dataset-file-ignored", "pipeline/comparisons.py",
+    Plant("comparisons-beside-a-dataset-file-ignored", "pipeline/sources.py",
           "    if Path(data_dir).is_file() and beside.is_file():", "    if False:",
           (COMPARISONS + "a_comparisons_file_beside_a_dataset_file_is_refused_not_ignored",),
           "a comparisons.csv beside a parquet file is silently not read"),
     Plant("demo-raters-without-noise", "pipeline/demo_data.py", "(rng.random() < RATERS[rater])", "False",
           (COMPARISONS + "the_demo_s_teachers_err_as_often_as_their_stated_noise_and_half_judge_within_one_student",),
           "the demo's teachers never err, so the rater agreement shows no ceiling"),
+    # the teacher's page (issue 25): answer files, corrections, the page
+    Plant("answer-written-twice", "pipeline/answers.py", "                if os.write(fd, payload) != len(payload):",
+          "                if os.write(fd, payload + line) != len(payload) + len(line):",
+          (ANSWERS + "each_judgement_is_one_row_on_disk_at_once",), "one judgement writes two rows"),
+    Plant("answer-in-two-writes", "pipeline/answers.py", "                if os.write(fd, payload) != len(payload):",
+          "                if os.write(fd, payload[:-1]) + (__import__('time').sleep(0.02) or "
+          "os.write(fd, payload[-1:])) != len(payload):",
+          (ANSWERS + "killing_the_writer_during_writes_loses_nothing_already_written",),
+          "an answer written in pieces: a kill leaves half a line, and the file is refused from then on"),
+    Plant("answer-header-unchecked", "pipeline/answers.py", "        if tuple(header) != self.columns:",
+          "        if False:",
+          (ANSWERS + "a_file_not_in_the_expected_form_is_refused_and_left_alone",),
+          "rows of four fields appended under a header of three"),
+    Plant("answer-cut-line-unchecked", "pipeline/answers.py", '        if not payload.endswith(b"\\n"):',
+          "        if False:",
+          (ANSWERS + "a_file_not_in_the_expected_form_is_refused_and_left_alone",),
+          "an answer glued onto a line cut short"),
+    Plant("undo-of-another-s-row", "pipeline/answers.py", '            if not payload.endswith(b"\\n" + line):',
+          "            if False:", (ANSWERS + "undo_removes_only_this_session_s_last_row",),
+          "undo removes another rater's last row"),
+    Plant("corrections-not-applied", "pipeline/rows.py",
+          "    return source, apply_corrections(rows, str(data_dir)), problems, notes",
+          "    return source, rows, problems, notes",
+          (CORRECTIONS + "the_latest_correction_of_an_image_is_its_tier_everywhere_rows_are_read",
+           CORRECTIONS + "an_old_run_evaluated_after_a_correction_is_refused"),
+          "training ignores the teachers' corrections.csv"),
+    Plant("correction-of-unknown-image-dropped", "pipeline/corrections.py",
+          "        if name is None:\n            problems.append(",
+          "        if name is None:\n            continue\n            problems.append(",
+          (CORRECTIONS + "a_bad_correction_is_refused_in_one_line_naming_the_file_and_line",),
+          "a correction of an image the data does not hold is silently dropped"),
+    Plant("correction-against-another-tier", "pipeline/corrections.py",
+          "        elif given != current[name]:", "        elif False:",
+          (CORRECTIONS + "a_bad_correction_is_refused_in_one_line_naming_the_file_and_line",
+           CORRECTIONS + "a_correction_made_before_metadata_changed_is_refused"),
+          "a correction made against another tier is applied over the current one"),
+    Plant("queue-asks-judged-pairs-again", "pipeline/review_queues.py",
+          '    return [row for row in rows if frozenset((row["image_a"], row["image_b"])) not in judged]',
+          "    return rows", (REVIEW_APP + "the_queue_leaves_out_pairs_already_judged_and_refuses_unknown_images",),
+          "the page asks again for pairs comparisons.csv already holds"),
+    Plant("judge-keys-swapped", "pipeline/review_app.py", 'CHOICES = {"judge-a": "a", "judge-b": "b",',
+          'CHOICES = {"judge-a": "b", "judge-b": "a",', (BROWSER,), "A is better is written as B is better"),
+    Plant("undo-loses-the-pair", "pipeline/review_app.py", "        session.queue.insert(0, session.judged.pop())",
+          "        session.judged.pop()", (BROWSER,), "an undone pair is never asked again"),
+    Plant("page-on-every-interface", "pipeline/review_app.py", 'app.launch(server_name="127.0.0.1"',
+          'app.launch(server_name="0.0.0.0"', (BROWSER,), "the page is served to the whole network"),
 ]
 
 
