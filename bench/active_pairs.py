@@ -127,7 +127,7 @@ def report(curves: dict, args) -> None:
                 values = curve[:, r, m]
                 cells.append(f"{values.mean():.4f} [{values.min():.4f}, {values.max():.4f}]")
         print(f"| {count} | " + " | ".join(cells) + " |")
-    figure = Figure(figsize=(9, 3.8))
+    figure = Figure(figsize=(9, 3.8), layout="constrained")
     for ax, m, label in zip(figure.subplots(1, 2), (0, 1), ("all test pairs", "test pairs within one tier")):
         for arm, curve in curves.items():
             values = curve[:, :, m]

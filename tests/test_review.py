@@ -212,3 +212,12 @@ def test_pairs_are_the_least_sure_first_with_the_heads_mean_and_spread_and_the_c
     ca, cb = candidate_pairs(rows, no_judged)
     pc = 1 / (1 + np.exp(-2.0 * (heads.scores[:, ca] - heads.scores[:, cb])))
     assert chosen["value"].iloc[0] == pytest.approx((1 - np.abs(2 * pc.mean(axis=0) - 1) + pc.std(axis=0)).max())
+
+
+def test_one_work_the_heads_disagree_on_fills_no_more_than_its_share_of_the_pairs():
+    rows, heads = pair_rows()
+    heads.scores[:, 30] = [6.0, -6.0, 0.0]  # a train work the heads disagree on wholly: its pairs are the most valuable
+    chosen = choose_pairs(rows, heads, pd.DataFrame(dict(image_a=[], image_b=[])), 10)
+    name = rows["file_name"][30]
+    assert chosen.iloc[0][["image_a", "image_b"]].tolist().count(name) == 1
+    assert ((chosen["image_a"] == name) | (chosen["image_b"] == name)).sum() == PER_IMAGE

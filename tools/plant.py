@@ -715,7 +715,7 @@ PLANTS = [
           "p_a_better is one fold head's, not their mean"),
     Plant("review-pairs-image-cap-ignored", "pipeline/next_pairs.py", "max(used_image[i], used_image[j]) >= PER_IMAGE",
           "max(used_image[i], used_image[j]) >= PER_IMAGE + 10",
-          (REVIEW + "pairs_are_the_least_sure_first_with_the_heads_mean_and_spread_and_the_caps",),
+          (REVIEW + "one_work_the_heads_disagree_on_fills_no_more_than_its_share_of_the_pairs",),
           "one hard work fills the list of pairs"),
     Plant("review-untrained-run-read", "review.py", '    check_reader(cfg.output_dir, vars(cfg), what="review it")\n',
           "", (REVIEW + "refusals_are_one_line_and_write_nothing",), "a folder with no trained run is reviewed"),
