@@ -19,7 +19,6 @@ One crossval.py at a time per folder: it locks OUTPUT_DIR/crossval/.lock (a trai
 beside it) and a second one is refused naming the first.
 """
 
-import copy
 import dataclasses
 import time
 from dataclasses import replace
@@ -34,7 +33,7 @@ from pipeline.arguments import parse_config
 from pipeline.config import CROSSVAL, Config, print_config, save_config
 from pipeline.files import atomic_write_json
 from pipeline.metrics import pairwise_accuracy, rank_correlations
-from pipeline.runs import locked_run_folder, manifest_digest
+from pipeline.runs import locked_run_folder
 from pipeline.tables import frame
 from pipeline.tier_metrics import tier_figures
 from pipeline.tracking import choose_mode
@@ -48,32 +47,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--grid", default="", help="JSON grid {key: [values]} (default: the config alone)")
 
 
-def fit_head(cfg: Config, fit_x: "torch.Tensor", fit_tiers: np.ndarray, stop_x: "torch.Tensor",
-             stop_tiers: np.ndarray, comparisons: dict | None = None):
-    """The head train.py would train, on the fitting folds, stopped and chosen on the stopping fold; kept in
-    memory. Returns (best head, best epoch, epochs run)."""
-    from model import HeadTraining
-
-    accelerator = cli.make_accelerator(cfg)  # one per head: its step counter then starts at zero
-    training = HeadTraining(cfg, accelerator, input_dim=fit_x.shape[1])
-    best = {}
-
-    def keep_best(record: dict, _) -> None:
-        if record.get("best"):
-            best.update(epoch=record["epoch"], state=copy.deepcopy(training.unwrapped_head().state_dict()))
-
-    training.run(fit_x, fit_tiers, stop_x, stop_tiers, comparisons=comparisons, after_epoch=keep_best)
-    head = training.unwrapped_head()
-    head.load_state_dict(best["state"])
-    return head.eval(), best["epoch"], training.progress.epoch
-
-
 def run_cell(cfg: Config, *, rows, table, features: "torch.Tensor", fold_of: np.ndarray, fold: int,
              folds: int, comparisons=None) -> dict:
     """Train on all folds but two (with the teachers' comparisons among their images), stop early on one, score
     the held-out one (also on the comparisons among its images)."""
     from data import check_no_test_leak, tiers_of
-    from model import score_features
+    from model import fit_head, score_features
     from pipeline.comparison_metrics import accuracy_figures
     from pipeline.comparisons import index_pairs, no_comparisons
 
@@ -112,28 +91,6 @@ def track_setting(cfg: Config, *, label: str, group: str, directory: Path):
     return wandb.init(project=cfg.wandb_project, group=group, name=label, job_type="crossval", dir=str(directory),
                       config=dataclasses.asdict(cfg), mode=choose_mode(cfg.wandb_mode)[0], reinit="create_new",
                       settings=wandb.Settings(console="off", silent=True))
-
-
-def train_val_features(cfg: Config, settings: list[dict], accelerator) -> tuple:
-    """The train+val rows, their table, and their features per feature kind; test rows are never extracted.
-
-    Returns (rows, table, {feature: tensor}, what the features depend on).
-    """
-    from data import check_no_test_leak, comparisons_digest, load_comparisons, load_images, split_rows
-    from model import features_of, load_backbone
-
-    table = load_images(cfg, accelerator)
-    rows = split_rows(table, "train", "val")  # the test split goes no further
-    comparisons = load_comparisons(cfg, accelerator, table)
-    comparisons = comparisons[comparisons["split"].isin(["train", "val"])]  # crossing and test ones go no further
-    check_no_test_leak(rows, table, comparisons)
-    backbone = load_backbone(cfg, accelerator)
-    features = {feature: features_of(replace(cfg, feature=feature), [rows], accelerator, backbone=backbone)[0]
-                for feature in dict.fromkeys(replace(cfg, **s).feature for s in settings)}
-    source = dict(backbone=backbone.id, image_size=cfg.image_size, device=accelerator.device.type,
-                  mixed_precision=accelerator.mixed_precision, data=manifest_digest(frame(rows)),
-                  comparisons=comparisons_digest(cfg.data_dir))
-    return rows, table, features, source, comparisons
 
 
 def sweep(cfg: Config, settings: list[dict], *, folds: int, rows, table, features: dict, source: dict,
@@ -201,7 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         accelerator = cli.make_accelerator(cfg)
         # OUTPUT_DIR/crossval alone: a train.py of OUTPUT_DIR may run beside it, a second crossval may not.
         with locked_run_folder(out, accelerator, "crossval.py"):
-            rows, table, features, source, comparisons = train_val_features(cfg, settings, accelerator)
+            from data import train_val_features
+
+            feature_kinds = list(dict.fromkeys(replace(cfg, **s).feature for s in settings))
+            rows, table, features, source, comparisons = train_val_features(cfg, feature_kinds, accelerator)
             save_config(cfg, out / "config.json")
             phase.kept = f"every finished (setting, fold) in {out}; a rerun continues from there"
             # A head's small matrices gain nothing from more threads (on a busy CPU they cost many times over),

@@ -306,3 +306,32 @@ def check_no_test_leak(rows, table, comparisons: pd.DataFrame | None = None) -> 
         leaks.append(f"image(s) identical to a test image {list(rows.loc[copies, 'image_id'][:5])}")
     if leaks:
         raise DataError("test data would reach training or validation: " + "; ".join(leaks))
+
+
+# ---------------------------------------------------------------- the rows cross-validation and the review use
+
+def train_val_features(cfg, feature_kinds: list[str], accelerator, *, run_dir=None) -> tuple:
+    """The train+val rows, the whole table, their features per feature kind (test rows are never extracted), what
+    the features depend on, and the train+val comparisons. With run_dir, the data must be that run's first.
+
+    Returns (rows, table, {feature: tensor}, source, comparisons).
+    """
+    from dataclasses import replace
+
+    from model import features_of, load_backbone
+    from pipeline.runs import check_same_data
+
+    table = load_images(cfg, accelerator)
+    if run_dir is not None:
+        check_same_data(run_dir, table)  # the rows and split the run was trained on, or a refusal before any work
+    rows = split_rows(table, "train", "val")  # the test split goes no further
+    comparisons = load_comparisons(cfg, accelerator, table)
+    comparisons = comparisons[comparisons["split"].isin(["train", "val"])]  # crossing and test ones go no further
+    check_no_test_leak(rows, table, comparisons)
+    backbone = load_backbone(cfg, accelerator)
+    features = {feature: features_of(replace(cfg, feature=feature), [rows], accelerator, backbone=backbone)[0]
+                for feature in feature_kinds}
+    source = dict(backbone=backbone.id, image_size=cfg.image_size, device=accelerator.device.type,
+                  mixed_precision=accelerator.mixed_precision, data=manifest_digest(frame(rows)),
+                  comparisons=comparisons_digest(cfg.data_dir))
+    return rows, table, features, source, comparisons

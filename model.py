@@ -7,6 +7,7 @@ prediction. `HeadTraining` is the one training procedure (optimizer, schedule, e
 epoch): train.py, crossval.py and the benchmarks all run it.
 """
 
+import copy
 import os
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
 from pipeline.backbones import Backbone, DinoFeatureExtractor, resolve_backbone
-from pipeline.cli import bar
-from pipeline.comparisons import comparisons_per_step
+from pipeline.cli import bar, make_accelerator
+from pipeline.comparisons import comparisons_per_step, index_pairs
 from pipeline.errors import ArtrankError
 from pipeline.features import table_features
 from pipeline.files import atomic_dir, atomic_write_json
@@ -280,6 +281,38 @@ class HeadTraining:
     def unwrapped_head(self) -> RankingHead:
         return self.accelerator.unwrap_model(self.head)
 
+
+def fit_head(cfg, fit_x: torch.Tensor, fit_tiers: np.ndarray, stop_x: torch.Tensor, stop_tiers: np.ndarray,
+             comparisons: dict | None = None) -> tuple[RankingHead, int, int]:
+    """The head train.py would train, on the fitting rows, stopped and chosen on the stopping rows; kept in
+    memory (cross-validation's cells, the review's fold heads). Returns (best head, best epoch, epochs run)."""
+    training = HeadTraining(cfg, make_accelerator(cfg), input_dim=fit_x.shape[1])  # its step counter starts at 0
+    best = {}
+
+    def keep_best(record: dict, _) -> None:
+        if record.get("best"):
+            best.update(epoch=record["epoch"], state=copy.deepcopy(training.unwrapped_head().state_dict()))
+
+    training.run(fit_x, fit_tiers, stop_x, stop_tiers, comparisons=comparisons, after_epoch=keep_best)
+    head = training.unwrapped_head()
+    head.load_state_dict(best["state"])
+    return head.eval(), best["epoch"], training.progress.epoch
+
+
+def fold_heads(cfg, features: torch.Tensor, rows, comparisons, *, folds: int):
+    """The review's fold heads (pipeline/out_of_fold.py) on the train+val works `rows` (a DataFrame in the order
+    of `features`): artist folds, and per fold fit_head with the comparisons among its fitting rows."""
+    from pipeline.out_of_fold import fold_parts, from_scores
+    from pipeline.selection import crossval_folds
+
+    fold_of = crossval_folds(rows, folds=folds, seed=cfg.seed)
+    tiers, ids, heads = rows["tier"].to_numpy(object), rows["image_id"].to_numpy(object), []
+    for fit, stop in fold_parts(fold_of, folds):
+        head, _, _ = fit_head(cfg, features[fit], tiers[fit], features[stop], tiers[stop],
+                              comparisons=index_pairs(comparisons, ids[fit], cfg.comparison_raters))
+        thresholds = head.thresholds()
+        heads.append((score_features(head, features).numpy(), None if thresholds is None else thresholds.tolist()))
+    return from_scores(fold_of, tiers, heads)
 
 # ---------------------------------------------------------------- saved heads
 

@@ -30,7 +30,10 @@
     export       the ONNX export and its parity check
     scoring      an export or a checkpoint as a scorer of image files
     sharing      an export published on the model hub, and loaded back from it
-    demo_data    the synthetic demo data set
+    demo_data    the synthetic demo data set, its latent quality and its synthetic teachers
+    out_of_fold  the review's fold heads: each work judged by a head that never saw its artist
+    label_audit  how far each train and val work's tier is from what the rest of the data implies
+    next_pairs   which comparisons to ask the teachers for next
     corrections  the teachers' corrections.csv: a corrected tier per image, applied wherever rows are read
     answers      the review page's answer files, crash-safe: one row appended per answer, undo of one's own last
     review_queues  what the review page shows: the pairs still to judge, the label audit, the nearest works

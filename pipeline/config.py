@@ -33,17 +33,17 @@ class ConfigError(ArtrankError):
 SPLIT, FEATURES, HEAD, TRAINING, CHECKPOINTS = "split", "features", "head", "training", "checkpoints"
 RUNTIME = "runtime"
 # The scripts, and the groups of them that read the same keys.
-MAKE_PAIRS, TRAIN, EVALUATE, EXPORT, PREDICT, CROSSVAL = (
-    "make_pairs", "train", "evaluate", "export_onnx", "predict", "crossval")
-SCRIPTS = (MAKE_PAIRS, TRAIN, EVALUATE, EXPORT, PREDICT, CROSSVAL)
-REVIEW = "review"  # review.py: the label audit, the pairs to ask next and the teacher's page (review_app.py)
-READS_DATA = (MAKE_PAIRS, TRAIN, EVALUATE, EXPORT, CROSSVAL)
-RUNS_BACKBONE = (TRAIN, EVALUATE, EXPORT, PREDICT, CROSSVAL)
-EXTRACTS = (TRAIN, EVALUATE, CROSSVAL)
+MAKE_PAIRS, TRAIN, EVALUATE, EXPORT, PREDICT, CROSSVAL, REVIEW = (
+    "make_pairs", "train", "evaluate", "export_onnx", "predict", "crossval", "review")
+SCRIPTS = (MAKE_PAIRS, TRAIN, EVALUATE, EXPORT, PREDICT, CROSSVAL, REVIEW)
+READS_DATA = (MAKE_PAIRS, TRAIN, EVALUATE, EXPORT, CROSSVAL, REVIEW)
+RUNS_BACKBONE = (TRAIN, EVALUATE, EXPORT, PREDICT, CROSSVAL, REVIEW)
+EXTRACTS = (TRAIN, EVALUATE, CROSSVAL, REVIEW)
 TRAINS = (TRAIN, CROSSVAL)
 TRACKED = (TRAIN, EVALUATE, CROSSVAL)
-# The scripts that work on a trained run: its folder's config.json gives every key they do not set.
-READS_RUN = (EVALUATE, EXPORT, PREDICT, CROSSVAL)
+# The scripts that work on a trained run: its folder's config.json gives every key they do not set. The review's
+# fold heads train with the run's own head and training keys, so it takes none of them as flags.
+READS_RUN = (EVALUATE, EXPORT, PREDICT, CROSSVAL, REVIEW)
 # The default settings are the repository's own, wherever the command is run from.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "baseline.json"
 
@@ -162,6 +162,10 @@ class Config:
     ensemble: bool = key(False, "average the top-k checkpoints", RUNTIME, (EVALUATE,))
     bootstrap: int = key(1000, "artist bootstrap resamples of the confidence interval", RUNTIME, (EVALUATE,),
                          bounds=at_least(1))
+    # the review (review.py: the label audit and the next pairs)
+    review_folds: int = key(5, "artist folds of the review's fold heads (each never sees its fold's artists)",
+                            RUNTIME, (REVIEW,), bounds=at_least(3, ">= 3 (one fold held out, one to stop on, the "
+                                                                   "rest to train)"))
     # the review page
     port: int = key(7860, "the review page's port; it listens on 127.0.0.1 only", RUNTIME, (REVIEW,),
                     bounds=((lambda v: 1 <= v <= 65535), "from 1 to 65535"))

@@ -219,28 +219,52 @@ def tier_of(q: float) -> str:
     return next((t for t, lo in zip(TIERS, THRESHOLDS) if q >= lo), TIERS[-1])
 
 
-def write_works(out: Path, num_artists: int, works_per_artist: int, seed: int) -> None:
-    (out / "images").mkdir(parents=True)
+def planned_works(num_artists: int, works_per_artist: int, seed: int):
+    """Every work before it is drawn, in order: (artist, index, style, the work's own RNG, latent quality q).
+    write_works draws from it, and latent_quality reads q from it without drawing."""
     root = np.random.SeedSequence(seed)
     skills = np.random.default_rng(root.spawn(1)[0]).permutation(np.linspace(0.15, 0.85, num_artists))
-    rows = []
     for a, artist_seed in enumerate(root.spawn(num_artists)):
         style_seed, *work_seeds = artist_seed.spawn(works_per_artist + 1)
         style = make_style(np.random.default_rng(style_seed), float(skills[a]), pencil=a % 11 == 5)
-        artist = f"artist{a:02d}"
         for i, work_seed in enumerate(work_seeds):
             rng = np.random.default_rng(work_seed)
-            q = float(np.clip(style.skill + rng.normal(0, 0.15), 0, 1))
-            img = draw_work(style, q, rng)
-            name = f"images/{artist}_{i:03d}.{'jpg' if rng.random() < 0.6 else 'png'}"
-            img.save(out / name, **({"quality": 90} if name.endswith(".jpg") else {}))
-            rows.append((name, tier_of(q), artist, q))
+            yield f"artist{a:02d}", i, style, rng, float(np.clip(style.skill + rng.normal(0, 0.15), 0, 1))
+
+
+def work_stem(artist: str, index: int) -> str:
+    """A work's file name without its folder and extension (the extension is drawn after the image)."""
+    return f"{artist}_{index:03d}"
+
+
+def latent_quality(*, num_artists: int = 60, works_per_artist: int = 10, seed: int = 42) -> dict[str, float]:
+    """The latent quality q of every work of generate_demo_dataset's data set of these arguments, by work_stem:
+    what the synthetic teachers judge by and the tiers are cut from, never written into the data folder."""
+    return {work_stem(artist, i): q for artist, i, _, _, q in planned_works(num_artists, works_per_artist, seed)}
+
+
+def write_works(out: Path, num_artists: int, works_per_artist: int, seed: int) -> None:
+    (out / "images").mkdir(parents=True)
+    rows = []
+    for artist, i, style, rng, q in planned_works(num_artists, works_per_artist, seed):
+        img = draw_work(style, q, rng)
+        name = f"images/{work_stem(artist, i)}.{'jpg' if rng.random() < 0.6 else 'png'}"
+        img.save(out / name, **({"quality": 90} if name.endswith(".jpg") else {}))
+        rows.append((name, tier_of(q), artist, q))
     with open(out / "metadata.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(("file_name", "tier", "artist"))
         writer.writerows(row[:3] for row in rows)
     names, tiers, artists, q = (list(column) for column in zip(*rows))
     write_comparisons(out, names, tiers, artists, np.array(q), seed)
+
+
+def rater_answer(q_a: float, q_b: float, rater: str, rng: np.random.Generator) -> str:
+    """What synthetic teacher `rater` answers for works of latent quality q_a and q_b: a tie closer than TIE_GAP,
+    else the better one, wrong with the rater's probability (RATERS)."""
+    if abs(q_a - q_b) < TIE_GAP:
+        return "tie"
+    return "a" if (q_a > q_b) != (rng.random() < RATERS[rater]) else "b"
 
 
 def write_comparisons(out: Path, names: list[str], tiers: list[str], artists: list[str], q: np.ndarray,
@@ -262,12 +286,7 @@ def write_comparisons(out: Path, names: list[str], tiers: list[str], artists: li
             continue
         seen.add((min(a, b), max(a, b)))
         for rater in rng.permutation(raters)[:2 if rng.random() < SECOND_OPINIONS else 1]:
-            if abs(q[a] - q[b]) < TIE_GAP:
-                winner = "tie"
-            else:
-                right = q[a] > q[b]
-                winner = "a" if right != (rng.random() < RATERS[rater]) else "b"
-            judgements.append((names[a], names[b], winner, rater))
+            judgements.append((names[a], names[b], rater_answer(q[a], q[b], rater, rng), rater))
     with open(out / "comparisons.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(("image_a", "image_b", "winner", "rater"))

@@ -88,18 +88,37 @@ def extremes_sheet(paths: np.ndarray, scores: np.ndarray, tiers: np.ndarray, pat
     rank_of[order] = np.arange(1, len(order) + 1)
     for (label, picks), row in zip(rows, axes):
         for i, ax in zip(picks, row):
-            thumbnail = ImageOps.contain(open_image(paths[i]), (200, 200))
-            tile = np.full((200, 200, 3), 245, np.uint8)  # square tiles: the whole work, letterboxed
-            top, left = (200 - thumbnail.height) // 2, (200 - thumbnail.width) // 2
-            tile[top:top + thumbnail.height, left:left + thumbnail.width] = np.asarray(thumbnail)
-            ax.imshow(tile)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"#{rank_of[i]}  {tiers[i]}  {scores[i]:.3f}", fontsize=9, color="white",
-                         fontweight="bold", backgroundcolor=TIER_COLORS[tiers[i]])
-            for spine in ax.spines.values():
-                spine.set(color=TIER_COLORS[tiers[i]], linewidth=3)
+            work_tile(ax, paths[i], f"#{rank_of[i]}  {tiers[i]}  {scores[i]:.3f}", tiers[i])
         row[0].set_ylabel(label, fontsize=10)
+    figure.suptitle(title, fontsize=10)
+    return save_png(figure, path)
+
+
+def work_tile(ax, image_path: str, caption: str, tier: str) -> None:
+    """One work in a square tile (the whole work, letterboxed), its caption on and its frame in its tier's colour."""
+    thumbnail = ImageOps.contain(open_image(image_path), (200, 200))
+    tile = np.full((200, 200, 3), 245, np.uint8)
+    top, left = (200 - thumbnail.height) // 2, (200 - thumbnail.width) // 2
+    tile[top:top + thumbnail.height, left:left + thumbnail.width] = np.asarray(thumbnail)
+    ax.imshow(tile)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(caption, fontsize=9, color="white", fontweight="bold", backgroundcolor=TIER_COLORS[tier])
+    for spine in ax.spines.values():
+        spine.set(color=TIER_COLORS[tier], linewidth=3)
+
+
+def doubt_sheet(paths: list[str], tiers: list[str], hints: list[str], doubts: list[float], path: str | os.PathLike, *,
+                title: str, per_row: int = 6) -> Path:
+    """The label audit's most doubtful works in rank order: rank, given tier -> hint, doubt; framed in the given
+    tier's colour."""
+    rows = max(1, -(-len(paths) // per_row))
+    figure = Figure(figsize=(1.9 * per_row, 2.1 * rows + 0.4))
+    axes = figure.subplots(rows, per_row, squeeze=False).ravel()
+    for rank, (ax, image, tier, hint, doubt) in enumerate(zip(axes, paths, tiers, hints, doubts), start=1):
+        work_tile(ax, image, f"#{rank}  {tier} -> {hint or '?'}  {doubt:.2f}", tier)
+    for ax in axes[len(paths):]:
+        ax.set_axis_off()
     figure.suptitle(title, fontsize=10)
     return save_png(figure, path)
 

@@ -40,7 +40,7 @@ RECORD_FORMAT = 4
 # The names a run may write; of these, run.json lists those it wrote, and --overwrite_output_dir deletes those alone.
 RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, PAIRS, COMPARISONS, TRAIN_LOG, STATE,
              "checkpoints", "calibration.json", FINAL_METRICS, "eval_*.json", "scores_*.csv", "figures", "model.onnx*",
-             "model_fp16.onnx*", "model.json", "README.md", "wandb")
+             "model_fp16.onnx*", "model.json", "README.md", "wandb", "review")
 # The files that show a head was trained here (a folder with only make_pairs.py's output holds none).
 TRAINED_FILES = (STATE, "checkpoints", TRAIN_LOG, FINAL_METRICS)
 

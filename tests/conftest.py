@@ -34,6 +34,8 @@ torch.set_num_threads(1)
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 SPLIT = dict(val_fraction=0.1, test_fraction=0.1, seed=42)
+# The first words of a script's command line that pick one of its commands (review.py audit ...).
+COMMAND_OF = {"review": ["audit"]}
 
 
 @pytest.fixture(scope="session")

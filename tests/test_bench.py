@@ -133,3 +133,27 @@ def test_startup_times_every_script_s_help_and_predict_from_start_to_score(expor
     assert "| predict.py --model RUN/model.onnx PHOTO (start to score, 12 MP JPEG) | " in table
     assert "| python -c 'import onnxruntime, PIL' (the least a scorer loads) | " in table
     assert summary.startswith("startup: --help ") and "predict to score" in summary
+
+
+def test_active_pairs_counts_agreement_with_the_latent_quality_beyond_the_tie_gap():
+    from bench.active_pairs import latent_accuracy
+
+    q, tiers = np.array([0.1, 0.5, 0.6, 0.9, 0.905]), np.array(list("CBBSS"))
+    scores = np.array([0.0, 2.0, 1.0, 1.5, -9.0])  # the last pair (0.9, 0.905) is a tie: never counted
+    # pairs of the first four: (0,1) (0,2) (0,3) (2,3) right, (1,2) (1,3) wrong; with the fifth: (0,4) (1,4) (2,4)
+    # wrong, the tie (3,4) left out
+    overall, within = latent_accuracy(scores, q, tiers)
+    assert overall == pytest.approx(4 / 9) and within == 0.0  # within one tier: (1,2) alone
+
+
+def test_the_demo_s_latent_quality_is_the_one_its_tiers_are_cut_from(tmp_path):
+    import pandas as pd
+
+    from pipeline.demo_data import generate_demo_dataset, latent_quality, tier_of
+
+    data = generate_demo_dataset(tmp_path / "demo", num_artists=10, works_per_artist=8, seed=5)
+    rows = pd.read_csv(data / "metadata.csv")
+    q = latent_quality(num_artists=10, works_per_artist=8, seed=5)
+    assert len(q) == len(rows) and [tier_of(q[name.split("/")[1].rsplit(".", 1)[0]]) for name in rows.file_name] == \
+        list(rows.tier)
+    assert q != latent_quality(num_artists=10, works_per_artist=8, seed=6)

@@ -5,7 +5,7 @@ import re
 import sys
 
 import pytest
-from conftest import ROOT, run_script, write_config
+from conftest import COMMAND_OF, ROOT, run_script, write_config
 
 from pipeline.arguments import parse_config, script_keys
 from pipeline.config import KEYS, REVIEW, SCRIPTS, SEARCHABLE, Config, ConfigError, identity, load_config
@@ -27,9 +27,10 @@ def test_hf_style_names_are_config_keys(tmp_path):
 def script_help(script: str, monkeypatch, capsys) -> str:
     """`python SCRIPT --help`, in process: the script's own parse_config call builds it."""
     module = __import__(script)
-    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--help"])
+    argv = [*COMMAND_OF.get(script, []), "--help"]
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
     with pytest.raises(SystemExit) as exit_info:
-        module.main(["--help"])
+        module.main(argv)
     assert exit_info.value.code == 0
     return capsys.readouterr().out
 
@@ -206,7 +207,7 @@ def test_each_script_takes_as_flags_exactly_the_keys_that_declare_it(script, mon
     text = script_help(script, monkeypatch, capsys)
     flags = set(re.findall(r"^  --(\w+)", text, re.MULTILINE)) - {"config"}
     own = {"help", "fp16", "parity_images", "latency_batch", "bench_seconds", "dir", "out", "compare", "model",
-           "torch", "top", "folds", "grid", "push_to_hub", "license", "provider"}
+           "torch", "top", "folds", "grid", "push_to_hub", "license", "provider", "n"}
     assert flags - own == set(script_keys(script))
 
 

@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator
 from conftest import SPLIT, artists_of_one_main_tier, image_frame, run_script, tiny_args, write_dataset
 
+import model
 from data import DataError, image_table, split_rows
 from model import HeadTraining
 from pipeline import selection
@@ -162,7 +163,7 @@ def test_a_cell_trains_on_the_other_folds_stops_on_the_next_fold_and_scores_only
         assert list(stop_tiers) == list(tiers[stop_x[:, 0].int().numpy()])
         return RowScorer(), 2, 5
 
-    monkeypatch.setattr(crossval, "fit_head", recording_fit_head)
+    monkeypatch.setattr(model, "fit_head", recording_fit_head)
     result = crossval.run_cell(Config(), rows=rows, table=table, features=features, fold_of=fold_of, fold=fold,
                                folds=folds)
     held, stop = np.flatnonzero(fold_of == fold), np.flatnonzero(fold_of == 0)
@@ -179,14 +180,12 @@ def test_a_cell_trains_on_the_other_folds_stops_on_the_next_fold_and_scores_only
 
 
 def test_a_cell_s_head_is_the_best_epoch_of_train_py_s_own_procedure():
-    import crossval
-
     cfg = Config(epochs=30, patience=4, min_lr=0.0, batch_size=16, lr=0.05, hidden_dim=8, proj_dim=4, dropout=0.0)
     rng = np.random.default_rng(1)
     tiers = rng.choice(np.array(list("SABC")), 120)
     x = torch.from_numpy((np.array([RANK[t] for t in tiers])[:, None] + rng.normal(0, 2.0, (120, 8)))
                          .astype(np.float32))
-    head, best_epoch, epochs_run = crossval.fit_head(cfg, x[:80], tiers[:80], x[80:], tiers[80:])
+    head, best_epoch, epochs_run = model.fit_head(cfg, x[:80], tiers[:80], x[80:], tiers[80:])
 
     # The same procedure run here, every epoch's head kept: the best is the first of the highest accuracy.
     training, records, states = HeadTraining(cfg, Accelerator(cpu=True), input_dim=8), [], []

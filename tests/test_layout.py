@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_config
+from conftest import COMMAND_OF, ROOT, write_config
 
-SCRIPTS = ("make_pairs", "train", "evaluate", "export_onnx", "predict", "crossval")
+SCRIPTS = ("make_pairs", "train", "evaluate", "export_onnx", "predict", "crossval", "review")
 TOP_LIBRARY = ("model", "data", "artrank")  # what the scripts share at the top, and the Python API
 PACKAGE = "pipeline"
 
@@ -105,7 +105,7 @@ def planted(kind):
     def check_config(cfg, source):
         raise kind("planted inside the library")
     return check_config
-sys.argv = [{script!r}, "--config", {config!r}]
+sys.argv = [{script!r}, *{command!r}, "--config", {config!r}]
 arguments.check_config = planted(ArtrankError)
 try:
     runpy.run_path({script!r}, run_name="__main__")
@@ -120,7 +120,7 @@ runpy.run_path({script!r}, run_name="__main__")
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_a_bug_keeps_its_traceback_and_a_refusal_is_one_line_from_every_script(tmp_path, script):
     config = write_config(tmp_path, {"output_dir": str(tmp_path / "run")})
-    code = PLANTED.format(script=str(ROOT / f"{script}.py"), config=config)
+    code = PLANTED.format(script=str(ROOT / f"{script}.py"), command=COMMAND_OF.get(script, []), config=config)
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert "refusal exit: error: planted inside the library" in result.stdout  # one line, exit status 1

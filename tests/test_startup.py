@@ -16,7 +16,7 @@ from conftest import ROOT, val_images
 
 from artrank import load
 
-SCRIPTS = ("make_pairs", "train", "evaluate", "export_onnx", "predict", "crossval")
+SCRIPTS = ("make_pairs", "train", "evaluate", "export_onnx", "predict", "crossval", "review")
 # Each costs from a third of a second (pandas) to seconds (torch) to import on a 2-core machine.
 HEAVY = ("torch", "transformers", "accelerate", "datasets", "wandb", "matplotlib", "sklearn", "pandas", "onnx",
          "pyarrow", "scipy")

@@ -1,0 +1,151 @@
+"""Do the review's next pairs teach the head more than as many random pairs? A simulation on the demo data.
+
+    python -m bench.active_pairs --config configs/demo.json [--rounds 3] [--n 100] [--seeds 1 2 3]
+
+Starts from the demo's tiers and its teachers' train and val comparisons. Each round adds --n comparisons to
+each of two arms: the pairs `review.py pairs` would choose (model.fold_heads and next_pairs.choose_pairs on that
+arm's data so far), or --n pairs drawn at random from the same candidates (one split of train or val, the same
+or adjacent tiers, not yet compared). The demo's own synthetic teachers answer them (demo_data.rater_answer, a
+teacher drawn at random per pair, from the latent quality demo_data.latent_quality). After each round the head
+is trained again as train.py trains it (model.fit_head on the train split with its comparisons, stopped on val)
+and scored on the test split against the latent quality: the share of test pairs further apart than the tie
+gap that it orders as the latent quality does, over all pairs and within one tier. Prints the curve per arm
+(mean and range over seeds) and writes the figure to --figure.
+"""
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def latent_accuracy(scores: np.ndarray, q: np.ndarray, tiers: np.ndarray) -> tuple[float, float]:
+    """Share of pairs (|q difference| >= TIE_GAP) the scores order as q does: all pairs, and within one tier."""
+    from pipeline.demo_data import TIE_GAP
+
+    a, b = np.triu_indices(len(q), k=1)
+    kept = np.abs(q[a] - q[b]) >= TIE_GAP
+    right = np.sign(scores[a] - scores[b]) == np.sign(q[a] - q[b])
+    within = kept & (tiers[a] == tiers[b])
+    return float(right[kept].mean()), float(right[within].mean())
+
+
+def answered(rows: pd.DataFrame, a: np.ndarray, b: np.ndarray, q: np.ndarray, rng) -> pd.DataFrame:
+    """Comparison rows for pairs (a, b) of `rows`, answered by a synthetic teacher each."""
+    from pipeline.demo_data import RATERS, rater_answer
+
+    raters = rng.choice(list(RATERS), len(a))
+    return pd.DataFrame(dict(image_a=rows["image_id"].to_numpy()[a], image_b=rows["image_id"].to_numpy()[b],
+                             winner=[rater_answer(q[i], q[j], r, rng) for i, j, r in zip(a, b, raters)],
+                             rater=raters, split=rows["split"].to_numpy()[a]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/demo.json")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--n", type=int, default=100, help="comparisons added per round and arm")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--figure", default="docs/figures/active_pairs.png")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from data import load_comparisons, load_images, split_rows
+    from model import features_of, fit_head, fold_heads, load_backbone, score_features
+    from pipeline import cli
+    from pipeline.comparisons import index_pairs
+    from pipeline.config import load_config
+    from pipeline.demo_data import latent_quality, tier_of
+    from pipeline.next_pairs import candidate_pairs, choose_pairs
+    from pipeline.tables import frame
+
+    torch.set_num_threads(1)
+    base = load_config(args.config)
+    accelerator = cli.make_accelerator(base)
+    table = load_images(base, accelerator)
+    parts = [split_rows(table, "train", "val"), split_rows(table, "test")]
+    x, x_test = features_of(base, parts, accelerator, backbone=load_backbone(base, accelerator))
+    rows, test = frame(parts[0]), frame(parts[1])
+    latent = latent_quality(seed=base.seed)
+    q, q_test = (np.array([latent[Path(name).stem] for name in r["file_name"]]) for r in (rows, test))
+    if any(tier_of(v) != t for v, t in zip(np.concatenate([q, q_test]), pd.concat([rows.tier, test.tier]))):
+        raise SystemExit(f"{base.data_dir}: not the demo data set of seed {base.seed} (its tiers are not the "
+                         "latent quality's)")
+    judged = load_comparisons(base, accelerator, table)
+    judged = judged[judged["split"].isin(["train", "val"])][["image_a", "image_b", "winner", "rater", "split"]]
+    train = np.flatnonzero(rows["split"].to_numpy() == "train")
+    val = np.flatnonzero(rows["split"].to_numpy() == "val")
+    tiers, ids = rows["tier"].to_numpy(object), rows["image_id"].to_numpy(object)
+
+    def accuracy(cfg, comparisons) -> tuple[float, float]:
+        head, _, _ = fit_head(cfg, x[train], tiers[train], x[val], tiers[val],
+                              comparisons=index_pairs(comparisons, ids[train], cfg.comparison_raters))
+        return latent_accuracy(score_features(head, x_test).numpy(), q_test, test["tier"].to_numpy(object))
+
+    curves = {arm: np.zeros((len(args.seeds), args.rounds + 1, 2)) for arm in ("active", "random")}
+    for s, seed in enumerate(args.seeds):
+        cfg, rng = replace(base, seed=seed), np.random.default_rng(seed)
+        start = accuracy(cfg, judged)
+        data = {arm: judged for arm in curves}
+        for arm in curves:
+            curves[arm][s, 0] = start
+        for round_ in range(1, args.rounds + 1):
+            for arm in curves:
+                if arm == "active":
+                    chosen = choose_pairs(rows, fold_heads(cfg, x, rows, data[arm], folds=args.folds), data[arm],
+                                          args.n)
+                    index = {name: i for i, name in enumerate(rows["file_name"])}
+                    a, b = chosen["image_a"].map(index).to_numpy(), chosen["image_b"].map(index).to_numpy()
+                else:
+                    ca, cb = candidate_pairs(rows, data[arm])
+                    pick = rng.choice(len(ca), args.n, replace=False)
+                    a, b = ca[pick], cb[pick]
+                data[arm] = pd.concat([data[arm], answered(rows, a, b, q, rng)], ignore_index=True)
+                curves[arm][s, round_] = accuracy(cfg, data[arm])
+            print(f"seed {seed} round {round_}: " + " | ".join(
+                f"{arm} {curves[arm][s, round_, 0]:.4f} (within tier {curves[arm][s, round_, 1]:.4f})"
+                for arm in curves), flush=True)
+    report(curves, args)
+
+
+def report(curves: dict, args) -> None:
+    from matplotlib.figure import Figure
+
+    from pipeline.figures import save_png
+
+    added = [args.n * r for r in range(args.rounds + 1)]
+    print("\n| comparisons added | " + " | ".join(f"{arm} (mean [min, max]) | {arm} within tier" for arm in curves)
+          + " |\n|---|" + "---|---|" * len(curves))
+    for r, count in enumerate(added):
+        cells = []
+        for curve in curves.values():
+            for m in (0, 1):
+                values = curve[:, r, m]
+                cells.append(f"{values.mean():.4f} [{values.min():.4f}, {values.max():.4f}]")
+        print(f"| {count} | " + " | ".join(cells) + " |")
+    figure = Figure(figsize=(9, 3.8), layout="constrained")
+    for ax, m, label in zip(figure.subplots(1, 2), (0, 1), ("all test pairs", "test pairs within one tier")):
+        for arm, curve in curves.items():
+            values = curve[:, :, m]
+            ax.plot(added, values.mean(axis=0), marker="o", label=f"{arm} pairs")
+            ax.fill_between(added, values.min(axis=0), values.max(axis=0), alpha=0.2)
+        ax.set_xlabel("comparisons added (synthetic teachers)")
+        ax.set_ylabel("agreement with the latent quality")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.suptitle(f"Review's next pairs vs random pairs, demo data: mean and range over {len(args.seeds)} seeds",
+                    fontsize=10)
+    save_png(figure, args.figure)
+    gain = {arm: (c[:, -1, 0] - c[:, 0, 0]).mean() for arm, c in curves.items()}
+    print(f"active_pairs: {added[-1]} comparisons added in {args.rounds} rounds, {len(args.seeds)} seeds: test "
+          f"agreement with the latent quality {gain['active']:+.4f} (active) vs {gain['random']:+.4f} (random); "
+          f"figure {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
