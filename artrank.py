@@ -41,6 +41,7 @@ from pipeline.calibration import p_first_better, read_calibration, tier_hint  # 
 from pipeline.errors import ArtrankError  # noqa: E402
 from pipeline.ordinal import tier_table  # noqa: E402
 from pipeline.scoring import ImageLike, Scorer, onnx_scorer, score_images, torch_scorer  # noqa: E402
+from pipeline.tier_sets import tier_sets  # noqa: E402
 
 __all__ = ["ArtrankError", "Comparison", "Ranker", "load", "run_scorer"]
 
@@ -72,6 +73,8 @@ class Comparison:
     tier_hint_b: str | None
     p_tier_a: dict[str, float] | None = None  # a tier model's P(S), P(A), P(B), P(C); None for other heads
     p_tier_b: dict[str, float] | None = None
+    tier_set_a: tuple[str, ...] | None = None  # adjacent tiers holding the true one with P >= 1 - alpha; None
+    tier_set_b: tuple[str, ...] | None = None  # without the run's tier sets (docs/uncertainty.md)
 
 
 class Ranker:
@@ -109,13 +112,20 @@ class Ranker:
         thresholds = self.scorer.tier_thresholds
         return None if thresholds is None else tier_table([score], thresholds)[0]
 
+    def tier_set(self, score: float) -> tuple[str, ...] | None:
+        """The adjacent tiers (best first) that hold an image's true tier with probability >= 1 - alpha,
+        marginally (split conformal on the validation split); None when the run has no tier sets."""
+        fitted = (self.calibration or {}).get("tier_sets")
+        return None if fitted is None else tier_sets([score], fitted)[0]
+
     def compare(self, a: ImageLike, b: ImageLike) -> Comparison:
         score_a, score_b = self.score([a, b])
         return Comparison(score_a=score_a, score_b=score_b,
                           better=None if score_a == score_b else "A" if score_a > score_b else "B",
                           p_a_better=p_first_better(score_a, score_b, self.calibration) if self.calibration else None,
                           tier_hint_a=self.tier_hint(score_a), tier_hint_b=self.tier_hint(score_b),
-                          p_tier_a=self.tier_probabilities(score_a), p_tier_b=self.tier_probabilities(score_b))
+                          p_tier_a=self.tier_probabilities(score_a), p_tier_b=self.tier_probabilities(score_b),
+                          tier_set_a=self.tier_set(score_a), tier_set_b=self.tier_set(score_b))
 
 
 def load(path: str | os.PathLike, *, backend: str = "auto", batch_size: int = 16, provider: str = "auto",

@@ -4,7 +4,6 @@ train.py fits them once, on the best checkpoint's validation scores, and writes 
 evaluation, export, the model card and prediction read that file through `read_calibration`.
 """
 
-import math
 import os
 from pathlib import Path
 
@@ -97,9 +96,11 @@ def tier_hint(score: float, calibration: dict | None) -> str | None:
     return next((cut["above"] for cut in cuts if score >= cut["threshold"]), cuts[-1]["below"])
 
 
-def p_first_better(score_a: float, score_b: float, calibration: dict) -> float:
-    """sigmoid(slope * (score_a - score_b)), as tanh: no overflow far out, and odd, so P(A) + P(B) = 1."""
-    return 0.5 * (1.0 + math.tanh(0.5 * calibration["slope"] * (score_a - score_b)))
+def p_first_better(score_a, score_b, calibration: dict):
+    """sigmoid(slope * (score_a - score_b)), as tanh: no overflow far out, and odd, so P(A) + P(B) = 1.
+    Scores give a float, arrays of scores an array."""
+    p = 0.5 * (1.0 + np.tanh(0.5 * calibration["slope"] * (np.asarray(score_a, np.float64) - score_b)))
+    return float(p) if p.ndim == 0 else p
 
 
 def write_calibration(output_dir: str | os.PathLike, calibration: dict, *, checkpoint: str | os.PathLike) -> None:

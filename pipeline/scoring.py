@@ -59,9 +59,16 @@ class PreprocessingDescription(Described):
     patch_size: int = Field(gt=0)
 
 
+class TierSetsDescription(Described):
+    method: str = Field(pattern="^(band|probability)$")
+    alpha: float = Field(gt=0, lt=1)
+    threshold: float | None  # None: every tier (too few validation images for this alpha)
+
+
 class CalibrationDescription(Described):
     slope: float
     tier_cuts: list[dict]
+    tier_sets: TierSetsDescription | None = None  # absent in exports made before tier sets
 
 
 class TierModelDescription(Described):
