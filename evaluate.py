@@ -44,7 +44,14 @@ from pipeline.metrics import (
 )
 from pipeline.provenance import MADE_FROM, made_from, run_origin
 from pipeline.reliability_measures import BINS, judged_pairs, pair_calibration, reliability_lines
-from pipeline.runs import check_reader, check_same_data, chosen_checkpoint, locked_run_folder, top_checkpoints
+from pipeline.runs import (
+    check_reader,
+    check_same_data,
+    chosen_checkpoint,
+    locked_run_folder,
+    top_checkpoints,
+    top_members,
+)
 from pipeline.tables import SPLITS, cross_tier_pairs, frame
 from pipeline.tier_metrics import TIER_FIGURES, tier_report, tier_summary
 from pipeline.tier_sets import tier_set_report
@@ -61,7 +68,7 @@ def checkpoint_dirs(cfg) -> tuple[Path, list[Path]]:
     single, top = chosen_checkpoint(cfg), top_checkpoints(cfg.output_dir)
     if not cfg.ensemble:
         return single, []
-    members = sorted(p for p in top.glob("epoch*") if p.is_dir() and p.name[5:].isdigit())
+    members = top_members(cfg.output_dir)
     if not members:
         raise ArtrankError(f"{top}: no saved checkpoints to ensemble (train with --top_k 2 or more)")
     return single, members
@@ -124,6 +131,10 @@ def console_report(results: dict[str, dict], split: str, out: Path, written: lis
             lines.append("  tier model: " + tier_summary(r["tier_model"]))
         lines += comparison_summary(r.get("comparisons"), f"{split}, {name}")
         lines += [f"  {line}" for line in reliability_lines(r["reliability"])]
+    spread = next(iter(results.values())).get("score_spread") or {}
+    if spread.get("mean_sd") is not None:
+        lines.append(f"score spread over the {spread['members']} top checkpoints: sd mean {spread['mean_sd']:.4f}, "
+                     f"median {spread['median_sd']:.4f}, max {spread['max_sd']:.4f}")
     return "\n".join(lines + [f"wrote into {out}: " + ", ".join(str(p.relative_to(out)) for p in written)])
 
 
@@ -226,7 +237,23 @@ def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, obj
                    **{MADE_FROM: made_from(cfg.output_dir, *(members or [single]))})
     if members:
         report["best_single"] = results["best single"] | dict(checkpoint=str(single))
+    top = [load_head(m, identity=identity, run=run)[0].to(accelerator.device) for m in top_members(cfg.output_dir)]
+    report["score_spread"] = spread_report(top, features[SPLITS.index(cfg.split)])
     return results, next(iter(split_scores.values())), rows
+
+
+def spread_report(heads: list["RankingHead"], features: "torch.Tensor") -> dict:
+    """How far the top-k checkpoints' heads disagree on each image's score (model.score_spread), summarised."""
+    import torch
+
+    from model import score_spread
+
+    if len(heads) < 2:
+        return dict(members=len(heads), mean_sd=None, median_sd=None, max_sd=None,
+                    note="the run keeps fewer than two checkpoints (top_k): no spread")
+    with torch.no_grad():
+        sd = score_spread([h.eval() for h in heads], features.to(next(heads[0].parameters()).device)).cpu().numpy()
+    return dict(members=len(heads), mean_sd=float(sd.mean()), median_sd=float(np.median(sd)), max_sd=float(sd.max()))
 
 
 def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows) -> dict[str, Path]:

@@ -19,7 +19,7 @@ from .files import atomic_write_text, read_json
 from .metrics import gate_results
 from .provenance import MADE_FROM, made_from, verified
 from .reliability_measures import reliability_lines
-from .runs import RunFolderError, best_checkpoint, recorded_rows, top_checkpoints
+from .runs import RunFolderError, best_checkpoint, recorded_rows, top_members
 from .state import read_final_metrics
 from .tables import SPLITS, TIERS
 from .tier_metrics import tier_summary
@@ -125,7 +125,7 @@ def other_models_section(out: Path) -> str:
     final, lines = read_final_metrics(out) or {}, []
     epoch = f", epoch {final['best_epoch']}" if "best_epoch" in final else ""
     lines.append(f"The figures above are the best checkpoint's (`checkpoints/best`{epoch}).")
-    members = sorted(p for p in top_checkpoints(out).glob("epoch*") if p.is_dir() and p.name[5:].isdigit())
+    members = top_members(out)
     ensemble = origin_of(out, *members) if members else None
     for path in sorted(out.glob("eval_*_ensemble.json")):
         if ensemble and (r := verified(path, ensemble)):

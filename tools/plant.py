@@ -708,6 +708,14 @@ PLANTS = [
           "label < 0, artists[a], artists[b],",
           (RUN + "evaluate_measures_calibration_and_coverage_from_the_split_s_scores",),
           "ECE and Brier score P(A better) against A losing"),
+    Plant("score-spread-sample-sd", "model.py", "std(dim=0, correction=0)", "std(dim=0)",
+          ("tests/test_model.py::test_the_score_spread_is_exactly_zero_for_identical_heads_and_else_their_standard_"
+           "deviation",), "the spread over k heads is the sample sd (k - 1), not theirs"),
+    Plant("score-spread-of-the-best-head-repeated", "model.py",
+          "for m in (top_members(cfg.output_dir) if with_members else ())]",
+          "for m in ([checkpoint] * 3 if with_members else ())]",
+          ("tests/test_artrank.py::test_python_api_scores_paths_and_pil_images_from_an_export_or_a_run",),
+          "the spread is taken over copies of the best head: always 0"),
 ]
 
 
