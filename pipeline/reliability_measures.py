@@ -6,7 +6,8 @@ of that split (a teacher's tie says neither image is better: ties are left out o
 Each unordered pair is counted in BOTH orientations, (A, B) with P(A better) and (B, A) with 1 - P(A better),
 so no measure depends on which image a table happens to name first. The predictor is symmetric, so the
 diagram is symmetric about (0.5, 0.5) and the ECE over both orientations equals the ECE of every pair taken
-once with its favourite first, binned from 0.5 to 1; the Brier score is the same over either.
+once with its favourite first, binned from 0.5 to 1 (but for a P exactly on a bin edge); the Brier score is the
+same over either.
 
 ECE = sum over BINS equal-width bins of P in [0, 1] of (pairs in the bin / pairs) x |mean P - share won|;
 the last bin holds P = 1. Brier = mean of (P - won)^2.
