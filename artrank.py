@@ -41,6 +41,7 @@ from pipeline.calibration import p_first_better, read_calibration, tier_hint  # 
 from pipeline.errors import ArtrankError  # noqa: E402
 from pipeline.ordinal import tier_table  # noqa: E402
 from pipeline.scoring import ImageLike, Scorer, onnx_scorer, score_images, torch_scorer  # noqa: E402
+from pipeline.tier_sets import tier_sets  # noqa: E402
 
 __all__ = ["ArtrankError", "Comparison", "Ranker", "load", "run_scorer"]
 
@@ -53,7 +54,7 @@ def run_scorer(cfg) -> Scorer:
     from pipeline.cli import make_accelerator
 
     accelerator = make_accelerator(cfg)
-    ranker, meta, checkpoint = load_ranker(cfg, accelerator)
+    ranker, meta, checkpoint = load_ranker(cfg, accelerator, with_members=True)
     calibration = read_calibration(cfg.output_dir, checkpoint=checkpoint)
     thresholds = ranker.head.thresholds()
     return torch_scorer(ranker, device=accelerator.device, image_size=meta["image_size"],
@@ -72,6 +73,10 @@ class Comparison:
     tier_hint_b: str | None
     p_tier_a: dict[str, float] | None = None  # a tier model's P(S), P(A), P(B), P(C); None for other heads
     p_tier_b: dict[str, float] | None = None
+    tier_set_a: tuple[str, ...] | None = None  # adjacent tiers holding the true one with P >= 1 - alpha; None
+    tier_set_b: tuple[str, ...] | None = None  # without the run's tier sets (docs/uncertainty.md)
+    score_sd_a: float | None = None  # the score's spread over the run's top-k checkpoints; None for an export
+    score_sd_b: float | None = None
 
 
 class Ranker:
@@ -97,6 +102,23 @@ class Ranker:
             raise ArtrankError("; ".join(errors))
         return scores[0] if single else scores
 
+    def score_spread(self, images: ImageLike | Sequence[ImageLike]) -> tuple[float, float] | list[tuple[float, float]]:
+        """(score, spread) of one image or of each of a list: the spread is the standard deviation of the score
+        over the run's top-k checkpoints' heads, from one backbone pass. Refused for an export (one head) and for
+        a run that keeps fewer than two checkpoints."""
+        from PIL import Image
+
+        if self.scorer.score_spread is None:
+            raise ArtrankError(f"{self.scorer.description}: no score spread: it needs the run's top-k checkpoints "
+                               f"(here {self.scorer.members}; train with --top_k 2 or more) in PyTorch: load the run "
+                               "folder with backend='torch', an export carries one head")
+        single = isinstance(images, (str, os.PathLike, Image.Image))
+        values, errors = score_images(self.scorer, [images] if single else list(images), batch_size=self.batch_size,
+                                      model=self.scorer.score_spread)
+        if errors:
+            raise ArtrankError("; ".join(errors))
+        return values[0] if single else values
+
     def tier_hint(self, score: float) -> str | None:
         """A tier model's most likely tier; for other heads, the tier whose band of validation scores holds
         `score` (calibration.json). A hint, not a grade."""
@@ -109,13 +131,24 @@ class Ranker:
         thresholds = self.scorer.tier_thresholds
         return None if thresholds is None else tier_table([score], thresholds)[0]
 
+    def tier_set(self, score: float) -> tuple[str, ...] | None:
+        """The adjacent tiers (best first) that hold an image's true tier with probability >= 1 - alpha,
+        marginally (split conformal on the validation split); None when the run has no tier sets."""
+        fitted = (self.calibration or {}).get("tier_sets")
+        return None if fitted is None else tier_sets([score], fitted)[0]
+
     def compare(self, a: ImageLike, b: ImageLike) -> Comparison:
-        score_a, score_b = self.score([a, b])
+        if self.scorer.score_spread is not None:
+            (score_a, sd_a), (score_b, sd_b) = self.score_spread([a, b])
+        else:
+            (score_a, score_b), sd_a, sd_b = self.score([a, b]), None, None
         return Comparison(score_a=score_a, score_b=score_b,
                           better=None if score_a == score_b else "A" if score_a > score_b else "B",
                           p_a_better=p_first_better(score_a, score_b, self.calibration) if self.calibration else None,
                           tier_hint_a=self.tier_hint(score_a), tier_hint_b=self.tier_hint(score_b),
-                          p_tier_a=self.tier_probabilities(score_a), p_tier_b=self.tier_probabilities(score_b))
+                          p_tier_a=self.tier_probabilities(score_a), p_tier_b=self.tier_probabilities(score_b),
+                          tier_set_a=self.tier_set(score_a), tier_set_b=self.tier_set(score_b),
+                          score_sd_a=sd_a, score_sd_b=sd_b)
 
 
 def load(path: str | os.PathLike, *, backend: str = "auto", batch_size: int = 16, provider: str = "auto",

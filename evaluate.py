@@ -13,6 +13,9 @@ scores_<split>.csv (image_id,file_name,tier,artist,score), figures/score_by_tier
 figures/tier_pair_accuracy_<split>.png, figures/extremes_<split>.png, and the wandb run (job evaluate).
 For a tier model (loss ordinal or ordinal_weight > 0) also its confusion matrix, exact and adjacent tier
 accuracy and quadratic weighted kappa with their artist intervals, and figures/tier_confusion_<split>.png.
+With the run's calibration.json (the best checkpoint's): the expected calibration error and Brier score of
+P(A better) on the split's cross-tier pairs and teachers' comparisons, figures/reliability_<split>.png, and
+the tier sets' coverage and size (docs/uncertainty.md).
 """
 
 import dataclasses
@@ -24,6 +27,7 @@ import numpy as np
 
 from pipeline import cli
 from pipeline.arguments import parse_config
+from pipeline.calibration import p_first_better, read_calibration
 from pipeline.card import RANDOM_BACKBONE, write_model_card
 from pipeline.comparison_metrics import comparison_accuracy, comparison_summary
 from pipeline.config import EVALUATE, Config, print_config
@@ -39,9 +43,18 @@ from pipeline.metrics import (
     rank_correlations,
 )
 from pipeline.provenance import MADE_FROM, made_from, run_origin
-from pipeline.runs import check_reader, check_same_data, chosen_checkpoint, locked_run_folder, top_checkpoints
-from pipeline.tables import SPLITS, frame
+from pipeline.reliability_measures import BINS, judged_pairs, pair_calibration, reliability_lines
+from pipeline.runs import (
+    check_reader,
+    check_same_data,
+    chosen_checkpoint,
+    locked_run_folder,
+    top_checkpoints,
+    top_members,
+)
+from pipeline.tables import SPLITS, cross_tier_pairs, frame
 from pipeline.tier_metrics import TIER_FIGURES, tier_report, tier_summary
+from pipeline.tier_sets import tier_set_report
 from pipeline.tracking import start_tracking, wandb_run
 
 if TYPE_CHECKING:
@@ -55,7 +68,7 @@ def checkpoint_dirs(cfg) -> tuple[Path, list[Path]]:
     single, top = chosen_checkpoint(cfg), top_checkpoints(cfg.output_dir)
     if not cfg.ensemble:
         return single, []
-    members = sorted(p for p in top.glob("epoch*") if p.is_dir() and p.name[5:].isdigit())
+    members = top_members(cfg.output_dir)
     if not members:
         raise ArtrankError(f"{top}: no saved checkpoints to ensemble (train with --top_k 2 or more)")
     return single, members
@@ -117,6 +130,11 @@ def console_report(results: dict[str, dict], split: str, out: Path, written: lis
         if "tier_model" in r:
             lines.append("  tier model: " + tier_summary(r["tier_model"]))
         lines += comparison_summary(r.get("comparisons"), f"{split}, {name}")
+        lines += [f"  {line}" for line in reliability_lines(r["reliability"])]
+    spread = next(iter(results.values())).get("score_spread") or {}
+    if spread.get("mean_sd") is not None:
+        lines.append(f"score spread over the {spread['members']} top checkpoints: sd mean {spread['mean_sd']:.4f}, "
+                     f"median {spread['median_sd']:.4f}, max {spread['max_sd']:.4f}")
     return "\n".join(lines + [f"wrote into {out}: " + ", ".join(str(p.relative_to(out)) for p in written)])
 
 
@@ -133,6 +151,9 @@ def tracker_metrics(report: dict, prefix: str) -> dict[str, float]:
         metrics |= {f"{prefix}/{split}/comparison_acc/{r}": a for r, a in judged["per_rater"].items() if a is not None}
         if judged["within_tier_n"]:
             metrics[f"{prefix}/{split}/comparison_acc_within_tier"] = judged["within_tier"]
+    for kind, measured in report["reliability"].items():
+        metrics |= {f"{prefix}/{split}/{kind}/{k}": measured[k] for k in ("ece", "brier", "coverage", "mean_set_size")
+                    if measured and k in measured}
     return metrics | {f"{prefix}/{split}/tier_pair/{p}": a for p, a in report["per_tier_pair"].items()}
 
 
@@ -146,6 +167,28 @@ def split_comparisons(scores: np.ndarray, rows, comparisons, cfg: Config) -> dic
     ids = list(rows["image_id"])
     return comparison_accuracy(dict(zip(ids, scores)), own, dict(zip(ids, tiers_of(rows))),
                                dict(zip(ids, rows["artist"])), seed=cfg.seed, resamples=cfg.bootstrap)
+
+
+def reliability_report(scores: np.ndarray, rows, comparisons, calibration: dict | None, cfg: Config) -> dict:
+    """How far the calibrated P(A better) and the tier sets hold on the split (pipeline/reliability_measures.py,
+    pipeline/tier_sets.py); each part None where the run has no calibration for these scores."""
+    from data import tiers_of
+
+    tiers, artists = tiers_of(rows), np.asarray(rows["artist"], dtype=object)
+    if calibration is None:
+        return dict(cross_tier=None, comparisons=None, tier_sets=None)
+    a, b, label = cross_tier_pairs(tiers)
+    cross_tier = pair_calibration(p_first_better(scores[a], scores[b], calibration), label > 0, artists[a], artists[b],
+                                  resamples=cfg.bootstrap, seed=cfg.seed)
+    first, second, a_won, ties = judged_pairs(comparisons[comparisons["split"] == cfg.split],
+                                              {image_id: i for i, image_id in enumerate(rows["image_id"])})
+    teachers = pair_calibration(p_first_better(scores[first], scores[second], calibration), a_won, artists[first],
+                                artists[second], resamples=cfg.bootstrap, seed=cfg.seed)
+    sets = calibration.get("tier_sets")
+    return dict(cross_tier=cross_tier,
+                comparisons=teachers and teachers | dict(n_ties=ties, ties="left out of ECE and Brier (n_ties)"),
+                tier_sets=sets and tier_set_report(scores, tiers, artists, sets, resamples=cfg.bootstrap,
+                                                   seed=cfg.seed))
 
 
 def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, object]:
@@ -163,6 +206,7 @@ def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, obj
     backbone = load_backbone(cfg, accelerator)
     identity, run = head_identity(cfg, backbone), run_origin(cfg.output_dir)
     models = {"best single": [load_head(single, identity=identity, run=run)[0].to(accelerator.device)]}
+    calibration = read_calibration(cfg.output_dir, checkpoint=single)
     if members:
         models = {f"ensemble of {len(members)}": [load_head(m, identity=identity, run=run)[0].to(accelerator.device)
                                                   for m in members]} | models
@@ -182,7 +226,10 @@ def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, obj
             pairwise_accuracy_by_split=accuracy_by_split, n_pairs_by_split={s: n for s, (_, n) in by_split.items()},
             gates=gate_results(accuracy_by_split), ties="count as wrong",
             bootstrap=dict(resamples=cfg.bootstrap, seed=cfg.seed, unit="artist"),
-            comparisons=split_comparisons(scores[cfg.split], rows, comparisons, cfg))
+            comparisons=split_comparisons(scores[cfg.split], rows, comparisons, cfg),
+            # calibration.json was fitted on the best checkpoint's scores: an ensemble's are other numbers
+            reliability=reliability_report(scores[cfg.split], rows, comparisons, calibration if len(heads) == 1
+                                           else None, cfg))
         split_scores[name] = scores[cfg.split]
     report = next(iter(results.values()))
     report |= dict(checkpoint=[str(m) for m in members] if members else str(single), ensemble=bool(members),
@@ -191,13 +238,35 @@ def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, obj
                    **{MADE_FROM: made_from(cfg.output_dir, *(members or [single]))})
     if members:
         report["best_single"] = results["best single"] | dict(checkpoint=str(single))
+    top = [load_head(m, identity=identity, run=run)[0].to(accelerator.device) for m in top_members(cfg.output_dir)]
+    report["score_spread"] = spread_report(top, features[SPLITS.index(cfg.split)])
     return results, next(iter(split_scores.values())), rows
+
+
+def spread_report(heads: list["RankingHead"], features: "torch.Tensor") -> dict:
+    """How far the top-k checkpoints' heads disagree on each image's score (model.score_spread), summarised."""
+    import torch
+
+    from model import score_spread
+
+    if len(heads) < 2:
+        return dict(members=len(heads), mean_sd=None, median_sd=None, max_sd=None,
+                    note="the run keeps fewer than two checkpoints (top_k): no spread")
+    with torch.no_grad():
+        sd = score_spread([h.eval() for h in heads], features.to(next(heads[0].parameters()).device)).cpu().numpy()
+    return dict(members=len(heads), mean_sd=float(sd.mean()), median_sd=float(np.median(sd)), max_sd=float(sd.max()))
 
 
 def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows) -> dict[str, Path]:
     """The JSON, the scores CSV and the figures; returns what was written, by name."""
     from data import tiers_of
-    from pipeline.figures import extremes_sheet, score_by_tier, tier_confusion_heatmap, tier_pair_heatmap
+    from pipeline.figures import (
+        extremes_sheet,
+        reliability_diagram,
+        score_by_tier,
+        tier_confusion_heatmap,
+        tier_pair_heatmap,
+    )
 
     out, tag = Path(cfg.output_dir), cfg.split + ("_ensemble" if report["ensemble"] else "")
     atomic_write_text(out / f"scores_{tag}.csv", frame(rows)[["image_id", "file_name", "tier", "artist"]]
@@ -217,6 +286,14 @@ def write_outputs(cfg: Config, report: dict, scores: np.ndarray, rows) -> dict[s
                                    title=f"Highest and lowest scored of {len(rows)} {cfg.split} images ({model}): "
                                          f"rank, tier, score{caveat}"),
     }
+    measured = {label: report["reliability"][kind] for kind, label in (("cross_tier", "cross-tier pairs"),
+                                                                       ("comparisons", "teachers' comparisons"))
+                if report["reliability"][kind]}
+    if measured:
+        figures["reliability"] = reliability_diagram(
+            measured, out / "figures" / f"reliability_{tag}.png",
+            title=f"Calibration of P(A better): {cfg.split} split, {model}\n{BINS} equal-width bins, each pair in "
+                  f"both orientations{caveat}")
     if "tier_model" in report:
         figures["tier_confusion"] = tier_confusion_heatmap(
             report["tier_model"]["confusion"], out / "figures" / f"tier_confusion_{tag}.png",

@@ -28,7 +28,7 @@ from pipeline.losses import comparison_loss, split_objective, tier_objective
 from pipeline.metrics import pairwise_accuracy
 from pipeline.ordinal import is_tier_model
 from pipeline.provenance import MADE_FROM, load_artifact, run_origin
-from pipeline.runs import chosen_checkpoint
+from pipeline.runs import chosen_checkpoint, top_members
 from pipeline.tables import tier_ranks
 from pipeline.tier_head import TierThresholds
 
@@ -104,14 +104,25 @@ class RankingHead(nn.Module):
 
 
 class ArtRanker(nn.Module):
-    """Backbone + head in one module: preprocessed pixels (B, 3, S, S) -> score (B,)."""
+    """Backbone + head: preprocessed pixels (B, 3, S, S) -> score (B,); `members` (the top-k heads) give its spread."""
 
-    def __init__(self, extractor: DinoFeatureExtractor, head: RankingHead, feature: str):
+    def __init__(self, extractor: DinoFeatureExtractor, head: RankingHead, feature: str, members=()):
         super().__init__()
         self.extractor, self.head, self.feature = extractor, head.eval(), feature
+        self.members = nn.ModuleList(member.eval() for member in members)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.head(select_features(*self.extractor(pixel_values), self.feature))
+
+    def score_and_spread(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 2): the head's score and the standard deviation of the members' scores, from one backbone pass."""
+        features = select_features(*self.extractor(pixel_values), self.feature)
+        return torch.stack([self.head(features), score_spread(self.members, features)], dim=1)
+
+
+def score_spread(heads, features: torch.Tensor) -> torch.Tensor:
+    """Per row, the population standard deviation of the heads' scores (exactly 0 for identical heads)."""
+    return torch.stack([head(features) for head in heads]).std(dim=0, correction=0)
 
 
 @torch.no_grad()
@@ -359,13 +370,14 @@ def load_head(directory: str | os.PathLike, *, identity: dict, run: dict) -> tup
     return head.eval(), meta
 
 
-def load_ranker(cfg, accelerator) -> tuple[ArtRanker, dict, Path]:
-    """The run's ranker in PyTorch: the backbone of the config and the chosen checkpoint's head.
-
-    Returns (ranker, head.json, checkpoint folder).
-    """
+def load_ranker(cfg, accelerator, *, with_members: bool = False) -> tuple[ArtRanker, dict, Path]:
+    """The run's ranker in PyTorch: the config's backbone and the chosen checkpoint's head (and with
+    `with_members` the top-k checkpoints' heads, for the score's spread). Returns (ranker, head.json, folder)."""
     checkpoint = chosen_checkpoint(cfg)
     backbone = load_backbone(cfg, accelerator)
-    head, meta = load_head(checkpoint, identity=head_identity(cfg, backbone), run=run_origin(cfg.output_dir))
+    identity = head_identity(cfg, backbone)
+    head, meta = load_head(checkpoint, identity=identity, run=run_origin(cfg.output_dir))
     extractor = DinoFeatureExtractor.from_pretrained(str(backbone.path))
-    return ArtRanker(extractor, head, meta["feature"]).eval(), meta, checkpoint
+    members = [load_head(m, identity=identity, run=run_origin(cfg.output_dir))[0]
+               for m in (top_members(cfg.output_dir) if with_members else ())]
+    return ArtRanker(extractor, head, meta["feature"], members).eval(), meta, checkpoint

@@ -15,6 +15,10 @@ hint the most validation images their own tier (train.py fits them; every tier c
 not a grade. A tier model (loss ordinal, or ordinal_weight > 0) also gives P(S), P(A), P(B), P(C) per image
 (columns P(S)..P(C), and on --compare), from its score and the three thresholds in model.json or its checkpoint;
 its tier hint is then its most likely tier, and calibration.json's bands are not used for hints.
+With the run's tier sets, column tier_set: the adjacent tiers that hold the true tier with probability at
+least 1 - alpha (split conformal on validation; marginal, not per image: docs/uncertainty.md). With --torch
+and a run keeping two or more checkpoints (top_k), column score_sd: the standard deviation of the score over
+the top-k checkpoints' heads, from the same backbone pass (an export carries one head: no score_sd).
 The same functions are a Python API in artrank.py.
 --compare prints which image is better and P(A better) = sigmoid(slope * (score_A - score_B)), the slope
 fitted by train.py: a logistic regression without intercept of tier order on score difference over the
@@ -37,17 +41,21 @@ from pipeline.errors import ArtrankError
 from pipeline.files import atomic_write_text
 from pipeline.ordinal import TIERS_WORST_FIRST
 from pipeline.scoring import FILE_NAMES, PROVIDERS, Scorer, onnx_scorer, score_images
+from pipeline.tier_sets import shown_set
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def compare(scorer: Scorer, path_a: str, path_b: str) -> None:
     result = Ranker(scorer, batch_size=2).compare(path_a, path_b)
-    for letter, path, score, hint in (("A", path_a, result.score_a, result.tier_hint_a),
-                                      ("B", path_b, result.score_b, result.tier_hint_b)):
+    for letter, path, score, hint, tiers in (("A", path_a, result.score_a, result.tier_hint_a, result.tier_set_a),
+                                             ("B", path_b, result.score_b, result.tier_hint_b, result.tier_set_b)):
         p_tier = result.p_tier_a if letter == "A" else result.p_tier_b
         shown = "  " + " ".join(f"P({tier}) {p:.3f}" for tier, p in p_tier.items()) if p_tier else ""
-        print(f"{letter} {score:+.4f}{f'  tier hint {hint}' if hint else ''}{shown}  {path}")
+        held = f"  tier set {shown_set(tiers)}" if tiers else ""
+        sd = result.score_sd_a if letter == "A" else result.score_sd_b
+        spread = "" if sd is None else f" (sd {sd:.4f} over {scorer.members} checkpoints)"
+        print(f"{letter} {score:+.4f}{spread}{f'  tier hint {hint}' if hint else ''}{held}{shown}  {path}")
     print("A and B score the same" if result.better is None else f"{result.better} is better")
     if result.p_a_better is None:
         print("P(A better) unavailable: this run has no calibration (train.py writes calibration.json)")
@@ -75,7 +83,8 @@ def image_paths(images: list[str], directory: str | None) -> list[tuple[str, str
 def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="*", help="image files to score")
     parser.add_argument("--dir", help="also score every image under this folder")
-    parser.add_argument("--out", help="write the scores to this CSV (file_name,score[,tier_hint][,P(S)..P(C)])")
+    parser.add_argument("--out", help="write the scores to this CSV "
+                        "(file_name,score[,score_sd][,tier_hint][,tier_set][,P(S)..P(C)])")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="say which of two images is better")
     parser.add_argument("--model", help="an ONNX model with its model.json (default: OUTPUT_DIR/model.onnx)")
     parser.add_argument("--torch", action="store_true", help="run the PyTorch checkpoint instead of ONNX")
@@ -116,17 +125,25 @@ def rank(scorer: Scorer, named: list[tuple[str, str]], *, batch_size: int, top: 
     """Print the images ranked by score (the `top` best and worst, or all), write --out; returns the images
     that could not be scored."""
     with tqdm(total=len(named), desc="scoring", leave=False, disable=len(named) < 2 * batch_size) as bar:
-        scores, errors = score_images(scorer, [path for path, _ in named], batch_size=batch_size, track=bar.update)
+        # With the run's top-k heads (--torch), the spread of each score over them, from the same backbone pass.
+        values, errors = score_images(scorer, [path for path, _ in named], batch_size=batch_size, track=bar.update,
+                                      model=scorer.score_spread)
     # Plain Python, not pandas: a table of names and numbers is not worth a third of a second of start-up.
-    ranked = sorted(((name, score) for (_, name), score in zip(named, scores) if score is not None),
-                    key=lambda row: -row[1])  # stable: equal scores keep the order given
+    ranked = sorted(((name, value if scorer.score_spread else (value, None)) for (_, name), value in
+                     zip(named, values) if value is not None), key=lambda row: -row[1][0])  # stable: ties keep order
+    spreads = [sd for _, (_, sd) in ranked] if scorer.score_spread else None
+    ranked = [(name, score) for name, (score, _) in ranked]
     ranker = Ranker(scorer)
     hints = [ranker.tier_hint(score) for _, score in ranked] if scorer.calibration or scorer.tier_thresholds else None
     tiers = ([list(ranker.tier_probabilities(score).values()) for _, score in ranked]
              if scorer.tier_thresholds is not None else None)
+    sets = ([shown_set(ranker.tier_set(score)) for _, score in ranked]
+            if (scorer.calibration or {}).get("tier_sets") else None)
     tier_columns = [f"P({tier})" for tier in reversed(TIERS_WORST_FIRST)] if tiers else []
-    columns = ["rank", "file_name", "score"] + (["tier_hint"] if hints else []) + tier_columns
-    rows = [[str(i + 1), name, f"{score:+.4f}"] + ([hints[i]] if hints else [])
+    columns = (["rank", "file_name", "score"] + (["score_sd"] if spreads else []) + (["tier_hint"] if hints else [])
+               + (["tier_set"] if sets else []) + tier_columns)
+    rows = [[str(i + 1), name, f"{score:+.4f}"] + ([f"{spreads[i]:.4f}"] if spreads else [])
+            + ([hints[i]] if hints else []) + ([sets[i]] if sets else [])
             + ([f"{p:.3f}" for p in tiers[i]] if tiers else []) for i, (name, score) in enumerate(ranked)]
     if rows:
         shown = rows if top <= 0 or len(rows) <= 2 * top else rows[:top] + rows[-top:]
@@ -139,7 +156,8 @@ def rank(scorer: Scorer, named: list[tuple[str, str]], *, batch_size: int, top: 
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
         writer.writerow(columns[1:])
-        writer.writerows([name, f"{score:.6f}"] + ([hints[i]] if hints else [])
+        writer.writerows([name, f"{score:.6f}"] + ([f"{spreads[i]:.6f}"] if spreads else [])
+                         + ([hints[i]] if hints else []) + ([sets[i]] if sets else [])
                          + ([f"{p:.6f}" for p in tiers[i]] if tiers else []) for i, (name, score) in enumerate(ranked))
         atomic_write_text(out, table.getvalue())
         print(f"wrote {out} ({len(rows)} images)")

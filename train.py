@@ -7,8 +7,9 @@ Reads DATA_DIR (a metadata.csv folder or a dataset) and its images. Backbone fea
 feature cache in CACHE_DIR (each image extracted once); the head trains on every cross-tier pair within
 each batch. Writes into OUTPUT_DIR: run.json, config.json, splits.csv and image_table/ (the rows and their
 split), train_log.jsonl (one line per epoch), checkpoints/best/ and checkpoints/top/ (head.safetensors +
-head.json), state/ (Accelerate state for --resume), calibration.json, final_metrics.json, the model card
-README.md and the wandb run.
+head.json), state/ (Accelerate state for --resume), calibration.json (P(A better), tier hints and the
+tier sets' conformal threshold, all fitted on validation), final_metrics.json, the model card README.md and
+the wandb run.
 """
 
 import dataclasses
@@ -34,6 +35,7 @@ from pipeline.state import (
     write_train_log,
 )
 from pipeline.tables import SPLITS
+from pipeline.tier_sets import fit_tier_sets, tier_set_rule
 from pipeline.tracking import sample_pairs_table, start_tracking
 
 
@@ -166,8 +168,8 @@ def train_head(cfg, accelerator, table, backbone, state: Path | None, phase, com
 
 
 def test_best(cfg, accelerator, table, backbone, progress) -> None:
-    """The test split is touched once, after training, with the best checkpoint; the calibration is fitted
-    on its validation scores."""
+    """The test split is touched once, after training, with the best checkpoint; the calibration and the tier
+    sets' conformal threshold are fitted on its validation scores."""
     from data import split_rows, tiers_of
     from model import features_of, head_identity, load_head, score_features
 
@@ -176,13 +178,17 @@ def test_best(cfg, accelerator, table, backbone, progress) -> None:
                                 run=run_origin(out))
     features = features_of(cfg, frames, accelerator, backbone=backbone)
     results = {"stop_reason": progress.stop_reason, "epochs_run": progress.epoch, "best_epoch": best_meta["epoch"]}
-    best = best.to(accelerator.device)
+    best, scores = best.to(accelerator.device), {}
     for name, x, rows in zip(SPLITS, features, frames):
-        scores = score_features(best, x).numpy()
-        acc, pairs = pairwise_accuracy(scores, tiers_of(rows))
+        scores[name] = score_features(best, x).numpy()
+        acc, pairs = pairwise_accuracy(scores[name], tiers_of(rows))
         results[f"{name}/pairwise_acc"], results[f"{name}/pairs"] = acc, pairs
-        if name == "val":
-            calibration = fit_calibration(scores, tiers_of(rows))
+    val_tiers, thresholds = tiers_of(frames[SPLITS.index("val")]), best.thresholds()
+    calibration = fit_calibration(scores["val"], val_tiers)
+    # The nonconformity is fixed by the training split and the head; the threshold sees validation alone.
+    rule = tier_set_rule(scores["train"], tiers_of(frames[SPLITS.index("train")]),
+                         None if thresholds is None else thresholds.tolist())
+    calibration["tier_sets"] = fit_tier_sets(scores["val"], val_tiers, rule, alpha=cfg.conformal_alpha)
     accelerator.log({k: v for k, v in results.items() if "/" in k}, step=progress.epoch)
     if accelerator.is_main_process:
         write_calibration(out, calibration, checkpoint=runs.best_checkpoint(out))

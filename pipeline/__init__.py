@@ -23,6 +23,8 @@
     tier_metrics a tier model's confusion matrix, exact and adjacent accuracy, quadratic kappa, intervals
     comparison_metrics  accuracy on held-out teachers' comparisons, per rater and within a tier; agreement
     calibration  P(A better) and tier hints, fitted on validation
+    reliability_measures  ECE, Brier score and the reliability diagram of P(A better), with artist intervals
+    tier_sets    tier sets with a coverage guarantee: split conformal, its threshold fitted on validation
     selection    cross-validation: grids, folds, stored cells, the summary
     tracking     wandb, online or offline, never off
     figures      evaluation figures

@@ -97,10 +97,10 @@ def tier_hint(score: float, calibration: dict | None) -> str | None:
 
 
 def p_first_better(score_a, score_b, calibration: dict):
-    """sigmoid(slope * (score_a - score_b)), as tanh: no overflow far out, and odd, so P(A) + P(B) = 1. Scores or
-    arrays of them."""
-    p = 0.5 * (1.0 + np.tanh(0.5 * calibration["slope"] * (np.asarray(score_a) - np.asarray(score_b))))
-    return p if p.ndim else float(p)
+    """sigmoid(slope * (score_a - score_b)), as tanh: no overflow far out, and odd, so P(A) + P(B) = 1.
+    Scores give a float, arrays of scores an array."""
+    p = 0.5 * (1.0 + np.tanh(0.5 * calibration["slope"] * (np.asarray(score_a, np.float64) - score_b)))
+    return float(p) if p.ndim == 0 else p
 
 
 def write_calibration(output_dir: str | os.PathLike, calibration: dict, *, checkpoint: str | os.PathLike) -> None:

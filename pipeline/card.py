@@ -18,7 +18,8 @@ from .errors import ArtrankError
 from .files import atomic_write_text, read_json
 from .metrics import gate_results
 from .provenance import MADE_FROM, made_from, verified
-from .runs import RunFolderError, best_checkpoint, recorded_rows, top_checkpoints
+from .reliability_measures import reliability_lines
+from .runs import RunFolderError, best_checkpoint, recorded_rows, top_members
 from .state import read_final_metrics
 from .tables import SPLITS, TIERS
 from .tier_metrics import tier_summary
@@ -110,9 +111,12 @@ def results_section(output_dir: str | os.PathLike) -> str:
                   for pair, acc in report["per_tier_pair"].items()]
         if "tier_model" in report:
             lines += ["", tier_section(report["tier_model"])]
-        if summary := comparison_summary(report.get("comparisons"), report["split"].capitalize()):
+        summary = comparison_summary(report.get("comparisons"), report["split"].capitalize())
+        if "reliability" in report:  # the calibration of P(A better) and the tier sets, in the same list
+            summary += reliability_lines(report["reliability"])
+        if summary:
             lines += ["", *(f"- {line.strip()}" for line in summary)]
-    lines += ["", f"Made on: {machine_description()}. Ties count as wrong; the interval resamples artists."]
+    lines += ["", f"Made on: {machine_description()}. Ties count as wrong; the 95% intervals resample artists."]
     return "\n".join(lines) + "\n"
 
 
@@ -121,7 +125,7 @@ def other_models_section(out: Path) -> str:
     final, lines = read_final_metrics(out) or {}, []
     epoch = f", epoch {final['best_epoch']}" if "best_epoch" in final else ""
     lines.append(f"The figures above are the best checkpoint's (`checkpoints/best`{epoch}).")
-    members = sorted(p for p in top_checkpoints(out).glob("epoch*") if p.is_dir() and p.name[5:].isdigit())
+    members = top_members(out)
     ensemble = origin_of(out, *members) if members else None
     for path in sorted(out.glob("eval_*_ensemble.json")):
         if ensemble and (r := verified(path, ensemble)):
@@ -225,7 +229,13 @@ def model_card(output_dir: str | os.PathLike) -> str:
         parts += ["## Calibration", "",
                   f"P(A better than B) = sigmoid({calibration['slope']:.4g} x (score_A - score_B)), fitted on "
                   f"{calibration['pairs']:,} validation pairs. Tier hints cut the score at {cuts or 'no point'}: "
-                  "a hint, not a grade.", ""]
+                  "a hint, not a grade."]
+        if sets := calibration.get("tier_sets"):
+            threshold = "none (every tier)" if sets["threshold"] is None else f"{sets['threshold']:.4g}"
+            parts += ["", f"Tier sets (split conformal, alpha {sets['alpha']:g}, nonconformity `{sets['method']}`): "
+                      f"threshold {threshold}, fitted on {sets['n']} validation images; each set holds the true "
+                      f"tier with probability >= {1 - sets['alpha']:g}, marginally (not per tier or artist)."]
+        parts.append("")
     parts += ["## How to use", "", usage_section(out),
               "## Limitations", "",
               "Teachers' tiers of one school; scores rank drawings of the kind trained on and are not a grade. "

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .metrics import artist_draws
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -59,16 +61,13 @@ def comparison_accuracy(scores: dict, comparisons: "pd.DataFrame", tiers: dict, 
 def artist_bootstrap(correct: np.ndarray, kept: np.ndarray, comparisons: "pd.DataFrame", artists: dict, *,
                      resamples: int, seed: int, level: float) -> list | None:
     """Percentile interval of the accuracy, resampling artists with replacement as the tier pairs' interval
-    does (metrics.artist_bootstrap_ci): a comparison counts once per draw of each of its two artists (the
+    does (metrics.artist_draws): a comparison counts once per draw of each of its two artists (the
     product of their draws), so an artist drawn twice counts twice. None without a win to count."""
     if not kept.any():
         return None
-    names, index = np.unique(np.concatenate([comparisons["image_a"].map(artists), comparisons["image_b"].map(artists)]),
-                             return_inverse=True)
+    drawn, index = artist_draws(np.concatenate([comparisons["image_a"].map(artists),
+                                                comparisons["image_b"].map(artists)]), resamples=resamples, seed=seed)
     of_a, of_b = index[:len(comparisons)], index[len(comparisons):]
-    draws = np.random.default_rng(seed).integers(0, len(names), size=(resamples, len(names)))
-    drawn = np.zeros((resamples, len(names)), np.int64)
-    np.add.at(drawn, (np.arange(resamples)[:, None], draws), 1)
     weight = drawn[:, of_a] * drawn[:, of_b] * kept
     total = weight.sum(axis=1)
     accuracies = (weight * correct).sum(axis=1)[total > 0] / total[total > 0]

@@ -143,6 +143,9 @@ class Config:
     mixed_precision: str = key("fp16", "used on CUDA; CPU runs fp32 (Accelerate has no CPU fp16)", FEATURES,
                                RUNS_BACKBONE, choices=("no", "fp16", "bf16"))
     top_k: int = key(3, "best checkpoints kept for ensembles", CHECKPOINTS, (TRAIN,), bounds=at_least(0))
+    conformal_alpha: float = key(0.1, "tier sets hold the true tier with probability >= 1 - alpha (split conformal, "
+                                 "fitted on the validation split)", CHECKPOINTS, (TRAIN,),
+                                 bounds=((lambda v: 0 < v < 1), "> 0 and < 1"))
     resume: bool = key(False, "continue the run in output_dir from its latest saved state", RUNTIME, (TRAIN,))
     resume_from_checkpoint: str = key("", "continue from this saved state folder (output_dir/state/epoch...)",
                                       RUNTIME, (TRAIN,), path=LOCAL)

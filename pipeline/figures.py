@@ -141,3 +141,26 @@ def tier_confusion_heatmap(confusion: dict, path: str | os.PathLike, *, title: s
     figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true tier's images")
     ax.set_title(title, fontsize=10)
     return save_png(figure, path)
+
+
+def reliability_diagram(reports: dict[str, dict], path: str | os.PathLike, *, title: str) -> Path:
+    """Share won against mean P(A better) per equal-width bin, one line per kind of pair (a dot's area is its
+    bin's pairs); on the diagonal a printed P is right that often. The bins count both orientations."""
+    figure = Figure(figsize=(5.6, 5.2))
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=1, label="calibrated")
+    for (label, report), color in zip(reports.items(), ("#1f5fa8", "#c8413b")):
+        diagram = report["diagram"]
+        kept = [i for i, c in enumerate(diagram["count"]) if c]
+        x, y = [diagram["mean_p"][i] for i in kept], [diagram["share_won"][i] for i in kept]
+        sizes = np.asarray([diagram["count"][i] for i in kept], np.float64)
+        ax.plot(x, y, color=color, linewidth=1.2,
+                label=f"{label}: ECE {report['ece']:.3f}, Brier {report['brier']:.3f} ({report['n_pairs']:,} pairs)")
+        ax.scatter(x, y, s=12 + 300 * sizes / sizes.max(), color=color, alpha=0.6, edgecolors="none")
+    for edge in np.linspace(0, 1, next(iter(reports.values()))["bins"] + 1):
+        ax.axvline(edge, color="0.9", linewidth=0.6, zorder=0)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean P(A better) in the bin",
+           ylabel="share of the bin's pairs A won")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    return save_png(figure, path)

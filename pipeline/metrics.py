@@ -105,32 +105,48 @@ def rank_correlations(scores, tiers) -> tuple[float, float]:
     return float(kendalltau(scores, ranks).statistic), float(spearmanr(scores, ranks).statistic)
 
 
+def artist_draws(artists, *, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The one artist bootstrap: how often each artist is drawn in each resample, (resamples, artists), and the
+    artist of each item as a column of it. Each resample draws as many artists as there are, with replacement;
+    every interval of artrank weights its items by these counts, so an artist drawn twice counts twice."""
+    if resamples < 1:
+        raise ValueError(f"bootstrap needs at least 1 resample, got {resamples}")
+    names, artist_of = np.unique(np.asarray(artists), return_inverse=True)
+    draws = np.random.default_rng(seed).integers(0, len(names), size=(resamples, len(names)))
+    drawn = np.zeros((resamples, len(names)), np.int64)
+    np.add.at(drawn, (np.arange(resamples)[:, None], draws), 1)
+    return drawn, artist_of
+
+
+def percentile_interval(values, level: float = 0.95) -> list[float] | list[None]:
+    """The percentile interval of bootstrap values, NaN left out; [None, None] when none is finite."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if len(finite) == 0:
+        return [None, None]
+    return [float(v) for v in np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])]
+
+
 def artist_bootstrap_ci(scores, tiers, artists, *, resamples: int, seed: int, level: float = 0.95,
                         chunk: int = 250) -> tuple[float, float]:
     """Percentile confidence interval of the pairwise accuracy, resampling artists with replacement.
 
     Pairs share images and images share artists, so pairs are far from independent: resampling pairs
-    gives falsely narrow intervals. Each resample draws as many artists as there are, with replacement,
-    and recomputes the accuracy over all their images (an artist drawn twice counts twice). Resamples
-    with no cross-tier pair (one artist of one tier drawn every time) are left out.
+    gives falsely narrow intervals. Each resample (artist_draws) recomputes the accuracy over all the drawn
+    artists' images (an artist drawn twice counts twice). Resamples with no cross-tier pair (one artist of
+    one tier drawn every time) are left out.
     """
-    if resamples < 1:
-        raise ValueError(f"bootstrap needs at least 1 resample, got {resamples}")
-    names, artist_of = np.unique(np.asarray(artists), return_inverse=True)
-    draws = np.random.default_rng(seed).integers(0, len(names), size=(resamples, len(names)))
+    drawn, artist_of = artist_draws(artists, resamples=resamples, seed=seed)
     accuracies = []
     for start in range(0, resamples, chunk):
-        block = draws[start:start + chunk]
-        drawn = np.zeros((len(block), len(names)), np.int64)
-        np.add.at(drawn, (np.arange(len(block))[:, None], block), 1)
-        counts = tier_pair_counts(scores, tiers, drawn[:, artist_of]).values()
+        counts = tier_pair_counts(scores, tiers, drawn[start:start + chunk][:, artist_of]).values()
         correct, total = sum(c for c, _ in counts), sum(t for _, t in counts)
         accuracies.append(correct[total > 0] / total[total > 0])
     accuracies = np.concatenate(accuracies)
     if len(accuracies) == 0:
         raise ValueError("no bootstrap resample holds a cross-tier pair")
-    low, high = np.quantile(accuracies, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
+    low, high = percentile_interval(accuracies, level)
+    return low, high
 
 
 def spec_pairwise_accuracy(score_pair: Callable[[str, str], tuple[float, float]],

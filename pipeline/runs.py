@@ -163,6 +163,11 @@ def top_checkpoints(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / "checkpoints" / "top"
 
 
+def top_members(output_dir: str | os.PathLike) -> list[Path]:
+    """The top-k checkpoints' folders (epochNNNN), in epoch order."""
+    return sorted(p for p in top_checkpoints(output_dir).glob("epoch*") if p.is_dir() and p.name[5:].isdigit())
+
+
 def chosen_checkpoint(cfg) -> Path:
     """--checkpoint, else the run's best."""
     return Path(cfg.checkpoint) if cfg.checkpoint else best_checkpoint(cfg.output_dir)

@@ -59,9 +59,16 @@ class PreprocessingDescription(Described):
     patch_size: int = Field(gt=0)
 
 
+class TierSetsDescription(Described):
+    method: str = Field(pattern="^(band|probability)$")
+    alpha: float = Field(gt=0, lt=1)
+    threshold: float | None  # None: every tier (too few validation images for this alpha)
+
+
 class CalibrationDescription(Described):
     slope: float
     tier_cuts: list[dict]
+    tier_sets: TierSetsDescription | None = None  # absent in exports made before tier sets
 
 
 class TierModelDescription(Described):
@@ -115,6 +122,10 @@ class Scorer:
     calibration: dict | None
     description: str
     tier_thresholds: list[float] | None = None  # a tier model's, which give P(tier) (pipeline/ordinal.py)
+    # preprocessed batch -> (batch, 2): the score and its spread (standard deviation) over the run's top-k
+    # checkpoints' heads, from one backbone pass; None where the model has no such heads (an export)
+    score_spread: Callable[[np.ndarray], np.ndarray] | None = None
+    members: int = 0  # the heads the spread is taken over
 
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -190,17 +201,24 @@ def onnx_scorer(path: str | os.PathLike, *, provider: str = "auto", fp16: bool =
 
 def torch_scorer(ranker: "torch.nn.Module", *, device: "torch.device", image_size: int, patch_size: int,
                  calibration: dict | None, description: str, tier_thresholds: list[float] | None = None) -> Scorer:
-    """A PyTorch ranker (pixels -> score) as a Scorer, fp32 on `device`."""
+    """A PyTorch ranker (pixels -> score) as a Scorer, fp32 on `device`; with the spread of the score over the
+    ranker's `members` heads when it holds two or more (model.ArtRanker.score_and_spread)."""
     import torch
 
     ranker = ranker.to(device).eval()
+    members = len(getattr(ranker, "members", ()))
 
     @torch.inference_mode()
     def score(pixels: np.ndarray) -> np.ndarray:
         return ranker(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
 
+    @torch.inference_mode()
+    def score_spread(pixels: np.ndarray) -> np.ndarray:
+        return ranker.score_and_spread(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
+
     return Scorer(score=score, image_size=image_size, patch_size=patch_size, calibration=calibration,
-                  description=description, tier_thresholds=tier_thresholds)
+                  description=description, tier_thresholds=tier_thresholds,
+                  score_spread=score_spread if members >= 2 else None, members=members)
 
 
 def picture_of(image: ImageLike, scorer: Scorer) -> np.ndarray:
@@ -216,8 +234,9 @@ def one_torch_thread() -> None:
 
 
 def score_images(scorer: Scorer, images: Sequence[ImageLike], *, batch_size: int, workers: int | None = None,
-                 track=None) -> tuple[list[float | None], list[str]]:
-    """The score of each image (None where unreadable) and one message per unreadable image.
+                 track=None, model: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[list, list[str]]:
+    """The score of each image (None where unreadable) and one message per unreadable image; with `model`
+    (a batch -> one row of values per image, e.g. scorer.score_spread) a tuple of those values instead.
 
     `workers` threads (default: one per CPU core this process may use) decode up to two batches ahead
     while the model scores the current one; Pillow and torch release the GIL while they work. The
@@ -254,8 +273,8 @@ def score_images(scorer: Scorer, images: Sequence[ImageLike], *, batch_size: int
             for row, i in enumerate(good):
                 on_canvas(loaded[i], side, out=batch[row])
             if good:
-                for i, s in zip(good, scorer.score(batch[:len(good)])):
-                    scores[start + i] = float(s)
+                for i, s in zip(good, (model or scorer.score)(batch[:len(good)])):
+                    scores[start + i] = float(s) if np.ndim(s) == 0 else tuple(float(v) for v in s)
             if track is not None:
                 track(len(loaded))
     finally:  # Ctrl-C or a model error: drop the decodes queued ahead

@@ -8,6 +8,7 @@ artist drawn twice counts twice, as in metrics.artist_bootstrap_ci.
 
 import numpy as np
 
+from .metrics import artist_draws, percentile_interval
 from .ordinal import most_likely_tier, tier_probabilities
 from .tables import TIERS, tier_ranks
 
@@ -40,22 +41,17 @@ def confusion_figures(confusion: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def tier_report(scores, tiers, artists, thresholds, *, resamples: int, seed: int, level: float = 0.95) -> dict:
-    """The tier model's figures on one split, each with its artist-bootstrap interval (the same draws as
-    metrics.artist_bootstrap_ci for the same seed)."""
+    """The tier model's figures on one split, each with its artist-bootstrap interval (metrics.artist_draws: the same
+    draws as the pairwise accuracy's interval for the same seed)."""
     predicted = most_likely_tier(tier_probabilities(scores, thresholds))
     point = confusion_counts(tiers, predicted)
-    names, artist_of = np.unique(np.asarray(artists), return_inverse=True)
-    draws = np.random.default_rng(seed).integers(0, len(names), size=(resamples, len(names)))
-    drawn = np.zeros((resamples, len(names)), np.int64)
-    np.add.at(drawn, (np.arange(resamples)[:, None], draws), 1)
+    drawn, artist_of = artist_draws(artists, resamples=resamples, seed=seed)
     resampled = confusion_figures(confusion_counts(tiers, predicted, drawn[:, artist_of]))
     report = {"thresholds": [float(t) for t in thresholds], "predicted": "the most likely tier",
               "confusion": {"rows": "true tier", "columns": "predicted tier", "tiers": list(TIERS),
                             "counts": point[0].tolist()}}
     for name, value in confusion_figures(point).items():
-        finite = resampled[name][np.isfinite(resampled[name])]
-        interval = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2]).tolist() if len(finite) else [None, None]
-        report[name], report[f"{name}_ci95"] = float(value[0]), interval
+        report[name], report[f"{name}_ci95"] = float(value[0]), percentile_interval(resampled[name], level)
     report["mean_absolute_tier_error"] = float(np.abs(tier_ranks(tiers) - tier_ranks(predicted)).mean())
     return report
 

@@ -14,6 +14,8 @@ from PIL import Image
 
 import artrank
 from pipeline.calibration import tier_hint
+from pipeline.config import load_config
+from pipeline.tier_sets import tier_sets
 
 pytestmark = pytest.mark.slow
 
@@ -37,6 +39,24 @@ def test_python_api_scores_paths_and_pil_images_from_an_export_or_a_run(exported
     assert forward.p_a_better + backward.p_a_better == pytest.approx(1.0, abs=1e-9)
     calibration = json.loads((exported["out"] / "calibration.json").read_text())
     assert forward.tier_hint_a == tier_hint(scores[0], calibration) in set("SABC")
+    # the tier sets of calibration.json, carried by model.json to the export: the same from either backend
+    expected = tier_sets(scores, calibration["tier_sets"])
+    assert [onnx_model.tier_set(s) for s in scores] == expected == [checkpoint.tier_set(s) for s in scores]
+    assert (forward.tier_set_a, forward.tier_set_b) == (expected[0], expected[1])
+    # the spread over the top-k checkpoints: each member scored alone, in its own process-free Ranker
+    members = sorted((exported["out"] / "checkpoints" / "top").glob("epoch*"))
+    assert checkpoint.scorer.members == len(members) >= 2
+    alone = np.array([artrank.Ranker(artrank.run_scorer(load_config(
+        exported["out"] / "config.json", output_dir=str(exported["out"]), random_backbone="",
+        checkpoint=str(member)))).score(images) for member in members])
+    spread = checkpoint.score_spread(images)
+    np.testing.assert_allclose([score for score, _ in spread], scores, atol=1e-5)
+    np.testing.assert_allclose([sd for _, sd in spread], alone.std(axis=0), atol=1e-5)
+    assert alone.std(axis=0).min() > 0  # the members differ: a spread of one head repeated would be 0
+    assert checkpoint.compare(images[0], images[1]).score_sd_a == pytest.approx(spread[0][1], abs=1e-6)
+    assert forward.score_sd_a is None  # an export carries one head
+    with pytest.raises(artrank.ArtrankError, match="backend='torch'"):
+        onnx_model.score_spread(images)
 
 
 def test_python_api_raises_one_line_errors(exported, tmp_path):

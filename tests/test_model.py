@@ -14,6 +14,7 @@ from model import (
     Progress,
     Projector,
     RankingHead,
+    score_spread,
     select_features,
 )
 from pipeline.backbones import DinoFeatureExtractor
@@ -74,6 +75,25 @@ def recorded_training(cfg: Config, seed: int = 0) -> tuple[HeadTraining, list[di
     training, records = HeadTraining(cfg, Accelerator(cpu=True), input_dim=8), []
     training.run(features[:80], tiers[:80], features[80:], tiers[80:], after_epoch=lambda r, _: records.append(r))
     return training, records
+
+
+def test_the_score_spread_is_exactly_zero_for_identical_heads_and_else_their_standard_deviation(tiny_backbone):
+    import copy
+
+    torch.manual_seed(0)
+    heads = [RankingHead(input_dim=32, hidden_dim=16, proj_dim=8, dropout=0.0).eval() for _ in range(3)]
+    features = torch.randn(5, 32)
+    with torch.no_grad():
+        same = score_spread([copy.deepcopy(heads[0]) for _ in range(3)], features)
+        assert torch.equal(same, torch.zeros(5))
+        scores = np.stack([head(features).numpy() for head in heads])
+        np.testing.assert_allclose(score_spread(heads, features).numpy(), scores.std(axis=0), rtol=1e-5)
+        ranker = ArtRanker(DinoFeatureExtractor.from_pretrained(str(tiny_backbone)), heads[0], "cls", heads)
+        pixels = torch.randn(2, 3, 56, 56)
+        both = ranker.score_and_spread(pixels)  # one backbone pass: the head's score beside the members' spread
+        torch.testing.assert_close(both[:, 0], ranker(pixels))
+        cls_token = select_features(*ranker.extractor(pixels), "cls")
+        torch.testing.assert_close(both[:, 1], torch.stack([h(cls_token) for h in heads]).std(dim=0, correction=0))
 
 
 def test_training_stops_after_patience_epochs_without_a_better_val_loss_and_the_best_is_the_first_highest():

@@ -22,11 +22,14 @@ def test_predict_ranks_the_same_on_onnx_and_on_pytorch(exported, tmp_path):
                       str(tmp_path / f"{name}.csv"), *flags])
         tables[name] = pd.read_csv(tmp_path / f"{name}.csv")
     onnx_table, torch_table = tables["onnx"], tables["torch"]
-    assert len(onnx_table) == 96 and list(onnx_table.columns) == ["file_name", "score", "tier_hint"]
+    assert len(onnx_table) == 96 and list(onnx_table.columns) == ["file_name", "score", "tier_hint", "tier_set"]
+    # the checkpoint also has the spread over the run's top-k heads; an export carries one head
+    assert list(torch_table.columns) == ["file_name", "score", "score_sd", "tier_hint", "tier_set"]
     assert list(onnx_table.file_name) == list(torch_table.file_name)
     np.testing.assert_allclose(onnx_table.score, torch_table.score, atol=1e-5)
     assert onnx_table.score.is_monotonic_decreasing
     assert set(onnx_table.tier_hint) <= set("SABC")
+    assert list(onnx_table.tier_set) == list(torch_table.tier_set) and (torch_table.score_sd > 0).all()
 
 
 def test_predict_on_fp16_model_file_uses_the_same_model_json(exported, tmp_path, capsys):

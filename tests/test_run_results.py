@@ -196,6 +196,46 @@ def test_calibration_is_fitted_on_validation_scores(start):
         [c["threshold"] for c in fit_tier_cuts(scores, tiers)[0]], abs=1e-5)
 
 
+def test_tier_sets_take_their_bands_from_training_and_their_threshold_from_validation_alone(start):
+    from pipeline.tier_sets import fit_tier_sets, tier_set_rule
+
+    fitted = json.loads((start["run"] / "calibration.json").read_text())["tier_sets"]
+    tiers, scores = {s: start["rows"][s].tier.to_numpy() for s in start["rows"]}, start["scores"]
+    rule = tier_set_rule(scores["train"], tiers["train"])
+    for name, band in rule["bands"].items():
+        assert fitted["bands"][name] == pytest.approx(band, abs=1e-5)
+    expected = fit_tier_sets(scores["val"], tiers["val"], rule, alpha=0.1)
+    on_test = fit_tier_sets(scores["test"], tiers["test"], rule, alpha=0.1)
+    assert on_test["threshold"] != pytest.approx(expected["threshold"], abs=1e-3)  # the splits tell them apart
+    assert fitted["threshold"] == pytest.approx(expected["threshold"], abs=1e-5)
+    assert (fitted["alpha"], fitted["n"], fitted["fitted_on"]) == (0.1, len(tiers["val"]), "val")
+
+
+def test_evaluate_measures_calibration_and_coverage_from_the_split_s_scores(evaluated):
+    from pipeline.tier_sets import tier_sets
+
+    report = json.loads((evaluated["run"] / "eval_val.json").read_text())["reliability"]
+    calibration = json.loads((evaluated["run"] / "calibration.json").read_text())
+    scores, tiers = evaluated["scores"]["val"], evaluated["rows"]["val"].tier.to_numpy()
+    p, won = [], []  # every cross-tier pair, both ways round, written out
+    for i in range(len(scores)):
+        for j in range(len(scores)):
+            if RANK[tiers[i]] != RANK[tiers[j]]:
+                p.append(1 / (1 + math.exp(-calibration["slope"] * (scores[i] - scores[j]))))
+                won.append(float(RANK[tiers[i]] > RANK[tiers[j]]))
+    p, won = np.array(p), np.array(won)
+    bins = np.minimum((p * 10).astype(int), 9)
+    ece = sum(abs(won[bins == k].sum() - p[bins == k].sum()) for k in range(10)) / len(p)
+    measured = report["cross_tier"]
+    assert measured["ece"] == pytest.approx(ece, abs=1e-4)
+    assert measured["brier"] == pytest.approx(np.mean((p - won) ** 2), abs=1e-4)
+    assert measured["n_pairs"] == len(p) // 2 and measured["bins"] == 10
+    sets = tier_sets(scores, calibration["tier_sets"])
+    assert report["tier_sets"]["coverage"] == pytest.approx(np.mean([t in s for t, s in zip(tiers, sets)]))
+    assert report["tier_sets"]["mean_set_size"] == pytest.approx(np.mean([len(s) for s in sets]))
+    assert (evaluated["run"] / "figures" / "reliability_val.png").is_file()
+
+
 def test_evaluate_reports_the_split_it_is_asked_for_from_that_split_s_images(evaluated):
     run, val = evaluated["run"], evaluated["rows"]["val"]
     report = json.loads((run / "eval_val.json").read_text())

@@ -15,6 +15,7 @@ from pipeline.ordinal import is_tier_model, most_likely_tier, tier_probabilities
 from pipeline.selection import markdown_table, summarize
 from pipeline.tier_head import TierThresholds
 from pipeline.tier_metrics import confusion_counts, confusion_figures, tier_report
+from pipeline.tier_sets import shown_set
 
 RANK = {"C": 0, "B": 1, "A": 2, "S": 3}
 
@@ -257,12 +258,17 @@ def test_a_tier_model_is_evaluated_exported_and_gives_the_same_p_tier_from_expor
     comparison = exported.compare(images[0], images[1])
     assert comparison.p_tier_a == pytest.approx(from_export[0], abs=1e-6)
     assert comparison.tier_hint_a == max(from_export[0], key=from_export[0].get)  # its most likely tier
+    # a tier model's tier sets read its own P(tier): the thresholds of model.json and of calibration.json agree
+    sets = exported.calibration["tier_sets"]
+    assert sets["method"] == "probability" and sets["thresholds"] == pytest.approx(exported.scorer.tier_thresholds)
+    assert comparison.tier_set_a == checkpoint.tier_set(comparison.score_a)
 
     out = tmp_path / "predicted.csv"
     run_script("predict.py", *args, *images, "--out", out)
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["file_name", "score", "tier_hint", "P(S)", "P(A)", "P(B)", "P(C)"]
+    assert list(table.columns) == ["file_name", "score", "tier_hint", "tier_set", "P(S)", "P(A)", "P(B)", "P(C)"]
     row = table.set_index("file_name").loc[images[0]]
+    assert row["tier_set"] == shown_set(exported.tier_set(exported.score(images[0])))
     assert [row["P(S)"], row["P(A)"], row["P(B)"], row["P(C)"]] == pytest.approx(list(from_export[0].values()),
                                                                                    abs=1e-5)
 
