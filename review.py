@@ -2,12 +2,13 @@
 
     python review.py audit --output_dir RUN           # RUN/review/label_audit.csv and label_audit.png
     python review.py pairs --output_dir RUN --n 200   # RUN/review/next_pairs.csv
+    python review.py app --output_dir RUN [--port P]  # the teachers' page on http://127.0.0.1:P
 
 Both train fold heads on the run's train and val works (cached features; the test split is never read): the
 works are cut into --review_folds folds of whole artists, and each fold's head, trained by train.py's own
 procedure with the run's own head and training settings on the other folds but one, never sees that fold's
-artists (docs/review.md has the rules and what the figures do not mean). A command: `python review.py COMMAND
---help`.
+artists (docs/review.md has the rules and what the figures do not mean). The page judges the queued pairs and
+corrects tiers into the run's data folder (docs/review-app.md). A command: `python review.py COMMAND --help`.
 """
 
 import sys
@@ -34,6 +35,14 @@ PAIRS = """Which pairs to ask the teachers next: those the fold heads are least 
 Writes RUN/review/next_pairs.csv (image_a, image_b, tier_a, tier_b, split, p_a_better, spread, reason, ...):
 pairs of one split (train or val), of one tier or adjacent tiers, never already in comparisons.csv, spread
 over the works and artists. The rule: docs/review.md.
+"""
+APP = """The review page, on this machine only: judge the queued pairs, page through the label audit, try drawings.
+
+    python review.py app --output_dir RUN [--port 7860] [--rater NAME]
+
+Each answer is appended at once to the run's data folder: comparisons.csv (judgements) and corrections.csv
+(corrected tiers; metadata.csv is never edited). Scores come from the run's export when it has one, else from
+its checkpoint. Ctrl-C stops it. docs/review-app.md.
 """
 SHEET = 24  # works on the contact sheet
 
@@ -103,8 +112,22 @@ def pairs(argv: list[str]) -> None:
             print(f"wrote {out}")
 
 
-# The subcommands; `app` (the review page) joins them from its own module.
-COMMANDS = {"audit": audit, "pairs": pairs}
+def app(argv: list[str]) -> None:
+    with cli.one_line_errors():
+        from pipeline.review_app import add_arguments, serve
+
+        cfg, args = parse_config(APP, argv, script=REVIEW, add_arguments=add_arguments)
+        check_reader(cfg.output_dir, vars(cfg), what="review it")
+
+        def load_ranker():
+            import artrank
+
+            return artrank.load(cfg.output_dir)
+
+        serve(cfg.output_dir, cfg.data_dir, port=cfg.port, rater=args.rater, load_ranker=load_ranker)
+
+
+COMMANDS = {"audit": audit, "pairs": pairs, "app": app}
 
 
 def main(argv: list[str] | None = None) -> None:

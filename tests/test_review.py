@@ -88,6 +88,15 @@ def test_refusals_are_one_line_and_write_nothing(reviewed, tmp_path):
     assert code == 2
 
 
+def test_the_page_is_a_command_of_review_py_and_starts_only_on_a_trained_run(tmp_path, monkeypatch):
+    code, printed = run_review("app", "--help")
+    assert code == 0 and "--port" in printed and "--rater" in printed
+    code, _ = run_review("app", "--output_dir", tmp_path)
+    assert str(code).startswith("error: no trained run in") and "\n" not in str(code)
+    code, printed = run_review("--help")
+    assert code == 0 and "{audit,pairs,app}" in printed
+
+
 # ---------------------------------------------------------------- the fold heads never saw the artist they judge
 
 class FoldScorer(torch.nn.Module):
