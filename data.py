@@ -323,7 +323,9 @@ def train_val_features(cfg, feature_kinds: list[str], accelerator, *, run_dir=No
 
     table = load_images(cfg, accelerator)
     if run_dir is not None:
-        check_same_data(run_dir, table)  # the rows and split the run was trained on, or a refusal before any work
+        # The rows, split and comparisons the run was trained on, or a refusal before any work: judgements added
+        # since are a new run's.
+        check_same_data(run_dir, table, comparisons_sha256=comparisons_digest(cfg.data_dir))
     rows = split_rows(table, "train", "val")  # the test split goes no further
     comparisons = load_comparisons(cfg, accelerator, table)
     comparisons = comparisons[comparisons["split"].isin(["train", "val"])]  # crossing and test ones go no further

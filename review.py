@@ -117,7 +117,7 @@ def app(argv: list[str]) -> None:
         from pipeline.review_app import add_arguments, serve
 
         cfg, args = parse_config(APP, argv, script=REVIEW, add_arguments=add_arguments)
-        check_reader(cfg.output_dir, vars(cfg), what="review it")
+        check_reader(cfg.output_dir, vars(cfg), what="serve its page")
 
         def load_ranker():
             import artrank

@@ -108,12 +108,11 @@ class AnswerFile:
 
 class Answers:
     """A session's answer files in one data folder: judgements into comparisons.csv, tier corrections into
-    corrections.csv, and one undo over both (the last answer given, whichever file it went to)."""
+    corrections.csv; each file undoes its own last row (the page has an undo for each)."""
 
     def __init__(self, data_dir: str | os.PathLike):
         self.comparisons = AnswerFile(Path(data_dir) / COMPARISONS_CSV, COMPARISON_COLUMNS)
         self.corrections = AnswerFile(Path(data_dir) / CORRECTIONS_CSV, CORRECTION_COLUMNS)
-        self.order: list[AnswerFile] = []
 
     def judge(self, image_a: str, image_b: str, winner: str, rater: str) -> None:
         """One judgement: `winner` a (image_a is better), b or tie."""
@@ -121,7 +120,6 @@ class Answers:
             raise AnswerError(f"{self.comparisons.path}: a judgement needs two images, a rater and a winner in "
                               f"{', '.join(WINNERS)}; got {image_a!r}, {image_b!r}, {winner!r}, rater {rater!r}")
         self.comparisons.append([image_a, image_b, winner, rater.strip()])
-        self.order.append(self.comparisons)
 
     def correct(self, file_name: str, tier: str, corrected_tier: str, rater: str) -> None:
         """One corrected tier of the image `file_name`, whose tier is now `tier`."""
@@ -129,11 +127,3 @@ class Answers:
             raise AnswerError(f"{self.corrections.path}: a correction needs an image, a rater and tiers in "
                               f"{', '.join(TIERS)}; got {file_name!r}, {tier!r} -> {corrected_tier!r}, rater {rater!r}")
         self.corrections.append([file_name, tier, corrected_tier, rater.strip()])
-        self.order.append(self.corrections)
-
-    def undo(self) -> tuple[str, list[str]]:
-        """Undo the last answer of this session: (the file's name, the row removed)."""
-        if not self.order:
-            raise AnswerError(f"{self.comparisons.path.parent}: nothing to undo (no answer given in this session)")
-        removed = self.order[-1].undo()
-        return self.order.pop().path.name, removed

@@ -54,24 +54,26 @@ def test_undo_removes_only_this_session_s_last_row(tmp_path):
     mine, other = Answers(tmp_path), Answers(tmp_path)
     mine.judge("a.png", "b.png", "a", "T1")
     mine.judge("c.png", "d.png", "b", "T1")
-    assert mine.undo() == ("comparisons.csv", ["c.png", "d.png", "b", "T1"])
+    assert mine.comparisons.undo() == ["c.png", "d.png", "b", "T1"]
     assert path.read_text() == "image_a,image_b,winner,rater\na.png,b.png,a,T1\n"
     other.judge("e.png", "f.png", "tie", "T2")  # another page on the same folder writes after mine
     with pytest.raises(AnswerError, match=rf"^{path}: its last row is no longer the one this session wrote"):
-        mine.undo()
+        mine.comparisons.undo()
     with pytest.raises(AnswerError, match="nothing to undo"):
-        Answers(tmp_path).undo()
+        Answers(tmp_path).comparisons.undo()
     assert path.read_text().splitlines()[1:] == ["a.png,b.png,a,T1", "e.png,f.png,tie,T2"]
-    assert other.undo()[1] == ["e.png", "f.png", "tie", "T2"] and mine.undo()[1] == ["a.png", "b.png", "a", "T1"]
+    assert other.comparisons.undo() == ["e.png", "f.png", "tie", "T2"]
+    assert mine.comparisons.undo() == ["a.png", "b.png", "a", "T1"]
     assert path.read_text() == "image_a,image_b,winner,rater\n"
 
 
-def test_undo_follows_the_order_of_answers_over_both_files(tmp_path):
+def test_each_file_undoes_its_own_last_answer(tmp_path):
     answers = Answers(tmp_path)
     answers.judge("a.png", "b.png", "a", "T")
     answers.correct("a.png", "B", "A", "T")
-    assert answers.undo() == ("corrections.csv", ["a.png", "B", "A", "T"])
-    assert answers.undo() == ("comparisons.csv", ["a.png", "b.png", "a", "T"])
+    assert answers.comparisons.undo() == ["a.png", "b.png", "a", "T"]  # the correction given after it stays
+    assert len(read_correction_rows(tmp_path / "corrections.csv")) == 1
+    assert answers.corrections.undo() == ["a.png", "B", "A", "T"]
     assert read_correction_rows(tmp_path / "corrections.csv") == []
 
 

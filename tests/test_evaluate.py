@@ -60,7 +60,7 @@ def test_the_console_says_what_each_gate_means_and_where_it_comes_from(tmp_path)
     accuracy = {"test": 0.7, "val": 0.6, "train": 0.9}
     report = dict(gates=gate_results(accuracy), kendall_tau=0.3, spearman=0.4, pairwise_accuracy=0.7, n_pairs=10,
                   n_images=8, n_artists=2, ci95=[0.6, 0.8], bootstrap={"resamples": 5}, per_tier_pair={},
-                  per_tier_pair_n_pairs={})
+                  per_tier_pair_n_pairs={}, reliability=dict(cross_tier=None, comparisons=None, tier_sets=None))
     text = console_report({"best single": report}, "test", tmp_path, [])
     assert "0.6000 FAIL" in text and "0.9000 FAIL" in text and "0.7000 PASS" in text
     legend = next(line for line in text.splitlines() if "gates: the requirements' acceptance targets" in line)

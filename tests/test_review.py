@@ -41,7 +41,8 @@ def reviewed(exported, tmp_path_factory):
                                                                         atomic_write_text(path, text)))
         audit = run_review("audit", "--output_dir", run, "--review_folds", 3)
         pairs = run_review("pairs", "--output_dir", run, "--review_folds", 3, "--n", 12)
-    return dict(run=run, audit=audit, pairs=pairs, written=written, splits=pd.read_csv(run / "splits.csv"))
+    return dict(run=run, audit=audit, pairs=pairs, written=written, splits=pd.read_csv(run / "splits.csv"),
+                data=exported["data"])
 
 
 @pytest.mark.slow
@@ -86,6 +87,12 @@ def test_refusals_are_one_line_and_write_nothing(reviewed, tmp_path):
     assert (run / "review" / "label_audit.csv").read_bytes() == before  # the old audit stands
     code, _ = run_review("pairs", "--output_dir", run, "--n", 0)
     assert code == 2
+    # Judgements added since training are a new run's: the fold heads would learn from data the run has not.
+    data = shutil.copytree(reviewed["data"], tmp_path / "data")
+    names = list(reviewed["splits"].file_name[reviewed["splits"].split == "train"][:2])
+    (data / "comparisons.csv").write_text(f"image_a,image_b,winner,rater\n{names[0]},{names[1]},a,x\n")
+    code, _ = run_review("pairs", "--output_dir", run, "--data_dir", data)
+    assert "the comparisons file differs from this run's" in str(code) and "\n" not in str(code)
 
 
 def test_the_page_is_a_command_of_review_py_and_starts_only_on_a_trained_run(tmp_path, monkeypatch):

@@ -253,7 +253,7 @@ def test_evaluate_reports_the_split_it_is_asked_for_from_that_split_s_images(eva
         assert report["pairwise_accuracy_by_split"][split] == accuracy_by_pairs(evaluated["scores"][split],
                                                                                 evaluated["rows"][split].tier.to_numpy())
     figures = sorted(p.name for p in (run / "figures").iterdir())
-    assert figures == ["extremes_val.png", "score_by_tier_val.png", "tier_pair_accuracy_val.png"]
+    assert figures == ["extremes_val.png", "reliability_val.png", "score_by_tier_val.png", "tier_pair_accuracy_val.png"]
 
 
 def test_evaluate_interval_resamples_artists_with_the_configured_seed(evaluated):
