@@ -321,11 +321,11 @@ def train_val_features(cfg, feature_kinds: list[str], accelerator, *, run_dir=No
     from model import features_of, load_backbone
     from pipeline.runs import check_same_data
 
-    table = load_images(cfg, accelerator)
+    table, judged = load_images(cfg, accelerator), comparisons_digest(cfg.data_dir)
     if run_dir is not None:
         # The rows, split and comparisons the run was trained on, or a refusal before any work: judgements added
         # since are a new run's.
-        check_same_data(run_dir, table, comparisons_sha256=comparisons_digest(cfg.data_dir))
+        check_same_data(run_dir, table, comparisons_sha256=judged)
     rows = split_rows(table, "train", "val")  # the test split goes no further
     comparisons = load_comparisons(cfg, accelerator, table)
     comparisons = comparisons[comparisons["split"].isin(["train", "val"])]  # crossing and test ones go no further
@@ -335,5 +335,5 @@ def train_val_features(cfg, feature_kinds: list[str], accelerator, *, run_dir=No
                 for feature in feature_kinds}
     source = dict(backbone=backbone.id, image_size=cfg.image_size, device=accelerator.device.type,
                   mixed_precision=accelerator.mixed_precision, data=manifest_digest(frame(rows)),
-                  comparisons=comparisons_digest(cfg.data_dir))
+                  comparisons=judged)
     return rows, table, features, source, comparisons

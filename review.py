@@ -18,7 +18,7 @@ from pipeline import cli
 from pipeline.arguments import parse_config
 from pipeline.config import REVIEW
 from pipeline.files import atomic_write_text
-from pipeline.runs import check_reader, locked_run_folder
+from pipeline.runs import REVIEW_DIR, check_reader, locked_run_folder
 
 AUDIT = """Label audit: every train and val work scored by the fold head that never saw its artist.
 
@@ -68,18 +68,18 @@ def audit(argv: list[str]) -> None:
         accelerator = cli.make_accelerator(cfg)
         with locked_run_folder(cfg.output_dir, accelerator, "review.py audit"):
             from pipeline.figures import doubt_sheet
-            from pipeline.label_audit import audit_summary, audit_table
+            from pipeline.label_audit import AUDIT_SHEET, LABEL_AUDIT, audit_summary, audit_table
 
             rows, heads, _ = review_heads(cfg, accelerator)
             table = audit_table(rows, heads)
-            out = Path(cfg.output_dir) / "review"
+            out = Path(cfg.output_dir) / REVIEW_DIR
             top = table.head(SHEET).merge(rows[["image_id", "path"]], on="image_id", how="left")
-            atomic_write_text(out / "label_audit.csv", table.to_csv(index=False))
+            atomic_write_text(out / LABEL_AUDIT, table.to_csv(index=False))
             doubt_sheet(list(top["path"]), list(top["tier"]), list(top["hint"]), list(top["doubt"]),
-                        out / "label_audit.png", title=f"The {len(top)} most doubtful of {len(table)} train+val "
+                        out / AUDIT_SHEET, title=f"The {len(top)} most doubtful of {len(table)} train+val "
                         "labels: rank, given tier -> out-of-fold hint, doubt (a doubtful label is not a wrong one)")
             print("\n".join(audit_summary(table)))
-            print(f"wrote {out / 'label_audit.csv'} and {out / 'label_audit.png'}")
+            print(f"wrote {out / LABEL_AUDIT} and {out / AUDIT_SHEET}")
 
 
 def positive(text: str) -> int:
@@ -97,14 +97,14 @@ def pairs(argv: list[str]) -> None:
         accelerator = cli.make_accelerator(cfg)
         with locked_run_folder(cfg.output_dir, accelerator, "review.py pairs"):
             from pipeline.errors import ArtrankError
-            from pipeline.next_pairs import choose_pairs
+            from pipeline.next_pairs import NEXT_PAIRS, choose_pairs
 
             rows, heads, comparisons = review_heads(cfg, accelerator)
             chosen = choose_pairs(rows, heads, comparisons, args.n)
             if chosen.empty:
                 raise ArtrankError(f"{cfg.output_dir}: no pair left to ask for (every train or val pair of one or "
                                    "adjacent tiers is in comparisons.csv)")
-            out = Path(cfg.output_dir) / "review" / "next_pairs.csv"
+            out = Path(cfg.output_dir) / REVIEW_DIR / NEXT_PAIRS
             atomic_write_text(out, chosen.to_csv(index=False))
             short = f" (only {len(chosen)} fit the caps per image and artist)" if len(chosen) < args.n else ""
             print(f"{len(chosen)} pairs{short}, most valuable first:")

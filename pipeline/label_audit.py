@@ -15,6 +15,7 @@ from .out_of_fold import FoldHeads
 from .tables import TIERS, tier_ranks
 
 # The contract of label_audit.csv (the review page reads these columns by name); more may follow them.
+LABEL_AUDIT, AUDIT_SHEET = "label_audit.csv", "label_audit.png"  # the table, and its most doubtful works
 AUDIT_COLUMNS = ("rank", "file_name", "image_id", "artist", "split", "tier", "oof_score", "hint", "p_S", "p_A", "p_B",
                  "p_C", "doubt")
 

@@ -19,6 +19,7 @@ from .out_of_fold import FoldHeads
 from .tables import tier_ranks
 
 # The contract of next_pairs.csv (the review page reads these columns by name); more may follow them.
+NEXT_PAIRS = "next_pairs.csv"
 PAIR_COLUMNS = ("image_a", "image_b", "tier_a", "tier_b", "split", "p_a_better", "spread", "reason")
 PER_IMAGE = 2
 ARTIST_SHARE = 1.5  # an artist may take half as much again as an even share of the pairs' places

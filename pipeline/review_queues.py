@@ -16,15 +16,12 @@ import pandas as pd
 
 from .comparisons import COMPARISONS_CSV, read_comparison_rows
 from .errors import ArtrankError
+from .label_audit import AUDIT_COLUMNS, LABEL_AUDIT
+from .next_pairs import NEXT_PAIRS, PAIR_COLUMNS
 from .rows import source_rows
-from .runs import SPLITS_CSV
+from .runs import REVIEW_DIR, SPLITS_CSV
 from .sources import image_path, source_kind
 
-REVIEW_DIR = "review"
-NEXT_PAIRS, LABEL_AUDIT = "next_pairs.csv", "label_audit.csv"
-PAIR_COLUMNS = ("image_a", "image_b", "tier_a", "tier_b", "split", "p_a_better", "spread", "reason")
-AUDIT_COLUMNS = ("rank", "file_name", "image_id", "artist", "split", "tier", "oof_score", "hint", "p_S", "p_A", "p_B",
-                 "p_C", "doubt")
 NEAREST = 5  # training works shown beside a new drawing
 
 

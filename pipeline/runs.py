@@ -35,12 +35,13 @@ COMPARISONS = "comparisons"  # the teachers' comparisons of the run's images, be
 TRAIN_LOG = "train_log.jsonl"
 FINAL_METRICS = "final_metrics.json"
 STATE = "state"
+REVIEW_DIR = "review"  # review.py's label audit and next pairs, read by the review page
 # 2: the rows are also kept as a Dataset (image_table/); 3: a trained run has a run_id; 4: it lists its files
 RECORD_FORMAT = 4
 # The names a run may write; of these, run.json lists those it wrote, and --overwrite_output_dir deletes those alone.
 RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, PAIRS, COMPARISONS, TRAIN_LOG, STATE,
              "checkpoints", "calibration.json", FINAL_METRICS, "eval_*.json", "scores_*.csv", "figures", "model.onnx*",
-             "model_fp16.onnx*", "model.json", "README.md", "wandb", "review")
+             "model_fp16.onnx*", "model.json", "README.md", "wandb", REVIEW_DIR)
 # The files that show a head was trained here (a folder with only make_pairs.py's output holds none).
 TRAINED_FILES = (STATE, "checkpoints", TRAIN_LOG, FINAL_METRICS)
 
