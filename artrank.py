@@ -39,6 +39,7 @@ if problem := shadowing("pipeline", HERE / "pipeline" / "__init__.py"):
 
 from pipeline.calibration import p_first_better, read_calibration, tier_hint  # noqa: E402
 from pipeline.errors import ArtrankError  # noqa: E402
+from pipeline.novelty import unfamiliar  # noqa: E402
 from pipeline.ordinal import tier_table  # noqa: E402
 from pipeline.scoring import ImageLike, Scorer, onnx_scorer, score_images, torch_scorer  # noqa: E402
 from pipeline.tier_sets import tier_sets  # noqa: E402
@@ -54,7 +55,7 @@ def run_scorer(cfg) -> Scorer:
     from pipeline.cli import make_accelerator
 
     accelerator = make_accelerator(cfg)
-    ranker, meta, checkpoint = load_ranker(cfg, accelerator, with_members=True)
+    ranker, meta, checkpoint = load_ranker(cfg, accelerator, readout=True)
     calibration = read_calibration(cfg.output_dir, checkpoint=checkpoint)
     thresholds = ranker.head.thresholds()
     return torch_scorer(ranker, device=accelerator.device, image_size=meta["image_size"],
@@ -75,8 +76,12 @@ class Comparison:
     p_tier_b: dict[str, float] | None = None
     tier_set_a: tuple[str, ...] | None = None  # adjacent tiers holding the true one with P >= 1 - alpha; None
     tier_set_b: tuple[str, ...] | None = None  # without the run's tier sets (docs/uncertainty.md)
-    score_sd_a: float | None = None  # the score's spread over the run's top-k checkpoints; None for an export
+    score_sd_a: float | None = None  # the score's spread over the run's top-k checkpoints; None without them
     score_sd_b: float | None = None
+    novelty_a: float | None = None  # distance of the image's feature to the nearest training image's; None
+    novelty_b: float | None = None  # without the run's novelty threshold (docs/uncertainty.md)
+    unfamiliar_a: bool | None = None  # novelty above that threshold: unlike the drawings the head learnt from
+    unfamiliar_b: bool | None = None
 
 
 class Ranker:
@@ -102,22 +107,47 @@ class Ranker:
             raise ArtrankError("; ".join(errors))
         return scores[0] if single else scores
 
-    def score_spread(self, images: ImageLike | Sequence[ImageLike]) -> tuple[float, float] | list[tuple[float, float]]:
-        """(score, spread) of one image or of each of a list: the spread is the standard deviation of the score
-        over the run's top-k checkpoints' heads, from one backbone pass. Refused for an export (one head) and for
-        a run that keeps fewer than two checkpoints."""
+    def read(self, images: ImageLike | Sequence[ImageLike]) -> dict[str, float] | list[dict[str, float]]:
+        """Every value the model gives one image (or each of a list), from one backbone pass: score, and where the
+        model has them score_sd (the spread over the run's top-k checkpoints' heads) and novelty (the distance of
+        the image's feature to the nearest training image's; `unfamiliar` reads it)."""
         from PIL import Image
 
-        if self.scorer.score_spread is None:
-            raise ArtrankError(f"{self.scorer.description}: no score spread: it needs the run's top-k checkpoints "
-                               f"(here {self.scorer.members}; train with --top_k 2 or more) in PyTorch: load the run "
-                               "folder with backend='torch', an export carries one head")
         single = isinstance(images, (str, os.PathLike, Image.Image))
         values, errors = score_images(self.scorer, [images] if single else list(images), batch_size=self.batch_size,
-                                      model=self.scorer.score_spread)
+                                      model=self.scorer.readout)
         if errors:
             raise ArtrankError("; ".join(errors))
-        return values[0] if single else values
+        read = [dict(zip(self.scorer.columns, row)) for row in values]
+        return read[0] if single else read
+
+    def score_spread(self, images: ImageLike | Sequence[ImageLike]) -> tuple[float, float] | list[tuple[float, float]]:
+        """(score, spread) of one image or of each of a list: the spread is the standard deviation of the score
+        over the run's top-k checkpoints' heads, from one backbone pass. Refused for a model without them (a run
+        keeping fewer than two checkpoints, or an export made before the export carried them)."""
+        self.require("score_sd", f"it needs the run's top-k checkpoints (here {self.scorer.members}; train with "
+                                 "--top_k 2 or more), and an export made by this version")
+        read = self.read(images)
+        pairs = [(r["score"], r["score_sd"]) for r in (read if isinstance(read, list) else [read])]
+        return pairs if isinstance(read, list) else pairs[0]
+
+    def novelty(self, images: ImageLike | Sequence[ImageLike]) -> tuple[float, bool] | list[tuple[float, bool]]:
+        """(novelty, unfamiliar) of one image or of each of a list; refused for a model without the run's
+        training features and novelty threshold (a run trained, or an export made, before they existed)."""
+        self.require("novelty", "it needs the run's novelty_reference.safetensors and calibration.json's novelty "
+                                "threshold (train again with this version), and an export made by this version")
+        read = self.read(images)
+        pairs = [(r["novelty"], self.unfamiliar(r["novelty"])) for r in (read if isinstance(read, list) else [read])]
+        return pairs if isinstance(read, list) else pairs[0]
+
+    def require(self, column: str, why: str) -> None:
+        if column not in self.scorer.columns:
+            raise ArtrankError(f"{self.scorer.description}: no {column}: {why}")
+
+    def unfamiliar(self, novelty: float) -> bool | None:
+        """Whether an image of this novelty lies farther from the training drawings than the run's threshold
+        (fitted on validation: an image like the validation ones is flagged with probability <= alpha)."""
+        return unfamiliar(novelty, (self.calibration or {}).get("novelty"))
 
     def tier_hint(self, score: float) -> str | None:
         """A tier model's most likely tier; for other heads, the tier whose band of validation scores holds
@@ -138,17 +168,19 @@ class Ranker:
         return None if fitted is None else tier_sets([score], fitted)[0]
 
     def compare(self, a: ImageLike, b: ImageLike) -> Comparison:
-        if self.scorer.score_spread is not None:
-            (score_a, sd_a), (score_b, sd_b) = self.score_spread([a, b])
-        else:
-            (score_a, score_b), sd_a, sd_b = self.score([a, b]), None, None
+        read_a, read_b = self.read([a, b])
+        score_a, score_b = read_a["score"], read_b["score"]
+        novelty_a, novelty_b = read_a.get("novelty"), read_b.get("novelty")
         return Comparison(score_a=score_a, score_b=score_b,
                           better=None if score_a == score_b else "A" if score_a > score_b else "B",
                           p_a_better=p_first_better(score_a, score_b, self.calibration) if self.calibration else None,
                           tier_hint_a=self.tier_hint(score_a), tier_hint_b=self.tier_hint(score_b),
                           p_tier_a=self.tier_probabilities(score_a), p_tier_b=self.tier_probabilities(score_b),
                           tier_set_a=self.tier_set(score_a), tier_set_b=self.tier_set(score_b),
-                          score_sd_a=sd_a, score_sd_b=sd_b)
+                          score_sd_a=read_a.get("score_sd"), score_sd_b=read_b.get("score_sd"),
+                          novelty_a=novelty_a, novelty_b=novelty_b,
+                          unfamiliar_a=None if novelty_a is None else self.unfamiliar(novelty_a),
+                          unfamiliar_b=None if novelty_b is None else self.unfamiliar(novelty_b))
 
 
 def load(path: str | os.PathLike, *, backend: str = "auto", batch_size: int = 16, provider: str = "auto",

@@ -15,7 +15,7 @@ For a tier model (loss ordinal or ordinal_weight > 0) also its confusion matrix,
 accuracy and quadratic weighted kappa with their artist intervals, and figures/tier_confusion_<split>.png.
 With the run's calibration.json (the best checkpoint's): the expected calibration error and Brier score of
 P(A better) on the split's cross-tier pairs and teachers' comparisons, figures/reliability_<split>.png, and
-the tier sets' coverage and size (docs/uncertainty.md).
+the tier sets' coverage and size, and the share of the split flagged unfamiliar (docs/uncertainty.md).
 """
 
 import dataclasses
@@ -42,6 +42,7 @@ from pipeline.metrics import (
     per_tier_pair_accuracy,
     rank_correlations,
 )
+from pipeline.novelty import novelty_of, novelty_report, novelty_summary, read_reference
 from pipeline.provenance import MADE_FROM, made_from, run_origin
 from pipeline.reliability_measures import BINS, judged_pairs, pair_calibration, reliability_lines
 from pipeline.runs import (
@@ -135,6 +136,8 @@ def console_report(results: dict[str, dict], split: str, out: Path, written: lis
     if spread.get("mean_sd") is not None:
         lines.append(f"score spread over the {spread['members']} top checkpoints: sd mean {spread['mean_sd']:.4f}, "
                      f"median {spread['median_sd']:.4f}, max {spread['max_sd']:.4f}")
+    if line := novelty_summary(next(iter(results.values())).get("novelty")):
+        lines.append(line)
     return "\n".join(lines + [f"wrote into {out}: " + ", ".join(str(p.relative_to(out)) for p in written)])
 
 
@@ -240,14 +243,17 @@ def evaluate(cfg: Config, accelerator) -> tuple[dict[str, dict], np.ndarray, obj
         report["best_single"] = results["best single"] | dict(checkpoint=str(single))
     top = [load_head(m, identity=identity, run=run)[0].to(accelerator.device) for m in top_members(cfg.output_dir)]
     report["score_spread"] = spread_report(top, features[SPLITS.index(cfg.split)])
+    if fitted := (calibration or {}).get("novelty"):  # the share flagged unfamiliar, against the rate promised
+        nearest = read_reference(cfg.output_dir, fitted)
+        report["novelty"] = novelty_report(novelty_of(nearest, features[SPLITS.index(cfg.split)]), fitted)
     return results, next(iter(split_scores.values())), rows
 
 
 def spread_report(heads: list["RankingHead"], features: "torch.Tensor") -> dict:
-    """How far the top-k checkpoints' heads disagree on each image's score (model.score_spread), summarised."""
+    """How far the top-k checkpoints' heads disagree on each image's score (ranker.score_spread), summarised."""
     import torch
 
-    from model import score_spread
+    from pipeline.ranker import score_spread
 
     if len(heads) < 2:
         return dict(members=len(heads), mean_sd=None, median_sd=None, max_sd=None,

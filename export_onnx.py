@@ -1,4 +1,4 @@
-"""Export the trained ranker as one ONNX graph, preprocessed pixels -> score, and check it.
+"""Export the trained ranker as one ONNX graph, preprocessed pixels -> score (and its spread and novelty), and check it.
 
     python export_onnx.py --config configs/demo.json [--fp16] [--parity_images 4] [--bench_seconds 10]
     python export_onnx.py RUN --fp16 --push_to_hub OWNER/NAME [--license mit]
@@ -7,7 +7,8 @@ Reads the best checkpoint (OUTPUT_DIR/checkpoints/best, or --checkpoint), the ba
 few validation images for the parity check; the data must still be the run's) and OUTPUT_DIR/calibration.json.
 Writes OUTPUT_DIR/model.onnx (fp32), with --fp16 also model_fp16.onnx (for GPUs), and model.json: the
 preprocessing, the score head, the checkpoint and the calibration, so that a consumer holding only the ONNX
-file and model.json feeds it correctly.
+file and model.json feeds it correctly. The graph also holds the top-k checkpoints' heads (output score_sd, the
+score's spread) and the training features (output novelty, for the unfamiliar-image flag) when the run has them.
 
 Each file is checked by onnx.checker and against PyTorch on the parity images at batch 1 and batch N, within
 a tolerance that keeps the order of every pair more than two tolerances apart (pipeline/export.py states it).
@@ -28,7 +29,7 @@ from pipeline.calibration import read_calibration
 from pipeline.config import EXPORT, print_config
 from pipeline.errors import ArtrankError
 from pipeline.images import input_size, load_pixels
-from pipeline.runs import check_reader, check_same_data, locked_run_folder
+from pipeline.runs import check_reader, check_same_data, locked_run_folder, top_members
 from pipeline.scoring import FILE_NAMES
 from pipeline.tables import frame
 
@@ -84,13 +85,14 @@ def main(argv: list[str] | None = None) -> None:
             phase.kept = "the previous export, if any, as it was"
             table = load_images(cfg, accelerator)
             check_same_data(cfg.output_dir, table, comparisons_sha256=None)  # an export reads no comparisons
-            ranker, meta, checkpoint = load_ranker(cfg, accelerator)
+            ranker, meta, checkpoint = load_ranker(cfg, accelerator, readout=True)
             paths, pixels = parity_images(table, max(2, args.parity_images), image_size=cfg.image_size,
                                           patch_size=meta["patch_size"])
             print(f"parity images: {', '.join(paths)}")
             out = Path(cfg.output_dir)
             calibration = read_calibration(out, checkpoint=checkpoint)
-            description = export_run(ranker, meta=meta, checkpoint=checkpoint, calibration=calibration,
+            description = export_run(ranker, meta=meta, checkpoint=checkpoint, members=top_members(out),
+                                     calibration=calibration,
                                      out=out, side=input_size(cfg.image_size, meta["patch_size"]), pixels=pixels,
                                      device=accelerator.device, fp16=args.fp16, bench_seconds=args.bench_seconds,
                                      latency_batch=args.latency_batch)

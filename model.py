@@ -2,8 +2,8 @@
 and how it is saved and loaded.
 
 The backbone is frozen and there is no augmentation, so the head trains on cached backbone features and the
-trained part is `RankingHead` alone; `ArtRanker` puts backbone and head back together for export and
-prediction. `HeadTraining` is the one training procedure (optimizer, schedule, epochs, stop rules, best
+trained part is `RankingHead` alone; `ArtRanker` (pipeline/ranker.py) puts backbone and heads back together for
+export and prediction. `HeadTraining` is the one training procedure (optimizer, schedule, epochs, stop rules, best
 epoch): train.py, crossval.py and the benchmarks all run it.
 """
 
@@ -26,8 +26,10 @@ from pipeline.files import atomic_dir, atomic_write_json
 from pipeline.images import PREPROCESSING_VERSION
 from pipeline.losses import comparison_loss, split_objective, tier_objective
 from pipeline.metrics import pairwise_accuracy
+from pipeline.novelty import read_reference
 from pipeline.ordinal import is_tier_model
 from pipeline.provenance import MADE_FROM, load_artifact, run_origin
+from pipeline.ranker import ArtRanker, select_features
 from pipeline.runs import chosen_checkpoint, top_members
 from pipeline.tables import tier_ranks
 from pipeline.tier_head import TierThresholds
@@ -38,11 +40,6 @@ HEAD_FORMAT = 2  # bumped when head.json changes meaning; older heads are refuse
 def load_backbone(cfg, accelerator) -> Backbone:
     """The config's frozen backbone, found and keyed by its weights (BackboneError when it cannot be used)."""
     return resolve_backbone(cfg.backbone, random_backbone=cfg.random_backbone, accelerator=accelerator)
-
-
-def select_features(cls_token: torch.Tensor, mean_patch: torch.Tensor, feature: str) -> torch.Tensor:
-    """The head's input: the spec's CLS token, or CLS + mean patch token (DINOv2's linear-probe input)."""
-    return cls_token if feature == "cls" else torch.cat([cls_token, mean_patch], dim=-1)
 
 
 def features_of(cfg, tables: list, accelerator, *, backbone: Backbone) -> list[torch.Tensor]:
@@ -101,28 +98,6 @@ class RankingHead(nn.Module):
         if self.linear is None:
             return -torch.linalg.vector_norm(embedding, dim=-1)
         return self.linear(embedding).squeeze(-1)
-
-
-class ArtRanker(nn.Module):
-    """Backbone + head: preprocessed pixels (B, 3, S, S) -> score (B,); `members` (the top-k heads) give its spread."""
-
-    def __init__(self, extractor: DinoFeatureExtractor, head: RankingHead, feature: str, members=()):
-        super().__init__()
-        self.extractor, self.head, self.feature = extractor, head.eval(), feature
-        self.members = nn.ModuleList(member.eval() for member in members)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.head(select_features(*self.extractor(pixel_values), self.feature))
-
-    def score_and_spread(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 2): the head's score and the standard deviation of the members' scores, from one backbone pass."""
-        features = select_features(*self.extractor(pixel_values), self.feature)
-        return torch.stack([self.head(features), score_spread(self.members, features)], dim=1)
-
-
-def score_spread(heads, features: torch.Tensor) -> torch.Tensor:
-    """Per row, the population standard deviation of the heads' scores (exactly 0 for identical heads)."""
-    return torch.stack([head(features) for head in heads]).std(dim=0, correction=0)
 
 
 @torch.no_grad()
@@ -370,14 +345,20 @@ def load_head(directory: str | os.PathLike, *, identity: dict, run: dict) -> tup
     return head.eval(), meta
 
 
-def load_ranker(cfg, accelerator, *, with_members: bool = False) -> tuple[ArtRanker, dict, Path]:
-    """The run's ranker in PyTorch: the config's backbone and the chosen checkpoint's head (and with
-    `with_members` the top-k checkpoints' heads, for the score's spread). Returns (ranker, head.json, folder)."""
+def load_ranker(cfg, accelerator, *, readout: bool = False) -> tuple[ArtRanker, dict, Path]:
+    """The run's ranker in PyTorch: the config's backbone and the chosen checkpoint's head; with `readout` also
+    the top-k checkpoints' heads (the score's spread) and the training features its calibration's novelty
+    threshold was fitted with (pipeline/ranker.py). Returns (ranker, head.json, folder)."""
+    from pipeline.calibration import read_calibration
+
     checkpoint = chosen_checkpoint(cfg)
     backbone = load_backbone(cfg, accelerator)
-    identity = head_identity(cfg, backbone)
-    head, meta = load_head(checkpoint, identity=identity, run=run_origin(cfg.output_dir))
+    identity, run = head_identity(cfg, backbone), run_origin(cfg.output_dir)
+    head, meta = load_head(checkpoint, identity=identity, run=run)
     extractor = DinoFeatureExtractor.from_pretrained(str(backbone.path))
-    members = [load_head(m, identity=identity, run=run_origin(cfg.output_dir))[0]
-               for m in (top_members(cfg.output_dir) if with_members else ())]
-    return ArtRanker(extractor, head, meta["feature"], members).eval(), meta, checkpoint
+    if not readout:
+        return ArtRanker(extractor, head, meta["feature"]).eval(), meta, checkpoint
+    members = [load_head(m, identity=identity, run=run)[0] for m in top_members(cfg.output_dir)]
+    fitted = (read_calibration(cfg.output_dir, checkpoint=checkpoint) or {}).get("novelty")
+    nearest = read_reference(cfg.output_dir, fitted)
+    return ArtRanker(extractor, head, meta["feature"], members, nearest).eval(), meta, checkpoint

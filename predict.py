@@ -16,9 +16,11 @@ not a grade. A tier model (loss ordinal, or ordinal_weight > 0) also gives P(S),
 (columns P(S)..P(C), and on --compare), from its score and the three thresholds in model.json or its checkpoint;
 its tier hint is then its most likely tier, and calibration.json's bands are not used for hints.
 With the run's tier sets, column tier_set: the adjacent tiers that hold the true tier with probability at
-least 1 - alpha (split conformal on validation; marginal, not per image: docs/uncertainty.md). With --torch
-and a run keeping two or more checkpoints (top_k), column score_sd: the standard deviation of the score over
-the top-k checkpoints' heads, from the same backbone pass (an export carries one head: no score_sd).
+least 1 - alpha (split conformal on validation; marginal, not per image: docs/uncertainty.md). With a run
+keeping two or more checkpoints (top_k), column score_sd: the standard deviation of the score over the top-k
+checkpoints' heads, from the same backbone pass. With the run's novelty threshold, column novelty (the cosine
+distance of the image's feature to the nearest training image's) and unfamiliar ("yes" above the threshold,
+which an image like the validation ones passes with probability <= novelty_alpha); a warning line names them.
 The same functions are a Python API in artrank.py.
 --compare prints which image is better and P(A better) = sigmoid(slope * (score_A - score_B)), the slope
 fitted by train.py: a logistic regression without intercept of tier order on score difference over the
@@ -55,7 +57,10 @@ def compare(scorer: Scorer, path_a: str, path_b: str) -> None:
         held = f"  tier set {shown_set(tiers)}" if tiers else ""
         sd = result.score_sd_a if letter == "A" else result.score_sd_b
         spread = "" if sd is None else f" (sd {sd:.4f} over {scorer.members} checkpoints)"
-        print(f"{letter} {score:+.4f}{spread}{f'  tier hint {hint}' if hint else ''}{held}{shown}  {path}")
+        flagged = result.unfamiliar_a if letter == "A" else result.unfamiliar_b
+        novelty = result.novelty_a if letter == "A" else result.novelty_b
+        odd = f"  UNFAMILIAR (novelty {novelty:.4f}: unlike every training drawing)" if flagged else ""
+        print(f"{letter} {score:+.4f}{spread}{f'  tier hint {hint}' if hint else ''}{held}{shown}{odd}  {path}")
     print("A and B score the same" if result.better is None else f"{result.better} is better")
     if result.p_a_better is None:
         print("P(A better) unavailable: this run has no calibration (train.py writes calibration.json)")
@@ -84,7 +89,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="*", help="image files to score")
     parser.add_argument("--dir", help="also score every image under this folder")
     parser.add_argument("--out", help="write the scores to this CSV "
-                        "(file_name,score[,score_sd][,tier_hint][,tier_set][,P(S)..P(C)])")
+                        "(file_name,score[,score_sd][,novelty,unfamiliar][,tier_hint][,tier_set][,P(S)..P(C)])")
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="say which of two images is better")
     parser.add_argument("--model", help="an ONNX model with its model.json (default: OUTPUT_DIR/model.onnx)")
     parser.add_argument("--torch", action="store_true", help="run the PyTorch checkpoint instead of ONNX")
@@ -125,40 +130,51 @@ def rank(scorer: Scorer, named: list[tuple[str, str]], *, batch_size: int, top: 
     """Print the images ranked by score (the `top` best and worst, or all), write --out; returns the images
     that could not be scored."""
     with tqdm(total=len(named), desc="scoring", leave=False, disable=len(named) < 2 * batch_size) as bar:
-        # With the run's top-k heads (--torch), the spread of each score over them, from the same backbone pass.
+        # Everything the model gives an image (its spread, its novelty) comes from the same backbone pass.
         values, errors = score_images(scorer, [path for path, _ in named], batch_size=batch_size, track=bar.update,
-                                      model=scorer.score_spread)
+                                      model=scorer.readout)
     # Plain Python, not pandas: a table of names and numbers is not worth a third of a second of start-up.
-    ranked = sorted(((name, value if scorer.score_spread else (value, None)) for (_, name), value in
-                     zip(named, values) if value is not None), key=lambda row: -row[1][0])  # stable: ties keep order
-    spreads = [sd for _, (_, sd) in ranked] if scorer.score_spread else None
-    ranked = [(name, score) for name, (score, _) in ranked]
+    ranked = sorted(((name, dict(zip(scorer.columns, value))) for (_, name), value in zip(named, values)
+                     if value is not None), key=lambda row: -row[1]["score"])  # stable: ties keep order
     ranker = Ranker(scorer)
-    hints = [ranker.tier_hint(score) for _, score in ranked] if scorer.calibration or scorer.tier_thresholds else None
-    tiers = ([list(ranker.tier_probabilities(score).values()) for _, score in ranked]
+    extra = [c for c in ("score_sd", "novelty") if c in scorer.columns]
+    if "novelty" in extra and ranker.unfamiliar(0.0) is not None:
+        extra.append("unfamiliar")
+    hints = [ranker.tier_hint(r["score"]) for _, r in ranked] if scorer.calibration or scorer.tier_thresholds else None
+    tiers = ([list(ranker.tier_probabilities(r["score"]).values()) for _, r in ranked]
              if scorer.tier_thresholds is not None else None)
-    sets = ([shown_set(ranker.tier_set(score)) for _, score in ranked]
+    sets = ([shown_set(ranker.tier_set(r["score"])) for _, r in ranked]
             if (scorer.calibration or {}).get("tier_sets") else None)
     tier_columns = [f"P({tier})" for tier in reversed(TIERS_WORST_FIRST)] if tiers else []
-    columns = (["rank", "file_name", "score"] + (["score_sd"] if spreads else []) + (["tier_hint"] if hints else [])
-               + (["tier_set"] if sets else []) + tier_columns)
-    rows = [[str(i + 1), name, f"{score:+.4f}"] + ([f"{spreads[i]:.4f}"] if spreads else [])
-            + ([hints[i]] if hints else []) + ([sets[i]] if sets else [])
-            + ([f"{p:.3f}" for p in tiers[i]] if tiers else []) for i, (name, score) in enumerate(ranked)]
+    columns = ["rank", "file_name", "score"] + extra + (["tier_hint"] if hints else []) + (["tier_set"] if sets else [])
+    columns += tier_columns
+
+    def cells(i: int, name: str, read: dict, *, precise: bool) -> list[str]:
+        """One image's row: rounded for the console, 6 digits for the CSV."""
+        digits, p_digits = (6, 6) if precise else (4, 3)
+        values = {name: f"{read[name]:.{digits}f}" for name in ("score_sd", "novelty") if name in read}
+        values["unfamiliar"] = "yes" if ranker.unfamiliar(read.get("novelty", 0.0)) else "no"
+        score = f"{read['score']:.6f}" if precise else f"{read['score']:+.4f}"
+        return ([str(i + 1), name, score] + [values[c] for c in extra] + ([hints[i]] if hints else [])
+                + ([sets[i]] if sets else []) + ([f"{p:.{p_digits}f}" for p in tiers[i]] if tiers else []))
+
+    rows = [cells(i, name, read, precise=False) for i, (name, read) in enumerate(ranked)]
     if rows:
-        shown = rows if top <= 0 or len(rows) <= 2 * top else rows[:top] + rows[-top:]
-        widths = [max(len(cell) for cell in column) for column in zip(columns, *shown)]
-        for line in [columns, *shown]:
+        shown_rows = rows if top <= 0 or len(rows) <= 2 * top else rows[:top] + rows[-top:]
+        widths = [max(len(cell) for cell in column) for column in zip(columns, *shown_rows)]
+        for line in [columns, *shown_rows]:
             print(" ".join(cell.rjust(width) for cell, width in zip(line, widths)))
-        if len(shown) < len(rows):
+        if len(shown_rows) < len(rows):
             print(f"(the {top} best and {top} worst of {len(rows)}; --top 0 shows all)")
+    if "unfamiliar" in extra and (odd := [row[1] for row in rows if row[columns.index("unfamiliar")] == "yes"]):
+        print(f"warning: {len(odd)} image(s) unlike every training drawing (novelty above "
+              f"{scorer.calibration['novelty']['threshold']:.4f}); their scores are extrapolations: "
+              + ", ".join(odd[:5]) + (" ..." if len(odd) > 5 else ""), file=sys.stderr)
     if out and rows:
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
         writer.writerow(columns[1:])
-        writer.writerows([name, f"{score:.6f}"] + ([f"{spreads[i]:.6f}"] if spreads else [])
-                         + ([hints[i]] if hints else []) + ([sets[i]] if sets else [])
-                         + ([f"{p:.6f}" for p in tiers[i]] if tiers else []) for i, (name, score) in enumerate(ranked))
+        writer.writerows(cells(i, name, read, precise=True)[1:] for i, (name, read) in enumerate(ranked))
         atomic_write_text(out, table.getvalue())
         print(f"wrote {out} ({len(rows)} images)")
     return errors

@@ -8,7 +8,8 @@ feature cache in CACHE_DIR (each image extracted once); the head trains on every
 each batch. Writes into OUTPUT_DIR: run.json, config.json, splits.csv and image_table/ (the rows and their
 split), train_log.jsonl (one line per epoch), checkpoints/best/ and checkpoints/top/ (head.safetensors +
 head.json), state/ (Accelerate state for --resume), calibration.json (P(A better), tier hints and the
-tier sets' conformal threshold, all fitted on validation), final_metrics.json, the model card README.md and
+tier sets' conformal threshold and the novelty threshold, all fitted on validation), novelty_reference.safetensors
+(the training features an unfamiliar image is measured against), final_metrics.json, the model card README.md and
 the wandb run.
 """
 
@@ -191,6 +192,13 @@ def test_best(cfg, accelerator, table, backbone, progress) -> None:
     calibration["tier_sets"] = fit_tier_sets(scores["val"], val_tiers, rule, alpha=cfg.conformal_alpha)
     accelerator.log({k: v for k, v in results.items() if "/" in k}, step=progress.epoch)
     if accelerator.is_main_process:
+        from pipeline.novelty import fit_novelty, write_reference
+        from pipeline.ranker import NearestTraining
+
+        # The reference goes first: a calibration naming its digest never points at a file not yet written.
+        nearest = NearestTraining.fit(features[SPLITS.index("train")])
+        calibration["novelty"] = fit_novelty(nearest, features[SPLITS.index("val")], alpha=cfg.novelty_alpha,
+                                             reference_sha256=write_reference(out, nearest))
         write_calibration(out, calibration, checkpoint=runs.best_checkpoint(out))
         if removed := remove_stale(out):  # a resume that found a better epoch: the partial run's results go
             accelerator.print(f"removed what described checkpoints this run no longer holds: {', '.join(removed)}")

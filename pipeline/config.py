@@ -146,6 +146,9 @@ class Config:
     conformal_alpha: float = key(0.1, "tier sets hold the true tier with probability >= 1 - alpha (split conformal, "
                                  "fitted on the validation split)", CHECKPOINTS, (TRAIN,),
                                  bounds=((lambda v: 0 < v < 1), "> 0 and < 1"))
+    novelty_alpha: float = key(0.05, "an image like the validation ones is flagged unfamiliar with probability <= "
+                               "alpha (its feature's distance to the nearest training image, fitted on validation)",
+                               CHECKPOINTS, (TRAIN,), bounds=((lambda v: 0 < v < 1), "> 0 and < 1"))
     resume: bool = key(False, "continue the run in output_dir from its latest saved state", RUNTIME, (TRAIN,))
     resume_from_checkpoint: str = key("", "continue from this saved state folder (output_dir/state/epoch...)",
                                       RUNTIME, (TRAIN,), path=LOCAL)

@@ -174,20 +174,23 @@ class Page:
         return [(self.data.path(w.file_name), f"{w.tier} | {self.train_scores[i]:+.3f} | {w.artist}")
                 for i, w in zip(works.index, works.itertuples())]
 
-    def describe(self, letter: str, score: float) -> str:
-        model = self.model()
+    def describe(self, letter: str, read: dict) -> str:
+        model, score = self.model(), read["score"]
         probabilities = model.tier_probabilities(score)
         shown = ", ".join(f"P({t}) {p:.2f}" for t, p in probabilities.items()) if probabilities else ""
+        odd = model.unfamiliar(read["novelty"]) if "novelty" in read else None
         return f"**{letter}**: score {score:+.4f}, tier hint {model.tier_hint(score) or '-'}" + (
-            f"; {shown}" if shown else "")
+            f"; {shown}" if shown else "") + (" **(unlike every training drawing: the score is a guess)**" if odd
+                                              else "")
 
     def try_drawings(self, path_a: str | None, path_b: str | None):
         paths = [p for p in (path_a, path_b) if p]
         if not paths:
             return "Drop one or two drawings first.", [], []
         try:
-            scores = self.model().score(paths)
-            lines = [self.describe(letter, score) for letter, score in zip("AB", scores)]
+            reads = self.model().read(paths)
+            scores = [read["score"] for read in reads]
+            lines = [self.describe(letter, read) for letter, read in zip("AB", reads)]
             if len(paths) == 2:
                 p = self.model().compare(*paths).p_a_better
                 lines.append(f"P(A better than B) = {p:.3f}" if p is not None else "P(A better) unavailable: the "

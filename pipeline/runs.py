@@ -19,6 +19,7 @@ from .config import FEATURES, SPLIT, identity
 from .errors import ArtrankError
 from .files import atomic_dir, atomic_write_json, atomic_write_text, read_json, remove_path
 from .images import PREPROCESSING_VERSION
+from .novelty import NOVELTY_REFERENCE
 from .tables import MANIFEST_COLUMNS, frame, to_dataset
 
 
@@ -40,8 +41,8 @@ REVIEW_DIR = "review"  # review.py's label audit and next pairs, read by the rev
 RECORD_FORMAT = 4
 # The names a run may write; of these, run.json lists those it wrote, and --overwrite_output_dir deletes those alone.
 RUN_FILES = (RUN_RECORD, "config.json", SPLITS_CSV, IMAGE_TABLE, PAIRS, COMPARISONS, TRAIN_LOG, STATE,
-             "checkpoints", "calibration.json", FINAL_METRICS, "eval_*.json", "scores_*.csv", "figures", "model.onnx*",
-             "model_fp16.onnx*", "model.json", "README.md", "wandb", REVIEW_DIR)
+             "checkpoints", "calibration.json", NOVELTY_REFERENCE, FINAL_METRICS, "eval_*.json", "scores_*.csv",
+             "figures", "model.onnx*", "model_fp16.onnx*", "model.json", "README.md", "wandb", REVIEW_DIR)
 # The files that show a head was trained here (a folder with only make_pairs.py's output holds none).
 TRAINED_FILES = (STATE, "checkpoints", TRAIN_LOG, FINAL_METRICS)
 

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 MODEL_FORMAT = 1  # of model.json; bumped when its meaning changes, so old readers refuse instead of misreading
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "score"
+# Every value a model may give an image, in this order: the score, its spread over the run's top-k heads, the
+# image's novelty (pipeline/novelty.py); an export's graph has one output per value, by these names.
+READOUT = (OUTPUT_NAME, "score_sd", "novelty")
 FILE_NAMES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx"}
 ImageLike = str | os.PathLike | Image.Image
 
@@ -59,6 +62,11 @@ class PreprocessingDescription(Described):
     patch_size: int = Field(gt=0)
 
 
+class NoveltyDescription(Described):
+    alpha: float = Field(gt=0, lt=1)
+    threshold: float | None  # None: nothing is flagged (too few validation images for this alpha)
+
+
 class TierSetsDescription(Described):
     method: str = Field(pattern="^(band|probability)$")
     alpha: float = Field(gt=0, lt=1)
@@ -69,6 +77,7 @@ class CalibrationDescription(Described):
     slope: float
     tier_cuts: list[dict]
     tier_sets: TierSetsDescription | None = None  # absent in exports made before tier sets
+    novelty: NoveltyDescription | None = None  # absent in exports made before the novelty threshold
 
 
 class TierModelDescription(Described):
@@ -79,12 +88,18 @@ class CheckpointDescription(Described):
     epoch: int | None
 
 
+class OutputDescription(TensorDescription):
+    name: str = Field(pattern="^(" + "|".join(READOUT) + ")$")
+    members: int | None = None  # score_sd: the heads it is taken over
+
+
 class ModelDescription(Described):
     """The part of model.json a scorer relies on: a missing or mistyped field is refused, not a KeyError."""
     format: int
     export_id: str
     input: TensorDescription
     output: TensorDescription
+    outputs: list[OutputDescription] | None = None  # every output, the score first; absent in older exports
     preprocessing: PreprocessingDescription
     calibration: CalibrationDescription | None
     tier_model: TierModelDescription | None = None  # absent in exports of heads that are not tier models
@@ -107,10 +122,12 @@ def check_graph(session, description: ModelDescription, path: Path, meta_path: P
     side = input_size(prep.image_size, prep.patch_size)
     inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
     found = [(i.name, list(i.shape[1:])) for i in inputs]
-    if found != [(description.input.name, [3, side, side])] or description.output.name not in outputs:
+    described = [o.name for o in description.outputs or [description.output]]
+    if (found != [(description.input.name, [3, side, side])] or described[0] != description.output.name
+            or not set(described) <= set(outputs)):
         raise ArtrankError(f"{path}: the graph takes {found} and gives {outputs}, but {meta_path} describes "
                            f"{description.input.name!r} [3, {side}, {side}] (image_size {prep.image_size}, patch "
-                           f"{prep.patch_size}) and {description.output.name!r}; export again")
+                           f"{prep.patch_size}) and {described}; export again")
 
 
 @dataclass
@@ -122,10 +139,18 @@ class Scorer:
     calibration: dict | None
     description: str
     tier_thresholds: list[float] | None = None  # a tier model's, which give P(tier) (pipeline/ordinal.py)
-    # preprocessed batch -> (batch, 2): the score and its spread (standard deviation) over the run's top-k
-    # checkpoints' heads, from one backbone pass; None where the model has no such heads (an export)
-    score_spread: Callable[[np.ndarray], np.ndarray] | None = None
+    # preprocessed batch -> (batch, len(columns)): the values pipeline/ranker.py's READOUT names, from one pass:
+    # the score, and where the model has them its spread over the top-k heads and the image's novelty
+    readout: Callable[[np.ndarray], np.ndarray] | None = None
+    columns: tuple[str, ...] = ("score",)
     members: int = 0  # the heads the spread is taken over
+
+    def __post_init__(self):
+        if self.readout is None:  # a model of the score alone: its readout is that one column
+            if self.columns != ("score",):
+                raise ArtrankError(f"a Scorer without a readout gives the score alone, not {self.columns}")
+            score = self.score
+            self.readout = lambda pixels: np.asarray(score(pixels))[:, None]
 
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
@@ -192,7 +217,11 @@ def onnx_scorer(path: str | os.PathLike, *, provider: str = "auto", fp16: bool =
         raise ArtrankError(f"{path} and {meta_path} come from different exports; export again")
     check_graph(session, description, path, meta_path)
     input_name, output_name = meta["input"]["name"], meta["output"]["name"]
+    outputs = description.outputs or [description.output]
+    columns = tuple(o.name for o in outputs)
     return Scorer(score=lambda pixels: session.run([output_name], {input_name: pixels})[0],
+                  readout=lambda pixels: np.stack(session.run(list(columns), {input_name: pixels}), axis=1),
+                  columns=columns, members=next((o.members for o in description.outputs or [] if o.members), 0),
                   image_size=prep["image_size"], patch_size=prep["patch_size"], calibration=meta["calibration"],
                   tier_thresholds=description.tier_model.thresholds if description.tier_model else None,
                   description=f"{path} (onnxruntime, {session.get_providers()[0]}; "
@@ -201,24 +230,22 @@ def onnx_scorer(path: str | os.PathLike, *, provider: str = "auto", fp16: bool =
 
 def torch_scorer(ranker: "torch.nn.Module", *, device: "torch.device", image_size: int, patch_size: int,
                  calibration: dict | None, description: str, tier_thresholds: list[float] | None = None) -> Scorer:
-    """A PyTorch ranker (pixels -> score) as a Scorer, fp32 on `device`; with the spread of the score over the
-    ranker's `members` heads when it holds two or more (model.ArtRanker.score_and_spread)."""
+    """A PyTorch ranker (pipeline/ranker.ArtRanker) as a Scorer, fp32 on `device`, with its readout."""
     import torch
 
     ranker = ranker.to(device).eval()
-    members = len(getattr(ranker, "members", ()))
 
     @torch.inference_mode()
     def score(pixels: np.ndarray) -> np.ndarray:
         return ranker(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
 
     @torch.inference_mode()
-    def score_spread(pixels: np.ndarray) -> np.ndarray:
-        return ranker.score_and_spread(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
+    def readout(pixels: np.ndarray) -> np.ndarray:
+        return ranker.readout(torch.from_numpy(pixels).to(device)).float().cpu().numpy()
 
     return Scorer(score=score, image_size=image_size, patch_size=patch_size, calibration=calibration,
-                  description=description, tier_thresholds=tier_thresholds,
-                  score_spread=score_spread if members >= 2 else None, members=members)
+                  description=description, tier_thresholds=tier_thresholds, readout=readout,
+                  columns=ranker.readout_names, members=len(ranker.members))
 
 
 def picture_of(image: ImageLike, scorer: Scorer) -> np.ndarray:
@@ -236,7 +263,7 @@ def one_torch_thread() -> None:
 def score_images(scorer: Scorer, images: Sequence[ImageLike], *, batch_size: int, workers: int | None = None,
                  track=None, model: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[list, list[str]]:
     """The score of each image (None where unreadable) and one message per unreadable image; with `model`
-    (a batch -> one row of values per image, e.g. scorer.score_spread) a tuple of those values instead.
+    (a batch -> one row of values per image, e.g. scorer.readout) a tuple of those values instead.
 
     `workers` threads (default: one per CPU core this process may use) decode up to two batches ahead
     while the model scores the current one; Pillow and torch release the GIL while they work. The

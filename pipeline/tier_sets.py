@@ -58,13 +58,19 @@ def nonconformity(scores, rule: dict) -> np.ndarray:
     return np.where(np.isnan(outside), np.inf, outside)
 
 
+def conformal_threshold(values, alpha: float) -> tuple[float | None, int]:
+    """The split conformal threshold of calibration values: their ceil((n + 1)(1 - alpha))-th smallest, and that
+    rank; None when the rank exceeds n (too few values for alpha)."""
+    rank = math.ceil((len(values) + 1) * (1 - alpha))
+    return (float(np.sort(np.asarray(values))[rank - 1]) if rank <= len(values) else None), rank
+
+
 def fit_tier_sets(val_scores, val_tiers, rule: dict, *, alpha: float) -> dict:
     """The split conformal threshold of `rule` on the validation images, with what it was fitted on."""
     tiers = np.asarray(val_tiers)
     own = nonconformity(val_scores, rule)[np.arange(len(tiers)), [TIERS.index(t) for t in tiers]]
-    rank = math.ceil((len(own) + 1) * (1 - alpha))
-    threshold = float(np.sort(own)[rank - 1]) if rank <= len(own) else math.inf
-    threshold = threshold if math.isfinite(threshold) else None  # JSON has no infinity: None holds every tier
+    threshold, rank = conformal_threshold(own, alpha)
+    threshold = threshold if threshold is not None and math.isfinite(threshold) else None  # None: every tier
     return rule | {"alpha": float(alpha), "threshold": threshold, "fitted_on": "val", "n": int(len(own)),
                    "rank": rank, "guarantee": f"marginal: P(true tier in set) >= {1 - alpha:g} over images drawn "
                                               "like the validation images; not per tier, artist or image"}

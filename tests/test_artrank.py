@@ -54,9 +54,13 @@ def test_python_api_scores_paths_and_pil_images_from_an_export_or_a_run(exported
     np.testing.assert_allclose([sd for _, sd in spread], alone.std(axis=0), atol=1e-5)
     assert alone.std(axis=0).min() > 0  # the members differ: a spread of one head repeated would be 0
     assert checkpoint.compare(images[0], images[1]).score_sd_a == pytest.approx(spread[0][1], abs=1e-6)
-    assert forward.score_sd_a is None  # an export carries one head
-    with pytest.raises(artrank.ArtrankError, match="backend='torch'"):
-        onnx_model.score_spread(images)
+    # the export holds the same top-k heads in its graph: the same spread, from onnxruntime
+    np.testing.assert_allclose([sd for _, sd in onnx_model.score_spread(images)], alone.std(axis=0), atol=1e-5)
+    assert forward.score_sd_a == pytest.approx(spread[0][1], abs=1e-5) and onnx_model.scorer.members == len(members)
+    older = copy_run(exported, tmp_path / "older", with_export=True)
+    edit_json(older / "model.json", outputs=None)  # an export made before the graph carried the heads
+    with pytest.raises(artrank.ArtrankError, match="no score_sd: it needs the run's top-k checkpoints"):
+        artrank.load(older).score_spread(images)
 
 
 def test_python_api_raises_one_line_errors(exported, tmp_path):

@@ -85,7 +85,7 @@ def flip_head(export):
     def broken(ranker, path, **kwargs):
         path = export(ranker, path, **kwargs)
         graph = onnx.load(str(path))
-        weight = next(t for t in graph.graph.initializer if t.name == "head.linear.weight")
+        weight = next(t for t in graph.graph.initializer if t.name == "ranker.head.linear.weight")
         weight.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(weight), weight.name))
         onnx.save(graph, str(path))
         return path
@@ -180,6 +180,32 @@ def test_an_export_of_another_checkpoint_ships_no_calibration_of_the_best_and_cl
                       "--bench_seconds", "0"])
     description = json.loads((out / "model.json").read_text())
     assert description["calibration"] is None  # calibration.json was fitted on the best checkpoint's scores
-    assert description["made_from"]["checkpoints"] == [checkpoint_sha256(other)]
+    # the exported checkpoint, then the top-k heads whose spread the graph gives
+    members = sorted((out / "checkpoints" / "top").glob("epoch*"))
+    assert description["made_from"]["checkpoints"] == [checkpoint_sha256(p) for p in [other, *members]]
     assert description["checkpoint"]["epoch"] == json.loads((other / "head.json").read_text())["epoch"]
     assert not list(out.glob(".export-*"))
+
+
+class TwoOutputSession:
+    """An onnxruntime stand-in giving the reference's score and novelty, the novelty shifted by `shift`."""
+
+    def __init__(self, reference: np.ndarray, shift: float):
+        self.reference, self.shift = reference, shift
+
+    def run(self, names, feed):
+        rows = feed[export.INPUT_NAME][:, 0, 0, 0].astype(int)
+        values = {"score": self.reference[rows, 0], "novelty": self.reference[rows, 1] + self.shift}
+        return [values[name] for name in names]
+
+
+def test_parity_of_every_output_is_checked():
+    reference = np.array([[-1.0, 0.01], [0.5, 0.02], [3.0, 0.5]])
+    pixels = np.broadcast_to(np.arange(3, dtype=np.float32)[:, None, None, None], (3, 3, 2, 2)).copy()
+    for precision, tolerance in export.NOVELTY_TOLERANCE.items():  # absolute: the novelty is 1 - a cosine
+        for shift, ok in ((0.9 * tolerance, True), (1.1 * tolerance, False)):
+            result = export.check_parity(TwoOutputSession(reference, shift), pixels, reference, precision,
+                                         ("score", "novelty"))
+            assert result["outputs"]["novelty"]["tolerance"] == tolerance
+            assert (result["ok"], result["failed"]) == (ok, [] if ok else ["novelty"])
+            assert result["batches"][3]["max_abs_diff"] == 0  # the score's own check is untouched

@@ -8,18 +8,11 @@ import torch
 from accelerate import Accelerator
 from test_losses import ranks_of, spec_loss
 
-from model import (
-    ArtRanker,
-    HeadTraining,
-    Progress,
-    Projector,
-    RankingHead,
-    score_spread,
-    select_features,
-)
+from model import HeadTraining, Progress, Projector, RankingHead
 from pipeline.backbones import DinoFeatureExtractor
 from pipeline.config import Config
 from pipeline.images import input_size
+from pipeline.ranker import ArtRanker, NearestTraining, score_spread, select_features
 from pipeline.tables import cross_tier_pairs
 
 
@@ -88,12 +81,17 @@ def test_the_score_spread_is_exactly_zero_for_identical_heads_and_else_their_sta
         assert torch.equal(same, torch.zeros(5))
         scores = np.stack([head(features).numpy() for head in heads])
         np.testing.assert_allclose(score_spread(heads, features).numpy(), scores.std(axis=0), rtol=1e-5)
-        ranker = ArtRanker(DinoFeatureExtractor.from_pretrained(str(tiny_backbone)), heads[0], "cls", heads)
+        extractor = DinoFeatureExtractor.from_pretrained(str(tiny_backbone))
         pixels = torch.randn(2, 3, 56, 56)
-        both = ranker.score_and_spread(pixels)  # one backbone pass: the head's score beside the members' spread
-        torch.testing.assert_close(both[:, 0], ranker(pixels))
-        cls_token = select_features(*ranker.extractor(pixels), "cls")
-        torch.testing.assert_close(both[:, 1], torch.stack([h(cls_token) for h in heads]).std(dim=0, correction=0))
+        cls_token = select_features(*extractor(pixels), "cls")
+        nearest = NearestTraining.fit(torch.randn(7, 32))
+        ranker = ArtRanker(extractor, heads[0], "cls", heads, nearest)
+        assert ranker.readout_names == ("score", "score_sd", "novelty")
+        read = ranker.readout(pixels)  # one backbone pass: the head's score, the members' spread, the novelty
+        torch.testing.assert_close(read[:, 0], ranker(pixels))
+        torch.testing.assert_close(read[:, 1], torch.stack([h(cls_token) for h in heads]).std(dim=0, correction=0))
+        torch.testing.assert_close(read[:, 2], nearest(cls_token))
+        assert ArtRanker(extractor, heads[0], "cls", heads[:1]).readout_names == ("score",)  # one head: no spread
 
 
 def test_training_stops_after_patience_epochs_without_a_better_val_loss_and_the_best_is_the_first_highest():

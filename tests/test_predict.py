@@ -22,11 +22,13 @@ def test_predict_ranks_the_same_on_onnx_and_on_pytorch(exported, tmp_path):
                       str(tmp_path / f"{name}.csv"), *flags])
         tables[name] = pd.read_csv(tmp_path / f"{name}.csv")
     onnx_table, torch_table = tables["onnx"], tables["torch"]
-    assert len(onnx_table) == 96 and list(onnx_table.columns) == ["file_name", "score", "tier_hint", "tier_set"]
-    # the checkpoint also has the spread over the run's top-k heads; an export carries one head
-    assert list(torch_table.columns) == ["file_name", "score", "score_sd", "tier_hint", "tier_set"]
+    # the spread over the run's top-k heads and the novelty, from the checkpoint and from the export's graph alike
+    columns = ["file_name", "score", "score_sd", "novelty", "unfamiliar", "tier_hint", "tier_set"]
+    assert len(onnx_table) == 96 and list(onnx_table.columns) == columns == list(torch_table.columns)
     assert list(onnx_table.file_name) == list(torch_table.file_name)
-    np.testing.assert_allclose(onnx_table.score, torch_table.score, atol=1e-5)
+    for column in ("score", "score_sd", "novelty"):
+        np.testing.assert_allclose(onnx_table[column], torch_table[column], atol=1e-5)
+    assert list(onnx_table.unfamiliar) == list(torch_table.unfamiliar)
     assert onnx_table.score.is_monotonic_decreasing
     assert set(onnx_table.tier_hint) <= set("SABC")
     assert list(onnx_table.tier_set) == list(torch_table.tier_set) and (torch_table.score_sd > 0).all()
@@ -109,7 +111,8 @@ def test_no_calibration_means_no_tier_hint_and_no_probability(exported, tmp_path
     edit_json(out / "model.json", calibration=None)
     first, second = val_images(exported)[:2]
     predict.main([*exported["args"], "--output_dir", str(out), first, second, "--out", str(tmp_path / "s.csv")])
-    assert list(pd.read_csv(tmp_path / "s.csv").columns) == ["file_name", "score"]
+    # no threshold, so no unfamiliar column; the graph's spread and novelty are still shown
+    assert list(pd.read_csv(tmp_path / "s.csv").columns) == ["file_name", "score", "score_sd", "novelty"]
     predict.main([*exported["args"], "--output_dir", str(out), "--compare", first, second])
     output = capsys.readouterr().out
     assert "P(A better) unavailable" in output and "P(A better than B)" not in output

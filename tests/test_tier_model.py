@@ -266,7 +266,8 @@ def test_a_tier_model_is_evaluated_exported_and_gives_the_same_p_tier_from_expor
     out = tmp_path / "predicted.csv"
     run_script("predict.py", *args, *images, "--out", out)
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["file_name", "score", "tier_hint", "tier_set", "P(S)", "P(A)", "P(B)", "P(C)"]
+    assert list(table.columns) == ["file_name", "score", "score_sd", "novelty", "tier_hint", "tier_set", "P(S)", "P(A)",
+                                   "P(B)", "P(C)"]
     row = table.set_index("file_name").loc[images[0]]
     assert row["tier_set"] == shown_set(exported.tier_set(exported.score(images[0])))
     assert [row["P(S)"], row["P(A)"], row["P(B)"], row["P(C)"]] == pytest.approx(list(from_export[0].values()),

@@ -62,6 +62,8 @@ ANSWERS, CORRECTIONS = "tests/test_answers.py::test_", "tests/test_corrections.p
 REVIEW_APP = "tests/test_review_app.py::test_"
 BROWSER = REVIEW_APP + "a_teacher_judges_undoes_judges_again_and_corrects_in_a_real_browser"
 TIER_SETS_RUN = RUN + "tier_sets_take_their_bands_from_training_and_their_threshold_from_validation_alone"
+NOVELTY = ("tests/test_novelty.py",)
+NOVELTY_RUN = NOVELTY[0] + "::test_an_unlike_drawing_is_flagged_by_the_checkpoint_and_the_export_and_predict_warns"
 TIER_SETS, RELIABILITY = ("tests/test_tier_sets.py",), ("tests/test_reliability_measures.py",)
 COMPARISONS = "tests/test_comparisons.py::test_"
 COMPARISON_LOSS = COMPARISONS + "comparison_loss_with_ties_and_rater_weights_against_a_hand_computation"
@@ -277,7 +279,7 @@ PLANTS = [
     Plant("export-fp16-tolerance-tenfold", "pipeline/export.py", '"fp16": (2e-2, 2e-3)}', '"fp16": (2e-1, 2e-2)}',
           (PARITY,), "an fp16 export ten times further from PyTorch than documented passes its check"),
     Plant("export-parity-batch-1-only", "pipeline/export.py",
-          '"ok": all(batch["max_abs_diff"] <= tolerance for batch in batches.values())',
+          '"ok": all(r["max_abs_diff"] <= tolerance for r in batches.values())',
           '"ok": batches[1]["max_abs_diff"] <= tolerance', (PARITY,),
           "an export wrong at batch N passes because batch 1 is right"),
     Plant("predict-top-best-only", "predict.py", "else rows[:top] + rows[-top:]",
@@ -805,7 +807,7 @@ PLANTS = [
           'rule = tier_set_rule(scores["val"], val_tiers,', (TIER_SETS_RUN,),
           "the tier bands are fitted on the validation images that then fit the threshold: no guarantee"),
     Plant("conformal-rank-without-correction", "pipeline/tier_sets.py",
-          "rank = math.ceil((len(own) + 1) * (1 - alpha))", "rank = math.ceil(len(own) * (1 - alpha))",
+          "rank = math.ceil((len(values) + 1) * (1 - alpha))", "rank = math.ceil(len(values) * (1 - alpha))",
           TIER_SETS, "the conformal quantile lacks its (n + 1) correction: coverage below 1 - alpha"),
     Plant("tier-set-not-adjacent", "pipeline/tier_sets.py", "sets.append(tuple(TIERS[held[0]:held[-1] + 1]))",
           "sets.append(tuple(TIERS[i] for i in held))", TIER_SETS, "a tier set skips a tier: {A, C}"),
@@ -835,14 +837,41 @@ PLANTS = [
           "label < 0, artists[a], artists[b],",
           (RUN + "evaluate_measures_calibration_and_coverage_from_the_split_s_scores",),
           "ECE and Brier score P(A better) against A losing"),
-    Plant("score-spread-sample-sd", "model.py", "std(dim=0, correction=0)", "std(dim=0)",
+    Plant("score-spread-sample-sd", "pipeline/ranker.py", "std(dim=0, correction=0)", "std(dim=0)",
           ("tests/test_model.py::test_the_score_spread_is_exactly_zero_for_identical_heads_and_else_their_standard_"
            "deviation",), "the spread over k heads is the sample sd (k - 1), not theirs"),
     Plant("score-spread-of-the-best-head-repeated", "model.py",
-          "for m in (top_members(cfg.output_dir) if with_members else ())]",
-          "for m in ([checkpoint] * 3 if with_members else ())]",
+          "for m in top_members(cfg.output_dir)]", "for m in [checkpoint] * 3]",
           ("tests/test_artrank.py::test_python_api_scores_paths_and_pil_images_from_an_export_or_a_run",),
           "the spread is taken over copies of the best head: always 0"),
+    # ---- how sure it is: unfamiliar drawings flagged, and the export's graph giving the spread (issue 26)
+    Plant("novelty-threshold-on-test", "train.py", 'fit_novelty(nearest, features[SPLITS.index("val")],',
+          'fit_novelty(nearest, features[SPLITS.index("test")],', (NOVELTY_RUN,),
+          "the novelty threshold is fitted on the test split"),
+    Plant("novelty-reference-of-all-splits", "train.py",
+          'nearest = NearestTraining.fit(features[SPLITS.index("train")])',
+          "nearest = NearestTraining.fit(__import__('torch').cat(features))", (NOVELTY_RUN,),
+          "the validation images are in the reference: their novelty is 0 and the threshold means nothing"),
+    Plant("novelty-not-about-the-mean", "pipeline/ranker.py",
+          "return 1.0 - (unit_rows(features - self.mean) @ self.reference.T)",
+          "return 1.0 - (unit_rows(features) @ self.reference.T)", NOVELTY,
+          "the image's feature is compared about the origin, the training features about their mean"),
+    Plant("novelty-reference-digest-unchecked", "pipeline/novelty.py",
+          'if hashlib.sha256(payload).hexdigest() != fitted["reference_sha256"]:', "if False:", NOVELTY,
+          "a reference of another training set is read against this threshold"),
+    Plant("novelty-flag-never-shown", "predict.py",
+          'if "unfamiliar" in extra and (odd :=', 'if False and (odd :=', (NOVELTY_RUN,),
+          "predict.py prints no warning for an unfamiliar drawing"),
+    Plant("export-spread-not-read", "pipeline/scoring.py", "columns = tuple(o.name for o in outputs)",
+          "columns = (OUTPUT_NAME,)",
+          ("tests/test_artrank.py::test_python_api_scores_paths_and_pil_images_from_an_export_or_a_run",
+           "tests/test_predict.py::test_predict_ranks_the_same_on_onnx_and_on_pytorch"),
+          "the export's spread is not read: an export seems to have none"),
+    Plant("export-novelty-parity-unchecked", "pipeline/export.py",
+          "failed = [name for name, check in checks.items() if not check.pop(\"ok\")]",
+          "failed = [name for name, check in checks.items() if not check.pop(\"ok\") and name == OUTPUT_NAME]",
+          ("tests/test_export_onnx.py::test_parity_of_every_output_is_checked",),
+          "an export whose novelty or spread output is wrong passes its parity check"),
 ]
 
 
