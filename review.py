@@ -20,12 +20,13 @@ from pipeline.config import REVIEW
 from pipeline.files import atomic_write_text
 from pipeline.runs import REVIEW_DIR, check_reader, locked_run_folder
 
-AUDIT = """Label audit: every train and val work scored by the fold head that never saw its artist.
+AUDIT = """Label audit: every train and val work's tier weighed against the teachers' judgements of it and its
+score by the fold head that never saw its artist.
 
     python review.py audit --output_dir RUN
 
 Writes RUN/review/label_audit.csv (rank, file_name, image_id, artist, split, tier, oof_score, hint, p_S, p_A,
-p_B, p_C, doubt, compared, fold; rank 1 the most doubtful) and RUN/review/label_audit.png (the most doubtful
+p_B, p_C, doubt, judged, fold; rank 1 the most doubtful) and RUN/review/label_audit.png (the most doubtful
 works with their given tier and the hint). A doubtful label is not a wrong one: docs/review.md.
 """
 PAIRS = """Which pairs to ask the teachers next: those the fold heads are least sure of or disagree on.
@@ -70,8 +71,8 @@ def audit(argv: list[str]) -> None:
             from pipeline.figures import doubt_sheet
             from pipeline.label_audit import AUDIT_SHEET, LABEL_AUDIT, audit_summary, audit_table
 
-            rows, heads, _ = review_heads(cfg, accelerator)
-            table = audit_table(rows, heads)
+            rows, heads, comparisons = review_heads(cfg, accelerator)
+            table = audit_table(rows, heads, comparisons)
             out = Path(cfg.output_dir) / REVIEW_DIR
             top = table.head(SHEET).merge(rows[["image_id", "path"]], on="image_id", how="left")
             atomic_write_text(out / LABEL_AUDIT, table.to_csv(index=False))

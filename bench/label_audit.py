@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
             cfg = replace(base, data_dir=str(data), demo_data=False)
             rows, _, features, _, comparisons = train_val_features(cfg, [cfg.feature], accelerator)
             rows = frame(rows)
-            table = audit_table(rows, fold_heads(cfg, features[cfg.feature], rows, comparisons, folds=args.folds))
+            table = audit_table(rows, fold_heads(cfg, features[cfg.feature], rows, comparisons, folds=args.folds),
+                                comparisons)
             ranks = table.loc[table["file_name"].isin(flipped), "rank"].to_numpy()
             median = float(np.median(ranks)) / len(table)
             medians.append(median)

@@ -14,7 +14,7 @@ from conftest import copy_run
 import model
 import review
 from pipeline.files import atomic_write_text
-from pipeline.label_audit import AUDIT_COLUMNS, audit_table, doubts
+from pipeline.label_audit import AUDIT_COLUMNS
 from pipeline.next_pairs import PAIR_COLUMNS, PER_IMAGE, candidate_pairs, choose_pairs
 from pipeline.out_of_fold import FoldHeads, fold_parts
 from pipeline.tables import TIER_RANK
@@ -150,37 +150,6 @@ def test_each_work_is_scored_by_the_head_that_never_saw_its_artist(monkeypatch):
         assert artists[i] not in seen, (i, artists[i])
     for fold, (fit, stop) in enumerate(fold_parts(heads.fold_of, 4)):
         assert not set(fit) & set(stop) and set(heads.fold_of[stop]) == {(fold + 1) % 4}
-
-
-# ---------------------------------------------------------------- doubt, against a hand computation
-
-def test_doubt_weighs_misordered_works_of_other_artists_by_tier_distance_and_ties_count_half():
-    rows = pd.DataFrame(dict(tier=list("SBCA"), artist=["x", "y", "z", "x"]))
-    scores = np.array([[0.0, 1.0, 0.0, 5.0]])  # one head holds every work out
-    heads = FoldHeads(fold_of=np.zeros(4, np.int64), scores=scores, thresholds=[None], calibrations=[{}])
-    doubt, compared = doubts(heads, rows["tier"].to_numpy(object), rows["artist"].to_numpy(object))
-    # the S work (score 0): B (2 tiers below, score 1) above it: wrong, weight 2; C (3 below, score 0): a tie,
-    # half of weight 3; the A work is its own artist's: left out
-    assert doubt[0] == pytest.approx((2 + 1.5) / 5) and compared[0] == 2
-    # the C work (score 0): S (3 above) ties: 1.5; B (1 above, score 1): right; A is another artist's (2 above,
-    # score 5): right
-    assert doubt[2] == pytest.approx(1.5 / 6) and compared[2] == 3
-
-
-def test_the_audit_table_keeps_the_contract_columns_and_ranks_the_largest_doubt_first():
-    rows = works(artists=4, per_artist=4)
-    ranks = np.array([TIER_RANK[t] for t in rows["tier"]], dtype=float)
-    scores = np.stack([ranks, ranks])
-    scores[:, 5] = 3 - ranks[5]  # one work scored as the mirror of its tier
-    heads = FoldHeads(fold_of=np.arange(len(rows)) % 2, scores=scores, thresholds=[[-0.5, 0.5, 1.5]] * 2,
-                      calibrations=[{}, {}])
-    table = audit_table(rows, heads)
-    assert tuple(table.columns[:len(AUDIT_COLUMNS)]) == AUDIT_COLUMNS
-    assert table.loc[0, "image_id"] == "w005" and table.loc[0, "rank"] == 1
-    assert list(table["rank"]) == list(range(1, len(rows) + 1)) and (np.diff(table["doubt"]) <= 0).all()
-    distribution = table[["p_S", "p_A", "p_B", "p_C"]].to_numpy()
-    assert np.allclose(distribution.sum(axis=1), 1)
-    assert (table["hint"] == np.array(list("SABC"))[distribution.argmax(axis=1)]).all()
 
 
 # ---------------------------------------------------------------- which pairs next
