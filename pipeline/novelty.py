@@ -101,12 +101,13 @@ def novelty_report(novelty: np.ndarray, fitted: dict | None) -> dict | None:
     """On one split: the share of its images flagged against the rate promised, and their novelty's spread."""
     if fitted is None:
         return None
-    flagged = None if fitted["threshold"] is None else float(np.mean(novelty > fitted["threshold"]))
-    return dict(alpha=fitted["alpha"], threshold=fitted["threshold"], flagged_share=flagged,
-                flagged=None if flagged is None else int(np.sum(novelty > fitted["threshold"])),
+    flags = None if fitted["threshold"] is None else np.asarray(novelty) > fitted["threshold"]
+    return dict(alpha=fitted["alpha"], threshold=fitted["threshold"],
+                flagged_share=None if flags is None else float(flags.mean()),
+                flagged=None if flags is None else int(flags.sum()),
                 n_images=int(len(novelty)), median=float(np.median(novelty)), max=float(np.max(novelty)),
-                note=None if flagged is not None else f"too few validation images ({fitted['n']}) for alpha "
-                                                      f"{fitted['alpha']:g}: nothing is flagged")
+                note=None if flags is not None else f"too few validation images ({fitted['n']}) for alpha "
+                                                    f"{fitted['alpha']:g}: nothing is flagged")
 
 
 def novelty_summary(report: dict | None) -> str | None:
