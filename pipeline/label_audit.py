@@ -1,13 +1,15 @@
 """The label audit: how far each train and val work's given tier is from what the rest of the data implies.
 
 A work's doubt weighs two kinds of evidence about its tier, each read as a likelihood of what was seen under
-each of the four tiers, with every other work taken at its given tier:
+each of the four tiers, with every other work where the rest of the data put it:
 
-- the teachers' judgements of it (comparisons.csv, train and val works only): a judgement against a work of
-  a lower tier is won with probability 1 - e, against a higher one with probability e, and within one tier
-  either way alike, where e is the rater's error rate (the share of their judgements across tiers that name
-  the lower tier, smoothed, at most one half); a tie has the rate ties have between works that many tiers
-  apart, measured on the same judgements (smoothed towards the rate among all of them);
+- the teachers' judgements of it (comparisons.csv, train and val works only), on a latent quality scale: a
+  judgement is won with probability e + (1 - 2e) sigmoid(d), d the latent difference, where e is the rater's error
+  rate (the share of their judgements across tiers that name the lower tier, smoothed, at most one half), and
+  tied with probability sqrt(sigmoid(d) sigmoid(-d)); each tier's works are normal about their tier's place on
+  that scale. Every other work stands where all the judgements and tiers together put it (so beating a work
+  that beats the S works says more than beating a work of tier B), and the work's own judgements are weighed
+  over each tier's prior in turn;
 - its out-of-fold score (pipeline/out_of_fold.py): normal about the mean score of each tier, with one spread,
   both measured on the works of other artists that the same head also never trained on (its held-out and its
   stopping fold); a head with a tier missing from those works gives no such evidence.
@@ -20,7 +22,8 @@ label outranks one with one odd judgement. The ranking is by doubt, most doubtfu
 
 import numpy as np
 import pandas as pd
-from scipy.special import logsumexp
+from scipy.optimize import minimize
+from scipy.special import expit, logsumexp
 
 from .comparisons import index_pairs
 from .ordinal import TIERS_WORST_FIRST
@@ -33,6 +36,10 @@ LABEL_AUDIT, AUDIT_SHEET = "label_audit.csv", "label_audit.png"  # the table, an
 AUDIT_COLUMNS = ("rank", "file_name", "image_id", "artist", "split", "tier", "oof_score", "hint", "p_S", "p_A", "p_B",
                  "p_C", "doubt")
 CANDIDATES = np.arange(len(TIERS))  # tier ranks, as tables.tier_ranks gives them
+# The latent scale's prior, in logits of a judgement: a work of the tier above wins about 99% of the time
+# (less the rater's error), and a tier's works spread over about a tier either way.
+TIER_GAP, TIER_SD = 4.5, 1.5
+LATENT_GRID = 241  # points of the latent scale a work's likelihood is integrated over
 
 
 def rater_errors(ranks: np.ndarray, judged: dict) -> np.ndarray:
@@ -47,29 +54,52 @@ def rater_errors(ranks: np.ndarray, judged: dict) -> np.ndarray:
     return np.array([errors[rater] for rater in judged["rater"]], dtype=float)
 
 
-def tie_rates(ranks: np.ndarray, judged: dict) -> np.ndarray:
-    """(4,) the share of ties among judgements of works 0, 1, 2 and 3 tiers apart, each drawn towards the share
-    among all of them ((ties + 1) / (judgements + 2)) by two judgements' worth: a distance seldom judged has
-    about the overall rate, not a guess of one half."""
-    apart = np.abs(ranks[judged["a"]] - ranks[judged["b"]])
-    ties = judged["outcome"] == 0
-    overall = (ties.sum() + 1) / (len(ties) + 2)
-    return np.array([(np.sum(ties & (apart == d)) + 2 * overall) / (np.sum(apart == d) + 2) for d in CANDIDATES])
+def judgement_log_likelihood(d: np.ndarray, outcome: np.ndarray, error: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The log-likelihood of judgements of works d apart in latent quality (the first less the second) with the
+    given outcomes for the first (1 won, -1 lost, 0 tie) by raters of the given error rates, and its derivative
+    in d: a win has probability e + (1 - 2e) sigmoid(d), a tie sqrt(sigmoid(d) sigmoid(-d)) (largest between
+    equals, as ties are)."""
+    p = expit(d)
+    won, lost = error + (1 - 2 * error) * p, error + (1 - 2 * error) * (1 - p)
+    slope = (1 - 2 * error) * p * (1 - p)
+    tie = 0.5 * (np.log(p) + np.log1p(-p))
+    log_likelihood = np.where(outcome > 0, np.log(won), np.where(outcome < 0, np.log(lost), tie))
+    return log_likelihood, np.where(outcome > 0, slope / won, np.where(outcome < 0, -slope / lost, 0.5 - p))
+
+
+def latent_qualities(ranks: np.ndarray, judged: dict, error: np.ndarray) -> np.ndarray:
+    """(N,) the works' most likely latent quality given every judgement and every work's tier (the prior: normal
+    about rank x TIER_GAP with sd TIER_SD): the scale on which a judgement partner stands where its own
+    judgements put it, not at its tier's middle."""
+    prior = ranks * TIER_GAP
+
+    def loss(q):
+        log_likelihood, slope = judgement_log_likelihood(q[judged["a"]] - q[judged["b"]], judged["outcome"], error)
+        grad = (q - prior) / TIER_SD ** 2
+        np.add.at(grad, judged["a"], -slope)
+        np.add.at(grad, judged["b"], slope)
+        return -log_likelihood.sum() + np.sum((q - prior) ** 2) / (2 * TIER_SD ** 2), grad
+
+    return minimize(loss, prior.astype(float), jac=True, method="L-BFGS-B").x
 
 
 def judgement_evidence(ranks: np.ndarray, judged: dict) -> np.ndarray:
-    """(N, 4) the log-likelihood of each work's judgements were it of each tier rank (see the module's docstring)."""
+    """(N, 4) the log-likelihood of each work's judgements were it of each tier rank: its judgements' likelihood
+    as its latent quality varies, its partners at theirs (latent_qualities), averaged over that tier's prior."""
     evidence = np.zeros((len(ranks), len(CANDIDATES)))
     if len(judged["a"]) == 0:
         return evidence
-    error, ties = rater_errors(ranks, judged), tie_rates(ranks, judged)
+    error = rater_errors(ranks, judged)
+    partner = latent_qualities(ranks, judged, error)
+    grid = np.linspace(-4 * TIER_SD, CANDIDATES[-1] * TIER_GAP + 4 * TIER_SD, LATENT_GRID)
+    likelihood = np.zeros((len(ranks), len(grid)))
     for work, other, outcome in ((judged["a"], judged["b"], judged["outcome"]),
                                  (judged["b"], judged["a"], -judged["outcome"])):
-        for tier in CANDIDATES:
-            above = tier - ranks[other]  # > 0: were the work of this tier, it would be the better one
-            won = np.where(above == 0, 0.5, np.where(np.sign(above) * outcome > 0, 1 - error, error))
-            tie = ties[np.abs(above)]
-            np.add.at(evidence[:, tier], work, np.log(np.where(outcome == 0, tie, (1 - tie) * won)))
+        np.add.at(likelihood, work, judgement_log_likelihood(grid[None, :] - partner[other][:, None],
+                                                             outcome[:, None], error[:, None])[0])
+    for tier in CANDIDATES:
+        prior = -0.5 * ((grid - tier * TIER_GAP) / TIER_SD) ** 2
+        evidence[:, tier] = logsumexp(likelihood + (prior - logsumexp(prior))[None, :], axis=1)
     return evidence
 
 

@@ -3,17 +3,21 @@
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.special import logsumexp
+from scipy.integrate import quad
+from scipy.optimize import approx_fprime
+from scipy.special import expit, logsumexp
 
 from pipeline.comparisons import no_comparisons
 from pipeline.label_audit import (
     AUDIT_COLUMNS,
+    TIER_GAP,
+    TIER_SD,
     audit_table,
     doubts,
     judgement_evidence,
+    latent_qualities,
     rater_errors,
     score_evidence,
-    tie_rates,
 )
 from pipeline.out_of_fold import FoldHeads
 from pipeline.tables import TIER_RANK
@@ -37,25 +41,55 @@ def test_a_raters_error_rate_counts_only_their_own_judgements_across_tiers_and_i
     judged = judgements((0, 1, 1, "p"), (0, 2, -1, "p"), (0, 3, 1, "p"), (1, 3, 0, "p"),  # p: 1 wrong of 3
                         (2, 3, 1, "q"), (3, 0, 1, "q"), (3, 0, 1, "q"), (1, 4, 0, "q"), (4, 1, 1, "q"))  # q: 2 of 3
     assert rater_errors(ranks, judged) == pytest.approx([2 / 5] * 4 + [0.5] * 5)  # q's 3/5 is capped
-    # ties 0, 1, 2 and 3 tiers apart: 1 of 2, 0 of 2, 1 of 2, 0 of 3, drawn towards (2 + 1) / (9 + 2) overall
-    overall = 3 / 11
-    assert tie_rates(ranks, judged) == pytest.approx([(1 + 2 * overall) / 4, 2 * overall / 4, (1 + 2 * overall) / 4,
-                                                      2 * overall / 5])
+
+
+def by_hand(d: float, outcome: float, error: float) -> float:
+    """A judgement's likelihood, written out: a win e + (1 - 2e) sigmoid(d), a tie sqrt(sigmoid(d) sigmoid(-d))."""
+    if outcome == 0:
+        return float(np.sqrt(expit(d) * expit(-d)))
+    return float(error + (1 - 2 * error) * expit(d if outcome > 0 else -d))
+
+
+def test_judgement_evidence_is_the_log_likelihood_of_a_works_judgements_under_each_tier_by_hand():
+    ranks = np.array([3, 0, 1, 1])
+    judged = judgements((1, 0, 1, "r"), (2, 1, 1, "r"), (0, 2, 1, "r"), (3, 1, 0, "r"), (3, 2, 1, "r"))
+    error = 0.4  # one wrong of the three across tiers: (1 + 1) / (3 + 2)
+    q = latent_qualities(ranks, judged, np.full(5, error))
+
+    def posterior(q):  # -log of the joint's density, by hand
+        prior = np.sum((q - ranks * TIER_GAP) ** 2) / (2 * TIER_SD ** 2)
+        return prior - sum(np.log(by_hand(q[a] - q[b], o, error)) for a, b, o in zip(judged["a"], judged["b"],
+                                                                                   judged["outcome"]))
+
+    assert approx_fprime(q, posterior, 1e-6) == pytest.approx(np.zeros(4), abs=1e-3)  # the most likely q
+    evidence = judgement_evidence(ranks, judged)
+    for tier in range(4):  # the C work (1): beat the S one, lost to a B one, tied with the other B one
+        def integrand(x, tier=tier):
+            return (by_hand(x - q[0], 1, error) * by_hand(x - q[2], -1, error) * by_hand(x - q[3], 0, error)
+                    * np.exp(-0.5 * ((x - tier * TIER_GAP) / TIER_SD) ** 2) / (TIER_SD * np.sqrt(2 * np.pi)))
+        assert evidence[1, tier] == pytest.approx(np.log(quad(integrand, -30, 40)[0]), abs=1e-3)
+
+
+def test_a_work_that_beats_one_its_judgements_put_high_is_more_doubtful_than_one_that_beats_a_low_one():
+    # w0 (C) beats w1 (C); w1 beats or loses to every one of six B works; B works beat the other C works. With
+    # w1's judgements it stands above the B works or below them, and w0's win over it says so much more or less
+    # (the rater's error, 7 of 43 judgements across tiers when w1 wins, keeps the difference small)
+    tiers = ["C", "C"] + ["B"] * 6 + ["C"] * 6
+    rows = pd.DataFrame(dict(image_id=[f"w{i}" for i in range(len(tiers))], tier=tiers,
+                             artist=[f"a{i}" for i in range(len(tiers))]))
+
+    def doubt_of_w0(partner_wins: str) -> float:
+        pairs = [("w0", "w1", "a")] + [("w1", f"w{i}", partner_wins) for i in range(2, 8)]
+        pairs += [(f"w{i}", f"w{j}", "a") for i in range(2, 8) for j in range(8, 14)]
+        comparisons = pd.DataFrame(pairs, columns=["image_a", "image_b", "winner"]).assign(rater="r")
+        return doubts(flat_heads(len(tiers)), rows, comparisons)[0][0]
+
+    assert doubt_of_w0("a") > doubt_of_w0("b") + 0.02
 
 
 def three_works() -> tuple[np.ndarray, dict]:
     """S, C and B works; the C one beats the S one and loses to the B one, the S one beats the B one; one rater."""
     return np.array([3, 0, 1]), judgements((1, 0, 1, "r"), (2, 1, 1, "r"), (0, 2, 1, "r"))
-
-
-def test_judgement_evidence_is_the_log_likelihood_of_a_works_judgements_under_each_tier_by_hand():
-    ranks, judged = three_works()
-    # the rater is wrong once in 3 across tiers: (1 + 1) / (3 + 2); no ties, 1/5 overall: of the one judgement at
-    # each distance (2/5) / 3, of none within a tier (2/5) / 2
-    error, tie, within = 0.4, 0.4 / 3, 0.2
-    beat_s = [(1 - tie) * error] * 3 + [(1 - within) * 0.5]  # the C work beat the S one, were it C, B, A, S
-    lost_to_b = [(1 - tie) * (1 - error), (1 - within) * 0.5, (1 - tie) * error, (1 - tie) * error]
-    assert judgement_evidence(ranks, judged)[1] == pytest.approx(np.log(beat_s) + np.log(lost_to_b))
 
 
 def test_doubt_is_the_log_mean_likelihood_of_the_other_tiers_over_the_given_ones():
