@@ -1,16 +1,21 @@
 """Do the review's next pairs teach the head more than as many random pairs? A simulation on the demo data.
 
     python -m bench.active_pairs --config configs/demo.json [--rounds 3] [--n 100] [--seeds 1 2 3]
+        [--start 300]
 
-Starts from the demo's tiers and its teachers' train and val comparisons. Each round adds --n comparisons to
-each of two arms: the pairs `review.py pairs` would choose (model.fold_heads and next_pairs.choose_pairs on that
-arm's data so far), or --n pairs drawn at random from the same candidates (one split of train or val, the same
-or adjacent tiers, not yet compared). The demo's own synthetic teachers answer them (demo_data.rater_answer, a
-teacher drawn at random per pair, from the latent quality demo_data.latent_quality). After each round the head
-is trained again as train.py trains it (model.fit_head on the train split with its comparisons, stopped on val)
-and scored on the test split against the latent quality: the share of test pairs further apart than the tie
-gap that it orders as the latent quality does, over all pairs and within one tier. Prints the curve per arm
-(mean and range over seeds) and writes the figure to --figure.
+Starts from the demo's tiers and its teachers' train and val comparisons: all of them, or --start of them drawn by
+the seed (a teacher who has judged few pairs is the case the next pairs are for: on top of all 1,500, a few hundred
+more move the head less than its seed noise). Within a seed both arms start from the same comparisons and train
+with the same head seed, so the per-seed difference active - random is the measured effect. Each round adds --n
+comparisons to each of two arms: the pairs `review.py pairs` would choose (model.fold_heads and
+next_pairs.choose_pairs on that arm's data so far), or --n pairs drawn at random from the same candidates (one
+split of train or val, the same or adjacent tiers, not yet compared). The demo's own synthetic teachers answer them
+(demo_data.rater_answer, a teacher drawn at random per pair, from the latent quality demo_data.latent_quality).
+After each round the head is trained again as train.py trains it (model.fit_head on the train split with its
+comparisons, stopped on val) and scored on the test split against the latent quality: the share of test pairs
+further apart than the tie gap that it orders as the latent quality does, over all pairs and within one tier.
+Prints the curve per arm (mean and range over seeds), the per-seed difference active - random (mean and range) and
+writes the figure to --figure.
 """
 
 import argparse
@@ -32,6 +37,15 @@ def latent_accuracy(scores: np.ndarray, q: np.ndarray, tiers: np.ndarray) -> tup
     return float(right[kept].mean()), float(right[within].mean())
 
 
+def starting_comparisons(judged: pd.DataFrame, start: int | None, rng) -> pd.DataFrame:
+    """`start` of the train and val comparisons `judged`, drawn by `rng` (all of them when start is None)."""
+    if start is None:
+        return judged
+    if not 0 <= start <= len(judged):
+        raise ValueError(f"--start {start}: there are {len(judged)} train and val comparisons to start from")
+    return judged.iloc[np.sort(rng.choice(len(judged), start, replace=False))].reset_index(drop=True)
+
+
 def answered(rows: pd.DataFrame, a: np.ndarray, b: np.ndarray, q: np.ndarray, rng) -> pd.DataFrame:
     """Comparison rows for pairs (a, b) of `rows`, answered by a synthetic teacher each."""
     from pipeline.demo_data import RATERS, rater_answer
@@ -49,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=100, help="comparisons added per round and arm")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--start", type=int, default=None,
+                        help="comparisons to start from, drawn by seed from the train and val ones (default: all)")
     parser.add_argument("--figure", default="docs/figures/active_pairs.png")
     args = parser.parse_args(argv)
 
@@ -89,8 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     curves = {arm: np.zeros((len(args.seeds), args.rounds + 1, 2)) for arm in ("active", "random")}
     for s, seed in enumerate(args.seeds):
         cfg, rng = replace(base, seed=seed), np.random.default_rng(seed)
-        start = accuracy(cfg, judged)
-        data = {arm: judged for arm in curves}
+        kept = starting_comparisons(judged, args.start, rng)
+        start = accuracy(cfg, kept)
+        data = {arm: kept for arm in curves}
         for arm in curves:
             curves[arm][s, 0] = start
         for round_ in range(1, args.rounds + 1):
@@ -138,9 +155,14 @@ def report(curves: dict, args) -> None:
         ax.set_title(label, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    figure.suptitle(f"Review's next pairs vs random pairs, demo data: mean and range over {len(args.seeds)} seeds",
+    start = "all" if args.start is None else args.start
+    figure.suptitle(f"Review's next pairs vs random pairs, demo data from {start} comparisons: mean and range over "
+                    f"{len(args.seeds)} seeds",
                     fontsize=10)
     save_png(figure, args.figure)
+    difference = curves["active"][:, :, 0] - curves["random"][:, :, 0]
+    print("\nactive - random per seed, all test pairs: " + "; ".join(
+        f"{count} added {d.mean():+.4f} [{d.min():+.4f}, {d.max():+.4f}]" for count, d in zip(added, difference.T)))
     gain = {arm: (c[:, -1, 0] - c[:, 0, 0]).mean() for arm, c in curves.items()}
     print(f"active_pairs: {added[-1]} comparisons added in {args.rounds} rounds, {len(args.seeds)} seeds: test "
           f"agreement with the latent quality {gain['active']:+.4f} (active) vs {gain['random']:+.4f} (random); "

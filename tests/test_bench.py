@@ -157,3 +157,20 @@ def test_the_demo_s_latent_quality_is_the_one_its_tiers_are_cut_from(tmp_path):
     assert len(q) == len(rows) and [tier_of(q[name.split("/")[1].rsplit(".", 1)[0]]) for name in rows.file_name] == \
         list(rows.tier)
     assert q != latent_quality(num_artists=10, works_per_artist=8, seed=6)
+
+
+def test_active_pairs_start_keeps_exactly_k_of_the_train_and_val_comparisons_drawn_by_seed():
+    import pandas as pd
+
+    from bench.active_pairs import starting_comparisons
+
+    judged = pd.DataFrame(dict(image_a=[f"a{i}" for i in range(20)], image_b=[f"b{i}" for i in range(20)],
+                               winner="A", rater="r1", split=["train", "val"] * 10))
+    kept = starting_comparisons(judged, 7, np.random.default_rng(3))
+    again = starting_comparisons(judged, 7, np.random.default_rng(3))
+    assert len(kept) == 7 and kept["image_a"].nunique() == 7 and set(kept["image_a"]) <= set(judged["image_a"])
+    assert kept.equals(again) and not kept.equals(starting_comparisons(judged, 7, np.random.default_rng(4)))
+    assert (kept.set_index("image_a")["image_b"] == judged.set_index("image_a")["image_b"].loc[kept["image_a"]]).all()
+    assert starting_comparisons(judged, None, np.random.default_rng(3)) is judged
+    with pytest.raises(ValueError, match="--start 21"):
+        starting_comparisons(judged, 21, np.random.default_rng(3))

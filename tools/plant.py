@@ -828,6 +828,12 @@ PLANTS = [
           "for artist, i, _, _, q in planned_works(num_artists, works_per_artist, seed + 1)}",
           ("tests/test_bench.py::test_the_demo_s_latent_quality_is_the_one_its_tiers_are_cut_from",),
           "the active-pairs simulation's teachers judge by another data set's quality"),
+    Plant("active-pairs-start-keeps-all", "bench/active_pairs.py",
+          "return judged.iloc[np.sort(rng.choice(len(judged), start, replace=False))].reset_index(drop=True)",
+          "return judged.iloc[np.sort(rng.choice(len(judged), start + 1, replace=False))].reset_index(drop=True)",
+          ("tests/test_bench.py::test_active_pairs_start_keeps_exactly_k_of_the_train_and_val_comparisons_drawn_by_"
+           "seed",),
+          "the active-pairs simulation starts from one comparison more than --start"),
     # ---- how sure it is: the calibration of P(A better) measured, tier sets with coverage (issue 26)
     Plant("conformal-fitted-on-test", "train.py",
           'fit_tier_sets(scores["val"], val_tiers, rule, alpha=cfg.conformal_alpha)',
