@@ -73,7 +73,8 @@ def test_judgement_evidence_is_the_log_likelihood_of_a_works_judgements_under_ea
 def test_a_work_that_beats_one_its_judgements_put_high_is_more_doubtful_than_one_that_beats_a_low_one():
     # w0 (C) beats w1 (C); w1 beats or loses to every one of six B works; B works beat the other C works. With
     # w1's judgements it stands above the B works or below them, and w0's win over it says so much more or less
-    # (the rater's error, 7 of 43 judgements across tiers when w1 wins, keeps the difference small)
+    # (the rater's error, (6 + 1) / (42 + 2) when w1's six wins over B works are wrong ones of the 42 judgements
+    # across tiers, keeps the difference small)
     tiers = ["C", "C"] + ["B"] * 6 + ["C"] * 6
     rows = pd.DataFrame(dict(image_id=[f"w{i}" for i in range(len(tiers))], tier=tiers,
                              artist=[f"a{i}" for i in range(len(tiers))]))
