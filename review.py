@@ -29,7 +29,7 @@ Writes RUN/review/label_audit.csv (rank, file_name, image_id, artist, split, tie
 p_B, p_C, doubt, judged, fold; rank 1 the most doubtful) and RUN/review/label_audit.png (the most doubtful
 works with their given tier and the hint). A doubtful label is not a wrong one: docs/review.md.
 """
-PAIRS = """Which pairs to ask the teachers next: those the fold heads are least sure of or disagree on.
+PAIRS = """Which pairs to ask the teachers next: those whose answer would tell the fold heads apart most.
 
     python review.py pairs --output_dir RUN --n 200
 

@@ -1,7 +1,7 @@
 """Do the review's next pairs teach the head more than as many random pairs? A simulation on the demo data.
 
     python -m bench.active_pairs --config configs/demo.json [--rounds 3] [--n 100] [--seeds 1 2 3]
-        [--start 300]
+        [--start 300] [--heads 1] [--quality-signal 0] [--quality-columns 256]
 
 Starts from the demo's tiers and its teachers' train and val comparisons: all of them, or --start of them drawn by
 the seed (a teacher who has judged few pairs is the case the next pairs are for: on top of all 1,500, a few hundred
@@ -12,10 +12,18 @@ next_pairs.choose_pairs on that arm's data so far), or --n pairs drawn at random
 split of train or val, the same or adjacent tiers, not yet compared). The demo's own synthetic teachers answer them
 (demo_data.rater_answer, a teacher drawn at random per pair, from the latent quality demo_data.latent_quality).
 After each round the head is trained again as train.py trains it (model.fit_head on the train split with its
-comparisons, stopped on val) and scored on the test split against the latent quality: the share of test pairs
-further apart than the tie gap that it orders as the latent quality does, over all pairs and within one tier.
-Prints the curve per arm (mean and range over seeds), the per-seed difference active - random (mean and range) and
-writes the figure to --figure.
+comparisons, stopped on val; --heads of them, of head seeds seed, seed + 1000, ..., their figures averaged) and
+scored on the test split against the latent quality: the share of test pairs further apart than the tie gap that
+it orders as the latent quality does, over all pairs and within one tier.
+
+The demo's random backbone sees little of the latent quality, so little that a judgement cannot teach its head
+anything: --quality-signal S > 0 stands in for a backbone that sees it. Every work's features are standardised
+(on the train and val works) and --quality-columns C columns are appended: S x (q - 0.5) / 0.2 along one fixed
+direction, plus unit normal noise in each (drawn once from the config's seed: the same features for every seed).
+A backbone's features are wide (ViT-L's are 2,048 numbers) and carry quality spread over many of them; the more
+columns, the more the tiers leave the head's direction open, and the more a judgement can add.
+Prints the curve per arm (mean and range over seeds), the per-seed difference active - random (mean, standard
+error and range; all test pairs and within one tier) and writes the figure to --figure.
 """
 
 import argparse
@@ -24,6 +32,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+
+def with_quality_signal(features: list, qualities: list, signal: float, columns: int, seed: int) -> list:
+    """`features` (train+val, then test: tensors of the works of latent qualities `qualities`) standardised on the
+    first and each with `columns` columns that carry q: signal x (q - 0.5) / 0.2 along one unit direction, plus
+    unit normal noise. Unchanged when signal is 0."""
+    import torch
+
+    if signal == 0:
+        return features
+    rng = np.random.default_rng([seed, columns])
+    direction = rng.normal(size=columns)
+    direction /= np.linalg.norm(direction)
+    mean, sd = features[0].mean(dim=0), features[0].std(dim=0) + 1e-6
+    return [torch.cat([(x - mean) / sd, torch.as_tensor(
+        signal * (q[:, None] - 0.5) / 0.2 * direction + rng.normal(size=(len(q), columns)),
+        dtype=x.dtype)], dim=1) for x, q in zip(features, qualities)]
 
 
 def latent_accuracy(scores: np.ndarray, q: np.ndarray, tiers: np.ndarray) -> tuple[float, float]:
@@ -65,6 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--start", type=int, default=None,
                         help="comparisons to start from, drawn by seed from the train and val ones (default: all)")
+    parser.add_argument("--heads", type=int, default=1, help="head seeds each point's figures average over")
+    parser.add_argument("--quality-signal", type=float, default=0.0,
+                        help="features that carry the latent quality, this strong (0: the backbone's own)")
+    parser.add_argument("--quality-columns", type=int, default=256,
+                        help="columns the quality signal is spread over (with --quality-signal)")
     parser.add_argument("--figure", default="docs/figures/active_pairs.png")
     args = parser.parse_args(argv)
 
@@ -84,13 +114,15 @@ def main(argv: list[str] | None = None) -> None:
     accelerator = cli.make_accelerator(base)
     table = load_images(base, accelerator)
     parts = [split_rows(table, "train", "val"), split_rows(table, "test")]
-    x, x_test = features_of(base, parts, accelerator, backbone=load_backbone(base, accelerator))
+    features = features_of(base, parts, accelerator, backbone=load_backbone(base, accelerator))
     rows, test = frame(parts[0]), frame(parts[1])
     latent = latent_quality(seed=base.seed)
     q, q_test = (np.array([latent[Path(name).stem] for name in r["file_name"]]) for r in (rows, test))
     if any(tier_of(v) != t for v, t in zip(np.concatenate([q, q_test]), pd.concat([rows.tier, test.tier]))):
         raise SystemExit(f"{base.data_dir}: not the demo data set of seed {base.seed} (its tiers are not the "
                          "latent quality's)")
+    x, x_test = with_quality_signal(features, [q, q_test], args.quality_signal, args.quality_columns,
+                                     base.seed)
     judged = load_comparisons(base, accelerator, table)
     judged = judged[judged["split"].isin(["train", "val"])][["image_a", "image_b", "winner", "rater", "split"]]
     train = np.flatnonzero(rows["split"].to_numpy() == "train")
@@ -98,9 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     tiers, ids = rows["tier"].to_numpy(object), rows["image_id"].to_numpy(object)
 
     def accuracy(cfg, comparisons) -> tuple[float, float]:
-        head, _, _ = fit_head(cfg, x[train], tiers[train], x[val], tiers[val],
-                              comparisons=index_pairs(comparisons, ids[train], cfg.comparison_raters))
-        return latent_accuracy(score_features(head, x_test).numpy(), q_test, test["tier"].to_numpy(object))
+        judged = index_pairs(comparisons, ids[train], cfg.comparison_raters)
+        figures = []
+        for k in range(args.heads):
+            head, _, _ = fit_head(replace(cfg, seed=cfg.seed + 1000 * k), x[train], tiers[train], x[val],
+                                  tiers[val], comparisons=judged)
+            figures.append(latent_accuracy(score_features(head, x_test).numpy(), q_test,
+                                           test["tier"].to_numpy(object)))
+        return tuple(np.mean(figures, axis=0))
 
     curves = {arm: np.zeros((len(args.seeds), args.rounds + 1, 2)) for arm in ("active", "random")}
     for s, seed in enumerate(args.seeds):
@@ -144,30 +181,48 @@ def report(curves: dict, args) -> None:
                 values = curve[:, r, m]
                 cells.append(f"{values.mean():.4f} [{values.min():.4f}, {values.max():.4f}]")
         print(f"| {count} | " + " | ".join(cells) + " |")
-    figure = Figure(figsize=(9, 3.8), layout="constrained")
-    for ax, m, label in zip(figure.subplots(1, 2), (0, 1), ("all test pairs", "test pairs within one tier")):
+    figure = Figure(figsize=(13, 3.8), layout="constrained")
+    axes = figure.subplots(1, 3)
+    for ax, m, label in zip(axes, (0, 1), ("all test pairs", "test pairs within one tier")):
         for arm, curve in curves.items():
             values = curve[:, :, m]
             ax.plot(added, values.mean(axis=0), marker="o", label=f"{arm} pairs")
             ax.fill_between(added, values.min(axis=0), values.max(axis=0), alpha=0.2)
-        ax.set_xlabel("comparisons added (synthetic teachers)")
         ax.set_ylabel("agreement with the latent quality")
-        ax.set_title(label, fontsize=10)
+        ax.set_title(f"{label}: mean and range over seeds", fontsize=10)
+    # the measured effect is the paired difference: one seed's two arms share the start and the head seed
+    for m, label, colour in ((0, "all test pairs", "C2"), (1, "within one tier", "C3")):
+        difference = curves["active"][:, :, m] - curves["random"][:, :, m]
+        axes[2].plot(added, difference.T, color=colour, alpha=0.15, linewidth=0.8)
+        axes[2].errorbar(added, difference.mean(axis=0), yerr=[standard_error(d) for d in difference.T],
+                         color=colour, marker="o", capsize=3, label=f"{label}: mean and standard error")
+    axes[2].axhline(0.0, color="black", linewidth=0.8)
+    axes[2].set_ylabel("active - random, per seed (thin lines)")
+    axes[2].set_title("the per-seed difference", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("comparisons added (synthetic teachers)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     start = "all" if args.start is None else args.start
-    figure.suptitle(f"Review's next pairs vs random pairs, demo data from {start} comparisons: mean and range over "
-                    f"{len(args.seeds)} seeds",
-                    fontsize=10)
+    seen = "the demo backbone's features" if args.quality_signal == 0 else (
+        f"quality signal {args.quality_signal:g} in {args.quality_columns} columns")
+    figure.suptitle(f"Review's next pairs vs random pairs, demo data from {start} comparisons, {seen}, "
+                    f"{len(args.seeds)} seeds", fontsize=10)
     save_png(figure, args.figure)
-    difference = curves["active"][:, :, 0] - curves["random"][:, :, 0]
-    print("\nactive - random per seed, all test pairs: " + "; ".join(
-        f"{count} added {d.mean():+.4f} [{d.min():+.4f}, {d.max():+.4f}]" for count, d in zip(added, difference.T)))
+    for m, label in ((0, "all test pairs"), (1, "test pairs within one tier")):
+        difference = curves["active"][:, :, m] - curves["random"][:, :, m]
+        print(f"\nactive - random per seed, {label}: " + "; ".join(
+            f"{count} added {d.mean():+.4f} (se {standard_error(d):.4f}) [{d.min():+.4f}, {d.max():+.4f}]"
+            for count, d in zip(added[1:], difference.T[1:])))
     gain = {arm: (c[:, -1, 0] - c[:, 0, 0]).mean() for arm, c in curves.items()}
     print(f"active_pairs: {added[-1]} comparisons added in {args.rounds} rounds, {len(args.seeds)} seeds: test "
           f"agreement with the latent quality {gain['active']:+.4f} (active) vs {gain['random']:+.4f} (random); "
           f"figure {args.figure}")
 
+
+def standard_error(values: np.ndarray) -> float:
+    """The standard error of the mean of `values` (nan for a single one)."""
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 if __name__ == "__main__":
     main()

@@ -1,12 +1,14 @@
-"""Which comparisons to ask the teachers for next: the pairs the fold heads are least sure of or disagree on.
+"""Which comparisons to ask the teachers for next: the pairs whose answer would tell the fold heads apart most.
 
 The rule. Candidates are pairs of two train works or two val works (a pair never crosses splits, so never joins a
 test image to another), of one tier or of adjacent tiers (the pairs the tiers cannot order, or barely), and never
 a pair already in comparisons.csv (in either order, by any rater). For each, every fold head gives
 P(A better) (its own logistic slope, pipeline/out_of_fold.py); p_a_better is their mean and spread their
-standard deviation. The value of asking is (1 - |2 p_a_better - 1|) + spread: 1 for a coin flip, 0 for a sure
-pair, plus how much the heads disagree. Pairs are taken in order of that value, each image in at most
-PER_IMAGE of them and each artist in at most max(2, ceil(ARTIST_SHARE x 2n / artists)), so the list spreads
+standard deviation. The value of asking is what the answer would say about which head is right: the mutual
+information between the answer and the heads, each taken as equally likely, H(mean) - mean of H (H the entropy of
+a yes/no answer, in nats). It is 0 when the heads agree, however unsure they all are (the answer would move them
+alike), and up to log 2 when they are sure and split. Pairs are taken in order of that value, each image in at
+most PER_IMAGE of them and each artist in at most max(2, ceil(ARTIST_SHARE x 2n / artists)), so the list spreads
 over the works and artists instead of circling one hard work.
 """
 
@@ -14,6 +16,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy.special import entr
 
 from .out_of_fold import FoldHeads
 from .tables import tier_ranks
@@ -42,13 +45,22 @@ def candidate_pairs(rows: pd.DataFrame, comparisons: pd.DataFrame) -> tuple[np.n
     return np.where(swap, b, a), np.where(swap, a, b)
 
 
-def reason(tier_a: str, tier_b: str, p: float, spread: float) -> str:
-    """Why the pair is asked for, in words."""
+def answer_information(p: np.ndarray) -> np.ndarray:
+    """Per pair (a column of `p`, the heads' P(a better) in rows), the mutual information in nats between the
+    answer and which head is right: the entropy of the heads' mean less the heads' mean entropy."""
+    def entropy(q):
+        return entr(q) + entr(1.0 - q)
+    return entropy(p.mean(axis=0)) - entropy(p).mean(axis=0)
+
+
+def reason(tier_a: str, tier_b: str, p_heads: np.ndarray) -> str:
+    """Why the pair is asked for, in words, from the heads' P(a better)."""
     kind = f"two {tier_a} works" if tier_a == tier_b else f"adjacent tiers {tier_a}-{tier_b}"
-    lean = "a coin flip for the fold heads" if abs(p - 0.5) < 0.1 else (
-        f"the heads favour the {tier_b} work, against the tiers" if tier_a != tier_b and p < 0.5 else
-        f"the heads lean to image_{'a' if p > 0.5 else 'b'}")
-    return f"{kind}: {lean} (P(a better) {p:.2f}); heads disagree by sd {spread:.2f}"
+    low, high = p_heads.min(), p_heads.max()
+    split = ("the heads split on it" if low < 0.5 < high else
+             f"the heads all lean to image_{'a' if low >= 0.5 else 'b'}")
+    against = ", against the tiers" if tier_a != tier_b and p_heads.mean() < 0.5 else ""
+    return f"{kind}: {split}{against} (P(a better) {low:.2f} to {high:.2f} over the fold heads)"
 
 
 def choose_pairs(rows: pd.DataFrame, heads: FoldHeads, comparisons: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -57,7 +69,7 @@ def choose_pairs(rows: pd.DataFrame, heads: FoldHeads, comparisons: pd.DataFrame
     a, b = candidate_pairs(rows, comparisons)
     p = heads.p_first_better(a, b)
     mean, spread = p.mean(axis=0), p.std(axis=0)
-    value = 1.0 - np.abs(2.0 * mean - 1.0) + spread
+    value = answer_information(p)
     artists = rows["artist"].to_numpy(object)
     artist_cap = max(2, math.ceil(ARTIST_SHARE * 2 * n / max(1, len(set(artists)))))
     used_image, used_artist, chosen = np.zeros(len(rows), np.int64), {}, []
@@ -78,6 +90,6 @@ def choose_pairs(rows: pd.DataFrame, heads: FoldHeads, comparisons: pd.DataFrame
     return pd.DataFrame(dict(
         image_a=names[i], image_b=names[j], tier_a=tiers[i], tier_b=tiers[j], split=splits[i],
         p_a_better=mean[chosen], spread=spread[chosen],
-        reason=[reason(tiers[x], tiers[y], mean[k], spread[k]) for x, y, k in zip(i, j, chosen)],
+        reason=[reason(tiers[x], tiers[y], p[:, k]) for x, y, k in zip(i, j, chosen)],
         value=value[chosen], artist_a=artists[i], artist_b=artists[j]), columns=list(PAIR_COLUMNS) + [
         "value", "artist_a", "artist_b"])

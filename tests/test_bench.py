@@ -174,3 +174,26 @@ def test_active_pairs_start_keeps_exactly_k_of_the_train_and_val_comparisons_dra
     assert starting_comparisons(judged, None, np.random.default_rng(3)) is judged
     with pytest.raises(ValueError, match="--start 21"):
         starting_comparisons(judged, 21, np.random.default_rng(3))
+
+
+def test_active_pairs_quality_signal_appends_columns_that_carry_the_latent_quality_and_leaves_zero_alone():
+    import torch
+
+    from bench.active_pairs import with_quality_signal
+
+    rng = np.random.default_rng(0)
+    features = [torch.as_tensor(rng.normal(3.0, 2.0, (n, 8)), dtype=torch.float32) for n in (400, 100)]
+    qualities = [rng.uniform(0, 1, 400), rng.uniform(0, 1, 100)]
+    columns = 16
+    assert with_quality_signal(features, qualities, 0.0, columns, seed=1) is features
+    fit, test = with_quality_signal(features, qualities, 2.0, columns, seed=1)
+    assert fit.shape == (400, 8 + columns) and test.shape == (100, 8 + columns)
+    mean, sd = features[0].mean(dim=0), features[0].std(dim=0)
+    assert torch.allclose(test[:, :8], (features[1] - mean) / sd, atol=1e-4)  # the test works on the fit's scale
+    for x, q in ((fit, qualities[0]), (test, qualities[1])):
+        extra = x[:, 8:].numpy()
+        # the columns' one direction of signal: along it the latent quality, across it unit noise alone
+        direction = np.linalg.lstsq(np.c_[extra, np.ones(len(q))], q, rcond=None)[0][:-1]
+        assert np.corrcoef(extra @ direction, q)[0, 1] > 0.8
+    again = with_quality_signal(features, qualities, 2.0, columns, seed=1)
+    assert torch.equal(again[0], fit) and torch.equal(again[1], test)

@@ -15,7 +15,7 @@ import model
 import review
 from pipeline.files import atomic_write_text
 from pipeline.label_audit import AUDIT_COLUMNS
-from pipeline.next_pairs import PAIR_COLUMNS, PER_IMAGE, candidate_pairs, choose_pairs
+from pipeline.next_pairs import PAIR_COLUMNS, PER_IMAGE, answer_information, candidate_pairs, choose_pairs, reason
 from pipeline.out_of_fold import FoldHeads, fold_parts
 from pipeline.tables import TIER_RANK
 
@@ -180,7 +180,14 @@ def test_candidates_never_cross_splits_never_touch_test_and_never_repeat_a_judge
     assert len(pairs) == len(a) and len(expected) > len(pairs)  # a judged pair was among them
 
 
-def test_pairs_are_the_least_sure_first_with_the_heads_mean_and_spread_and_the_caps():
+def information_by_hand(p: np.ndarray) -> np.ndarray:
+    """The mutual information between a yes/no answer and equally likely heads of P(yes) p (heads x pairs)."""
+    def entropy(q):
+        return -(q * np.log(q) + (1 - q) * np.log(1 - q))
+    return entropy(p.mean(axis=0)) - entropy(p).mean(axis=0)
+
+
+def test_pairs_are_the_most_informative_first_with_the_heads_mean_and_spread_and_the_caps():
     rows, heads = pair_rows()
     no_judged = pd.DataFrame(dict(image_a=[], image_b=[]))
     chosen = choose_pairs(rows, heads, no_judged, 10)
@@ -190,18 +197,32 @@ def test_pairs_are_the_least_sure_first_with_the_heads_mean_and_spread_and_the_c
     p = 1 / (1 + np.exp(-2.0 * (heads.scores[:, a] - heads.scores[:, b])))
     assert np.allclose(chosen["p_a_better"], p.mean(axis=0)) and np.allclose(chosen["spread"], p.std(axis=0))
     assert (np.diff(chosen["value"]) <= 1e-12).all()
-    assert np.allclose(chosen["value"], 1 - np.abs(2 * p.mean(axis=0) - 1) + p.std(axis=0))
+    assert np.allclose(chosen["value"], information_by_hand(p))
     uses = pd.Series(np.concatenate([a, b])).value_counts()
     assert uses.max() <= PER_IMAGE
     # the first pair is the most valuable of every candidate
     ca, cb = candidate_pairs(rows, no_judged)
     pc = 1 / (1 + np.exp(-2.0 * (heads.scores[:, ca] - heads.scores[:, cb])))
-    assert chosen["value"].iloc[0] == pytest.approx((1 - np.abs(2 * pc.mean(axis=0) - 1) + pc.std(axis=0)).max())
+    assert chosen["value"].iloc[0] == pytest.approx(information_by_hand(pc).max())
+
+
+def test_an_answer_the_heads_agree_on_is_worth_nothing_however_unsure_and_sure_heads_that_split_most():
+    p = np.array([[0.5, 0.55, 0.9, 0.99, 0.7],
+                  [0.5, 0.45, 0.1, 0.01, 0.7],
+                  [0.5, 0.50, 0.5, 0.50, 0.7]])
+    value = answer_information(p)
+    assert value[0] == pytest.approx(0.0, abs=1e-12) and value[4] == pytest.approx(0.0, abs=1e-12)
+    assert value[1] < value[2] < value[3] < np.log(2)
+    assert np.allclose(value, information_by_hand(p))
+    assert "the heads split on it" in reason("A", "B", p[:, 2]) and "0.10 to 0.90" in reason("A", "B", p[:, 2])
+    assert "against the tiers" in reason("A", "B", np.array([0.2, 0.3, 0.4]))
+    assert "all lean to image_a" in reason("A", "A", p[:, 4])
 
 
 def test_one_work_the_heads_disagree_on_fills_no_more_than_its_share_of_the_pairs():
     rows, heads = pair_rows()
-    heads.scores[:, 30] = [6.0, -6.0, 0.0]  # a train work the heads disagree on wholly: its pairs are the most valuable
+    heads.scores[:] = heads.scores[0]  # the heads agree on every work but one: only that work's pairs are worth asking
+    heads.scores[:, 30] = [6.0, -6.0, 6.0]  # a train work the heads disagree on wholly
     chosen = choose_pairs(rows, heads, pd.DataFrame(dict(image_a=[], image_b=[])), 10)
     name = rows["file_name"][30]
     assert chosen.iloc[0][["image_a", "image_b"]].tolist().count(name) == 1
