@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="columns the quality signal is spread over (with --quality-signal)")
     parser.add_argument("--figure", default="docs/figures/active_pairs.png")
     args = parser.parse_args(argv)
+    if args.heads < 1 or args.quality_columns < 1 or args.quality_signal < 0:
+        parser.error(f"--heads {args.heads}, --quality-columns {args.quality_columns} and --quality-signal "
+                     f"{args.quality_signal:g}: the first two must be at least 1, the signal at least 0")
 
     import torch
 

@@ -197,3 +197,12 @@ def test_active_pairs_quality_signal_appends_columns_that_carry_the_latent_quali
         assert np.corrcoef(extra @ direction, q)[0, 1] > 0.8
     again = with_quality_signal(features, qualities, 2.0, columns, seed=1)
     assert torch.equal(again[0], fit) and torch.equal(again[1], test)
+
+
+@pytest.mark.parametrize("argument", [["--heads", "0"], ["--quality-columns", "0"], ["--quality-signal", "-1"]])
+def test_active_pairs_refuses_no_heads_no_columns_or_a_negative_signal_before_any_work(argument, capsys):
+    from bench.active_pairs import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argument + ["--config", "no/such/config.json"])
+    assert exit_.value.code == 2 and f"{argument[0]} {argument[1]}" in capsys.readouterr().err

@@ -843,6 +843,10 @@ PLANTS = [
           ("tests/test_bench.py::test_active_pairs_quality_signal_appends_columns_that_carry_the_latent_quality_and_"
            "leaves_zero_alone",),
           "the active-pairs simulation's quality columns are noise alone"),
+    Plant("active-pairs-no-heads-accepted", "bench/active_pairs.py", "if args.heads < 1 or args.quality_columns < 1",
+          "if args.quality_columns < 1",
+          ("tests/test_bench.py::test_active_pairs_refuses_no_heads_no_columns_or_a_negative_signal_before_any_work",),
+          "the active-pairs simulation averages over no head at all: every figure nan"),
     # ---- how sure it is: the calibration of P(A better) measured, tier sets with coverage (issue 26)
     Plant("conformal-fitted-on-test", "train.py",
           'fit_tier_sets(scores["val"], val_tiers, rule, alpha=cfg.conformal_alpha)',
