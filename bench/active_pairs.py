@@ -16,12 +16,12 @@ comparisons, stopped on val; --heads of them, of head seeds seed, seed + 1000, .
 scored on the test split against the latent quality: the share of test pairs further apart than the tie gap that
 it orders as the latent quality does, over all pairs and within one tier.
 
-The demo's random backbone sees little of the latent quality, so little that a judgement cannot teach its head
-anything: --quality-signal S > 0 stands in for a backbone that sees it. Every work's features are standardised
-(on the train and val works) and --quality-columns C columns are appended: S x (q - 0.5) / 0.2 along one fixed
-direction, plus unit normal noise in each (drawn once from the config's seed: the same features for every seed).
-A backbone's features are wide (ViT-L's are 2,048 numbers) and carry quality spread over many of them; the more
-columns, the more the tiers leave the head's direction open, and the more a judgement can add.
+The demo's random backbone sees little of the latent quality, so little that judgements move its head less than the
+spread between seeds: --quality-signal S > 0 stands in for a backbone that sees it. Every work's features are
+standardised (on the train and val works) and --quality-columns C columns are appended: S x (q - 0.5) / 0.2 along
+one fixed direction, plus unit normal noise in each (drawn once from the config's seed: the same features for every
+seed). A backbone's features are wide (ViT-L's are 2,048 numbers) and carry quality spread over many of them; the
+more columns, the more the tiers leave the head's direction open, and the more a judgement can add.
 Prints the curve per arm (mean and range over seeds), the per-seed difference active - random (mean, standard
 error and range; all test pairs and within one tier) and writes the figure to --figure.
 """
@@ -133,11 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     tiers, ids = rows["tier"].to_numpy(object), rows["image_id"].to_numpy(object)
 
     def accuracy(cfg, comparisons) -> tuple[float, float]:
-        judged = index_pairs(comparisons, ids[train], cfg.comparison_raters)
+        train_pairs = index_pairs(comparisons, ids[train], cfg.comparison_raters)
         figures = []
         for k in range(args.heads):
             head, _, _ = fit_head(replace(cfg, seed=cfg.seed + 1000 * k), x[train], tiers[train], x[val],
-                                  tiers[val], comparisons=judged)
+                                  tiers[val], comparisons=train_pairs)
             figures.append(latent_accuracy(score_features(head, x_test).numpy(), q_test,
                                            test["tier"].to_numpy(object)))
         return tuple(np.mean(figures, axis=0))
@@ -184,6 +184,8 @@ def report(curves: dict, args) -> None:
                 values = curve[:, r, m]
                 cells.append(f"{values.mean():.4f} [{values.min():.4f}, {values.max():.4f}]")
         print(f"| {count} | " + " | ".join(cells) + " |")
+    # the measured effect is the paired difference: one seed's two arms share the start and the head seeds
+    differences = [curves["active"][:, :, m] - curves["random"][:, :, m] for m in (0, 1)]
     figure = Figure(figsize=(13, 3.8), layout="constrained")
     axes = figure.subplots(1, 3)
     for ax, m, label in zip(axes, (0, 1), ("all test pairs", "test pairs within one tier")):
@@ -193,9 +195,7 @@ def report(curves: dict, args) -> None:
             ax.fill_between(added, values.min(axis=0), values.max(axis=0), alpha=0.2)
         ax.set_ylabel("agreement with the latent quality")
         ax.set_title(f"{label}: mean and range over seeds", fontsize=10)
-    # the measured effect is the paired difference: one seed's two arms share the start and the head seed
-    for m, label, colour in ((0, "all test pairs", "C2"), (1, "within one tier", "C3")):
-        difference = curves["active"][:, :, m] - curves["random"][:, :, m]
+    for difference, label, colour in zip(differences, ("all test pairs", "within one tier"), ("C2", "C3")):
         axes[2].plot(added, difference.T, color=colour, alpha=0.15, linewidth=0.8)
         axes[2].errorbar(added, difference.mean(axis=0), yerr=[standard_error(d) for d in difference.T],
                          color=colour, marker="o", capsize=3, label=f"{label}: mean and standard error")
@@ -212,8 +212,7 @@ def report(curves: dict, args) -> None:
     figure.suptitle(f"Review's next pairs vs random pairs, demo data from {start} comparisons, {seen}, "
                     f"{len(args.seeds)} seeds", fontsize=10)
     save_png(figure, args.figure)
-    for m, label in ((0, "all test pairs"), (1, "test pairs within one tier")):
-        difference = curves["active"][:, :, m] - curves["random"][:, :, m]
+    for difference, label in zip(differences, ("all test pairs", "test pairs within one tier")):
         print(f"\nactive - random per seed, {label}: " + "; ".join(
             f"{count} added {d.mean():+.4f} (se {standard_error(d):.4f}) [{d.min():+.4f}, {d.max():+.4f}]"
             for count, d in zip(added[1:], difference.T[1:])))
@@ -226,6 +225,7 @@ def report(curves: dict, args) -> None:
 def standard_error(values: np.ndarray) -> float:
     """The standard error of the mean of `values` (nan for a single one)."""
     return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
 
 if __name__ == "__main__":
     main()
